@@ -1,0 +1,61 @@
+"""Tidy tables gathered from run directories (contracts in DESIGN.md).
+
+- runs.parquet: one row per run, with its grid coordinates, status and final metrics;
+- curves.parquet: one row per (run, step), the dense batch-loss curve with the full
+  train/test evaluations where they were made.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import pandas as pd
+
+from batchlab.io import read_json
+
+RUN_COLUMNS = (
+    "run_id", "study", "dataset", "model", "batch_size", "bn_batch_size", "lr_rule", "base_lr", "ref_batch_size",
+    "lr", "optimizer", "momentum", "nesterov", "weight_decay", "seed", "epochs", "steps", "planned_steps", "status",
+    "diverged_step", "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "best_test_acc",
+    "wall_time_s", "device",
+)
+CURVE_COLUMNS = (
+    "run_id", "step", "epoch", "examples_seen", "lr", "batch_loss", "train_loss", "train_acc", "test_loss", "test_acc",
+)
+
+
+def run_row(summary: dict) -> dict:
+    spec = summary["spec"]
+    opt = spec["optimizer"]
+    return {
+        "run_id": summary["run_id"],
+        **{k: spec[k] for k in ("study", "dataset", "model", "batch_size", "bn_batch_size", "lr_rule", "base_lr", "ref_batch_size", "seed")},
+        "lr": summary["lr"],
+        "optimizer": opt["name"],
+        "momentum": opt["momentum"],
+        "nesterov": opt["nesterov"],
+        "weight_decay": opt["weight_decay"],
+        **{k: summary[k] for k in RUN_COLUMNS if k in summary and k != "run_id"},
+    }
+
+
+def runs_table(summary_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per run, from each run's run.json."""
+    rows = [run_row(read_json(p)) for p in summary_paths]
+    df = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    df["bn_batch_size"] = df["bn_batch_size"].astype("Int64")
+    df["diverged_step"] = df["diverged_step"].astype("Int64")
+    return df.sort_values(["study", "model", "lr_rule", "base_lr", "batch_size", "seed"], ignore_index=True)
+
+
+def curves_table(summary_paths: Sequence[str | os.PathLike], metrics_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per (run, step): each run's metrics.parquet, tagged with its run_id."""
+    if len(summary_paths) != len(metrics_paths):
+        raise ValueError(f"{len(summary_paths)} run summaries but {len(metrics_paths)} metrics files")
+    parts = []
+    for summary_path, metrics_path in zip(summary_paths, metrics_paths):
+        df = pd.read_parquet(metrics_path)
+        df.insert(0, "run_id", read_json(summary_path)["run_id"])
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)[list(CURVE_COLUMNS)]

@@ -1,0 +1,10 @@
+"""Rule gather_tables: every run -> runs.parquet and curves.parquet."""
+from batchlab.logs import log_to
+
+log_to(snakemake.log[0])
+
+from batchlab import io  # noqa: E402
+from batchlab.tables import curves_table, runs_table  # noqa: E402
+
+io.write_parquet(runs_table(snakemake.input.summaries), snakemake.output.runs)
+io.write_parquet(curves_table(snakemake.input.summaries, snakemake.input.metrics), snakemake.output.curves)

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny configs and a tiny prepared MNIST-1D."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from batchlab.config import build_grid, check_config
+from batchlab.data import load_prepared
+from batchlab.data.mnist1d import prepare_mnist1d
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_STUDY = {
+    "dataset": "mnist1d",
+    "models": ["mlp"],
+    "batch_sizes": [16, 64],
+    "lr_rules": ["constant", "linear"],
+    "base_lrs": [0.05],
+    "seeds": [0],
+    "optimizer": {"name": "sgd", "momentum": 0.9},
+    "budget": {"epochs": 2},
+    "eval": {"regular_points": 5, "log_points": 3},
+    "checkpoints": {"log_points": 3},
+}
+TINY_CONFIG = {"device": "cpu", "datasets": {"mnist1d": {"n_train": 256, "n_test": 128}}, "studies": {"tiny": TINY_STUDY}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # CI has 2 cores; results must not depend on the thread count
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    return copy.deepcopy(TINY_CONFIG)
+
+
+def make_spec(study_overrides: dict | None = None, run: str | None = None):
+    """A checked RunSpec from the tiny config with `study_overrides` merged into its study."""
+    cfg = copy.deepcopy(TINY_CONFIG)
+    cfg["studies"]["tiny"].update(copy.deepcopy(study_overrides or {}))
+    grid = build_grid(check_config(cfg))
+    return grid[run] if run else next(iter(grid.values()))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "mnist1d.npz"
+    prepare_mnist1d(path, n_train=256, n_test=128)
+    return path
+
+
+@pytest.fixture
+def tiny_data(tiny_data_path):
+    return load_prepared(tiny_data_path, "cpu")

@@ -1,0 +1,52 @@
+import pandas as pd
+import pytest
+
+from batchlab.tables import CURVE_COLUMNS, RUN_COLUMNS, curves_table, runs_table
+from batchlab.train import train_run
+from tests.conftest import make_spec
+
+CONTRACT_RUN_COLUMNS = [
+    "run_id", "study", "dataset", "model", "batch_size", "bn_batch_size", "lr_rule", "base_lr", "lr", "optimizer", "momentum",
+    "seed", "epochs", "steps", "status", "diverged_step", "final_train_loss", "final_train_acc", "final_test_loss",
+    "final_test_acc", "wall_time_s", "device",
+]
+CONTRACT_CURVE_COLUMNS = [
+    "run_id", "step", "epoch", "examples_seen", "lr", "batch_loss", "train_loss", "train_acc", "test_loss", "test_acc",
+]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, tiny_data_path):
+    root = tmp_path_factory.mktemp("runs")
+    dirs = []
+    for run_id, lr in (("tiny/mlp/bs64/linear/lr0.05/seed0", 0.05), ("tiny/mlp/bs16/constant/lr50/seed0", 50.0)):
+        spec = make_spec({"base_lrs": [lr]}, run=run_id)
+        train_run(spec, tiny_data_path, root / run_id, device="cpu")
+        dirs.append(root / run_id)
+    return dirs
+
+
+def test_runs_table_keeps_the_contract(two_runs):
+    df = runs_table([d / "run.json" for d in two_runs])
+    assert set(CONTRACT_RUN_COLUMNS) <= set(df.columns) and list(df.columns) == list(RUN_COLUMNS)
+    assert len(df) == 2
+    by_id = df.set_index("run_id")
+    linear = by_id.loc["tiny/mlp/bs64/linear/lr0.05/seed0"]
+    assert (linear["batch_size"], linear["lr_rule"], linear["lr"], linear["status"]) == (64, "linear", 0.05, "completed")
+    assert pd.isna(linear["diverged_step"]) and pd.isna(linear["bn_batch_size"])
+    diverged = by_id.loc["tiny/mlp/bs16/constant/lr50/seed0"]
+    assert diverged["status"] == "diverged" and diverged["diverged_step"] >= 1
+
+
+def test_curves_table_stacks_every_step_of_every_run(two_runs):
+    df = curves_table([d / "run.json" for d in two_runs], [d / "metrics.parquet" for d in two_runs])
+    assert list(df.columns) == list(CURVE_COLUMNS) == CONTRACT_CURVE_COLUMNS
+    for d in two_runs:
+        m = pd.read_parquet(d / "metrics.parquet")
+        part = df[df["run_id"] == str(d).split("runs0/")[-1]]
+        assert len(part) == len(m) and part["step"].tolist() == list(range(len(m)))
+
+
+def test_curves_table_refuses_mismatched_inputs(two_runs):
+    with pytest.raises(ValueError, match="2 run summaries but 1 metrics files"):
+        curves_table([d / "run.json" for d in two_runs], [two_runs[0] / "metrics.parquet"])

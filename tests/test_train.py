@@ -1,0 +1,177 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from batchlab import io
+from batchlab.models import build_model
+from batchlab.train import (
+    epoch_permutation, evaluate, first_bad_step, log_spaced_steps, make_plan, resolve_device, train_run,
+)
+from tests.conftest import make_spec
+
+
+def load_weights(run_dir):
+    return io.load_torch(run_dir / "final.pt")["model"]
+
+
+def test_plan_counts_steps_from_epochs_or_steps():
+    spec = make_spec(run="tiny/mlp/bs64/constant/lr0.05/seed0")
+    plan = make_plan(spec, n_train=256)
+    assert (plan.steps_per_epoch, plan.total_steps) == (4, 8)
+    assert {0, 8} <= plan.eval_steps and plan.checkpoint_steps <= plan.eval_steps
+    steps_spec = make_spec({"budget": {"steps": 37}})
+    assert make_plan(steps_spec, n_train=256).total_steps == 37
+    assert make_plan(make_spec(run="tiny/mlp/bs16/constant/lr0.05/seed0"), n_train=250).steps_per_epoch == 15  # last batch dropped
+
+
+def test_eval_points_are_regular_plus_log_spaced():
+    spec = make_spec({"budget": {"steps": 1000}, "eval": {"regular_points": 10, "log_points": 4}})
+    plan = make_plan(spec, 256)
+    assert set(range(0, 1001, 100)) <= plan.eval_steps
+    assert {1, 10, 100} <= plan.eval_steps
+    assert log_spaced_steps(1000, 4) == {1, 10, 100, 1000}
+    assert log_spaced_steps(1000, 0) == set()
+
+
+def test_epoch_permutation_is_a_seeded_permutation():
+    p = epoch_permutation(50, seed=3, epoch=2)
+    assert sorted(p.tolist()) == list(range(50))
+    assert torch.equal(p, epoch_permutation(50, 3, 2))
+    assert not torch.equal(p, epoch_permutation(50, 3, 1)) and not torch.equal(p, epoch_permutation(50, 4, 2))
+
+
+def test_evaluate_matches_a_direct_computation(tiny_data):
+    torch.manual_seed(0)
+    model = build_model("mlp", (40,), 10)
+    loss, acc = evaluate(model, tiny_data.x_test, tiny_data.y_test, batch_size=50)
+    logits = model(tiny_data.x_test)
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, tiny_data.y_test).item(), rel=1e-5)
+    assert acc == pytest.approx((logits.argmax(1) == tiny_data.y_test).float().mean().item())
+
+
+def test_first_bad_step_finds_nan_and_bound():
+    losses = np.array([np.nan, 2.0, 1.5, 300.0, np.nan])
+    assert first_bad_step(losses, 1, 4, max_loss=100) == 3
+    assert first_bad_step(losses, 1, 2, max_loss=100) is None
+    assert first_bad_step(losses, 1, 2, max_loss=1.8) == 1
+
+
+def test_loss_decreases_and_every_step_has_a_batch_loss(tmp_path, tiny_data):
+    spec = make_spec({"budget": {"epochs": 5}}, run="tiny/mlp/bs16/constant/lr0.05/seed0")
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    m = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert summary["status"] == "completed" and summary["steps"] == 80
+    assert list(m["step"]) == list(range(81))
+    assert m["batch_loss"].iloc[1:].notna().all() and np.isnan(m["batch_loss"].iloc[0])
+    assert np.allclose(m["lr"].iloc[1:], 0.05)
+    assert m["examples_seen"].iloc[-1] == 80 * 16 and m["epoch"].iloc[-1] == 5
+    evaluated = m.dropna(subset=["train_loss"])
+    assert evaluated["train_loss"].iloc[-1] < 0.7 * evaluated["train_loss"].iloc[0]
+    assert summary["final_train_loss"] == evaluated["train_loss"].iloc[-1]
+    assert summary["final_test_acc"] > 0.2  # chance is 0.1
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} >= {"step_0.pt", "step_1.pt"}
+    assert not (tmp_path / "checkpoints" / "resume.pt").exists()
+
+
+def test_run_json_records_config_seed_versions_device_and_commit(tmp_path, tiny_data):
+    spec = make_spec(run="tiny/mlp/bs64/linear/lr0.05/seed0")
+    train_run(spec, tiny_data, tmp_path, device="cpu")
+    info = io.read_json(tmp_path / "run.json")
+    assert info["spec"] == spec.to_dict() and info["seed"] == 0 and info["run_id"] == spec.run_id
+    assert info["versions"]["torch"] == torch.__version__.split("+")[0] or info["versions"]["torch"].startswith(torch.__version__[:4])
+    assert info["device"].startswith("cpu") and "commit" in info["git"]
+    assert info["wall_time_s"] > 0
+
+
+def test_same_seed_same_result_on_cpu(tmp_path, tiny_data):
+    spec = make_spec(run="tiny/mlp/bs16/constant/lr0.05/seed0")
+    train_run(spec, tiny_data, tmp_path / "a", device="cpu")
+    train_run(spec, tiny_data, tmp_path / "b", device="cpu")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a/metrics.parquet"), pd.read_parquet(tmp_path / "b/metrics.parquet"))
+    for k, v in load_weights(tmp_path / "a").items():
+        assert torch.equal(v, load_weights(tmp_path / "b")[k])
+    other = make_spec({"seeds": [1]}, run="tiny/mlp/bs16/constant/lr0.05/seed1")
+    train_run(other, tiny_data, tmp_path / "c", device="cpu")
+    assert not torch.equal(load_weights(tmp_path / "a")["net.0.weight"], load_weights(tmp_path / "c")["net.0.weight"])
+
+
+def test_divergence_ends_the_run_cleanly_with_its_step(tmp_path, tiny_data):
+    spec = make_spec({"base_lrs": [50.0], "budget": {"epochs": 5}, "eval": {"regular_points": 80, "log_points": 0}},
+                     run="tiny/mlp/bs16/constant/lr50/seed0")
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    m = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert summary["status"] == "diverged"
+    bad = summary["diverged_step"]
+    losses = m["batch_loss"].to_numpy()
+    assert not np.isfinite(losses[bad]) or losses[bad] > 100
+    assert np.all(np.isfinite(losses[1:bad]) & (losses[1:bad] <= 100))
+    assert summary["steps"] < 80 and len(m) == summary["steps"] + 1  # stopped at the next evaluation point
+    assert (tmp_path / "final.pt").exists() and io.read_json(tmp_path / "run.json")["status"] == "diverged"
+
+
+def test_loss_bound_counts_as_divergence(tmp_path, tiny_data):
+    spec = make_spec({"divergence": {"max_loss": 0.5}}, run="tiny/mlp/bs16/constant/lr0.05/seed0")
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 1  # initial loss ~2.3 > 0.5
+
+
+def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, tiny_data):
+    spec = make_spec({"budget": {"epochs": 3}, "schedule": {"decay": "cosine", "warmup_steps": 5}},
+                     run="tiny/mlp/bs16/constant/lr0.05/seed0")
+    whole = train_run(spec, tiny_data, tmp_path / "whole", device="cpu")
+    partial = train_run(spec, tiny_data, tmp_path / "split", device="cpu", max_steps=21)  # mid-epoch, between evals
+    assert partial == {"run_id": spec.run_id, "status": "interrupted", "step": 21}
+    assert (tmp_path / "split/checkpoints/resume.pt").exists() and not (tmp_path / "split/run.json").exists()
+    resumed = train_run(spec, tiny_data, tmp_path / "split", device="cpu")
+    assert resumed["resumed_from_step"] == 21 and resumed["steps"] == whole["steps"] == 48
+    for k, v in load_weights(tmp_path / "whole").items():
+        assert torch.equal(v, load_weights(tmp_path / "split")[k]), k
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "whole/metrics.parquet"), pd.read_parquet(tmp_path / "split/metrics.parquet")
+    )
+    assert not (tmp_path / "split/checkpoints/resume.pt").exists()
+
+
+def test_checkpoints_of_another_config_are_not_resumed(tmp_path, tiny_data):
+    spec = make_spec(run="tiny/mlp/bs16/constant/lr0.05/seed0")
+    train_run(spec, tiny_data, tmp_path, device="cpu", max_steps=10)
+    changed = make_spec({"optimizer": {"name": "sgd", "momentum": 0.5}}, run="tiny/mlp/bs16/constant/lr0.05/seed0")
+    summary = train_run(changed, tiny_data, tmp_path, device="cpu")
+    assert summary["resumed_from_step"] is None and summary["status"] == "completed"
+
+
+def test_a_damaged_checkpoint_is_skipped(tmp_path, tiny_data):
+    spec = make_spec(run="tiny/mlp/bs16/constant/lr0.05/seed0")
+    train_run(spec, tiny_data, tmp_path, device="cpu", max_steps=10)
+    (tmp_path / "checkpoints" / "resume.pt").write_bytes(b"not a checkpoint")
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    newest_readable = max(s for s in make_plan(spec, tiny_data.n_train).checkpoint_steps if s <= 10)
+    assert newest_readable > 0 and (tmp_path / "checkpoints" / f"step_{newest_readable}.pt").exists()
+    assert summary["status"] == "completed" and summary["resumed_from_step"] == newest_readable
+
+
+def test_adam_and_step_budget_run(tmp_path, tiny_data):
+    spec = make_spec({"optimizer": {"name": "adam"}, "base_lrs": [0.01], "budget": {"steps": 30}},
+                     run="tiny/mlp/bs16/constant/lr0.01/seed0")
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    assert summary["steps"] == 30 and summary["status"] == "completed"
+    assert summary["final_train_loss"] < 2.0
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_a_finished_run_asked_for_again_retrains_from_scratch(tmp_path, tiny_data):
+    spec = make_spec(run="tiny/mlp/bs16/constant/lr0.05/seed0")
+    first = train_run(spec, tiny_data, tmp_path, device="cpu")
+    again = train_run(spec, tiny_data, tmp_path, device="cpu")
+    assert again["resumed_from_step"] is None and again["steps"] == first["steps"]
+    assert (tmp_path / "checkpoints" / "COMPLETE").exists() and (tmp_path / "checkpoints" / "step_0.pt").exists()

@@ -1,0 +1,105 @@
+"""Rule-level tests: the real snakemake on a tiny config in a temporary directory."""
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from batchlab.config import build_grid, check_config
+from tests.conftest import REPO, TINY_CONFIG
+
+pytestmark = pytest.mark.workflow
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+
+def snakemake(workdir: Path, config: dict, *args: str, name: str = "config.yaml") -> subprocess.CompletedProcess:
+    (workdir / name).write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", name,
+         "--cores", "2", *args],
+        capture_output=True, text=True, timeout=600, cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)}
+
+
+@pytest.fixture(scope="module")
+def workflow_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("wf")
+    result = snakemake(workdir, TINY_CONFIG)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_end_to_end_writes_tables_and_figures(workflow_dir):
+    runs = pd.read_parquet(workflow_dir / "results/tables/runs.parquet")
+    curves = pd.read_parquet(workflow_dir / "results/tables/curves.parquet")
+    assert sorted(runs["run_id"]) == [
+        "tiny/mlp/bs16/constant/lr0.05/seed0", "tiny/mlp/bs16/linear/lr0.05/seed0",
+        "tiny/mlp/bs64/constant/lr0.05/seed0", "tiny/mlp/bs64/linear/lr0.05/seed0",
+    ]
+    assert set(runs["status"]) == {"completed"}
+    assert runs.set_index("run_id").loc["tiny/mlp/bs64/constant/lr0.05/seed0", "steps"] == 2 * (256 // 64)
+    for run in runs.itertuples():
+        c = curves[curves["run_id"] == run.run_id]
+        assert c["step"].tolist() == list(range(run.steps + 1))
+        assert c["batch_loss"].iloc[1:].notna().all()  # a batch loss for every step
+        assert c["test_acc"].notna().sum() >= 3
+        run_dir = workflow_dir / "results/runs" / run.run_id
+        assert (run_dir / "final.pt").exists() and (run_dir / "checkpoints/step_0.pt").exists()
+        assert (workflow_dir / "results/logs/train" / f"{run.run_id}.log").read_text().strip()
+    for name in ("training_curves", "accuracy_vs_batch"):
+        assert (workflow_dir / f"results/figures/{name}.png").stat().st_size > 10_000
+        assert (workflow_dir / f"results/figures/{name}.pdf").exists()
+    assert (workflow_dir / "results/data/mnist1d.npz").exists()
+
+
+def test_rerun_with_nothing_changed_does_no_work(workflow_dir):
+    result = snakemake(workflow_dir, TINY_CONFIG)
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_adding_a_batch_size_trains_only_the_new_runs(workflow_dir):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["studies"]["tiny"]["batch_sizes"] = [16, 32, 64]
+    old = {p: p.stat().st_mtime_ns for p in (workflow_dir / "results/runs").rglob("run.json")}
+    dry = snakemake(workflow_dir, config, "-n")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts["train"] == 2 and counts["gather_tables"] == 1 and "prepare_data" not in counts
+    result = snakemake(workflow_dir, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in old} == old  # the old runs were not touched
+    runs = pd.read_parquet(workflow_dir / "results/tables/runs.parquet")
+    assert len(runs) == 6 and sorted(runs["batch_size"].unique()) == [16, 32, 64]
+
+
+def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["studies"]["tiny"]["optimizer"]["learning_rate"] = 0.1
+    result = snakemake(tmp_path, config)
+    assert result.returncode != 0
+    assert "studies.tiny.optimizer" in result.stderr and "'learning_rate' was unexpected" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_another_configfile_replaces_the_default_rather_than_merging(tmp_path):
+    # The default config.yaml's demo study must not leak into a run given --configfile.
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    result = snakemake(tmp_path, TINY_CONFIG, "-n", name="tiny.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert job_counts(result.stdout + result.stderr)["train"] == 4
+    default = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    demo_runs = len(build_grid(check_config(yaml.safe_load((REPO / "config.yaml").read_text()))))
+    assert job_counts(default.stdout + default.stderr)["train"] == demo_runs  # without --configfile: the demo

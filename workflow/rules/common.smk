@@ -1,0 +1,25 @@
+# Shared helpers: where things live, and what each run needs.
+
+wildcard_constraints:
+    run=r".+",
+    dataset=r"mnist1d|cifar10|cifar100",
+
+
+def run_dir(run_id):
+    return f"results/runs/{run_id}"
+
+
+def data_file(dataset):
+    return f"results/data/{dataset}.npz"
+
+
+def get_train_data(wildcards):
+    return data_file(RUNS[wildcards.run].dataset)
+
+
+def get_spec(wildcards):
+    return RUNS[wildcards.run].to_dict()
+
+
+def all_run_files(name):
+    return [f"{run_dir(run_id)}/{name}" for run_id in RUNS]
