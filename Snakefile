@@ -2,7 +2,7 @@
 # config -> grid of runs -> train -> tables -> figures. See README.md.
 from pathlib import Path
 
-from batchlab.config import check_config, build_grid
+from batchlab.config import analysed_runs, build_grid, build_pairs, check_config
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it
 # (merging would add the demo's studies to every other config).
@@ -13,12 +13,16 @@ if not config:
 
 # Stops before any job, naming the offending key; fills the schema's defaults.
 check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
-RUNS = build_grid(config)
+RUNS = build_grid(config)  # run_id -> RunSpec
+ANALYSED = analysed_runs(config, RUNS)  # run_id -> measure every checkpoint (or only the final one)
+PAIRS = build_pairs(config, RUNS)  # pair_id -> Pair(small, large) for interpolation
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/interpolation.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 
@@ -26,6 +30,11 @@ include: "workflow/rules/figures.smk"
 rule all:
     input:
         rules.gather_tables.output,
+        rules.gather_sharpness.output,
+        rules.gather_interpolation.output,
         rules.figure_training_curves.output,
         rules.figure_accuracy_vs_batch.output,
+        rules.figure_sharpness_vs_batch.output,
+        rules.figure_sharpness_along_training.output,
+        rules.figure_interpolation.output,
     default_target: True

@@ -23,6 +23,10 @@ MNIST1D_MODELS = ("mlp", "cnn", "gru")
 CIFAR_TRAIN_SIZE = 50_000
 
 
+# run filter key -> the study's list it selects from
+FILTER_KEYS = {"models": "models", "batch_sizes": "batch_sizes", "lr_rules": "lr_rules", "base_lrs": "base_lrs", "seeds": "seeds"}
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key."""
 
@@ -73,6 +77,16 @@ def _check_study(name: str, study: dict, datasets: dict) -> None:
     for b in study["batch_sizes"]:
         if b > n_train:
             raise ConfigError(f"invalid config at '{where}.batch_sizes': {b} is larger than the {n_train} training examples")
+    for section in ("analysis", "interpolation"):
+        for key, flt in study[section].items():
+            if isinstance(flt, dict) and key in ("runs", "along_training", "select"):
+                for coord, values in flt.items():
+                    unknown = [v for v in values if v not in study[FILTER_KEYS[coord]]]
+                    if unknown:
+                        raise ConfigError(f"invalid config at '{where}.{section}.{key}.{coord}': {unknown} not in the study's {FILTER_KEYS[coord]}")
+    ns = study["analysis"]["noise_scale"]
+    if ns["b_small"] >= ns["b_big"]:
+        raise ConfigError(f"invalid config at '{where}.analysis.noise_scale': b_small ({ns['b_small']}) must be below b_big ({ns['b_big']})")
     bn_sizes = [m for m in study["bn_batch_sizes"] if m is not None]
     if bn_sizes:
         no_bn = [m for m in study["models"] if not has_batchnorm(m)]
@@ -147,3 +161,79 @@ def build_grid(config: dict) -> dict[str, RunSpec]:
                 raise ConfigError(f"invalid config at 'studies.{name}': two runs share the id {run.run_id}")
             grid[run.run_id] = run
     return grid
+
+
+# --- analyses: which runs, which pairs ---------------------------------------------------
+
+def run_matches(run: RunSpec, run_filter: dict) -> bool:
+    """Whether `run` passes a run filter (each listed coordinate must be among the values)."""
+    coords = {"models": run.model, "batch_sizes": run.batch_size, "lr_rules": run.lr_rule,
+              "base_lrs": run.base_lr, "seeds": run.seed}
+    return all(coords[key] in values for key, values in run_filter.items())
+
+
+def analysed_runs(config: dict, grid: dict[str, RunSpec]) -> dict[str, bool]:
+    """Runs whose checkpoints are measured: run_id -> whether every checkpoint (True) or the final one only."""
+    out = {}
+    for run_id, run in grid.items():
+        analysis = config["studies"][run.study]["analysis"]
+        if analysis["enabled"] and run_matches(run, analysis["runs"]):
+            out[run_id] = run_matches(run, analysis["along_training"])
+    return out
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two solutions to interpolate between: `small` (alpha = 0) and `large` (alpha = 1) batch."""
+
+    pair_id: str
+    study: str
+    small: str
+    large: str
+
+
+def _pair_id(small: RunSpec, large: RunSpec) -> str:
+    same = (small.model, small.lr_rule, small.base_lr, small.seed, small.bn_batch_size) == (
+        large.model, large.lr_rule, large.base_lr, large.seed, large.bn_batch_size)
+    if same:
+        bn = f"/bn{small.bn_batch_size}" if small.bn_batch_size is not None else ""
+        return f"{small.study}/{small.model}{bn}/{small.lr_rule}/lr{small.base_lr:g}/seed{small.seed}/bs{small.batch_size}_vs_bs{large.batch_size}"
+    tail = large.run_id.removeprefix(f"{large.study}/").replace("/", "_")
+    return f"{small.run_id}/vs_{tail}"
+
+
+def build_pairs(config: dict, grid: dict[str, RunSpec]) -> dict[str, Pair]:
+    """The interpolation pairs of every study, keyed by a readable pair_id."""
+    pairs: dict[str, Pair] = {}
+    for name, study in config["studies"].items():
+        interp = study["interpolation"]
+        if not interp["enabled"]:
+            continue
+        if "pairs" in interp:
+            chosen = []
+            for i, p in enumerate(interp["pairs"]):
+                for role in ("small", "large"):
+                    if p[role] not in grid or grid[p[role]].study != name:
+                        raise ConfigError(f"invalid config at 'studies.{name}.interpolation.pairs[{i}].{role}': "
+                                          f"{p[role]!r} is not a run of this study")
+                small, large = grid[p["small"]], grid[p["large"]]
+                if (small.model, small.bn_batch_size) != (large.model, large.bn_batch_size):
+                    raise ConfigError(f"invalid config at 'studies.{name}.interpolation.pairs[{i}]': the two runs must share "
+                                      f"one architecture, got {small.model} and {large.model}")
+                chosen.append((small, large))
+        else:
+            groups: dict[tuple, list[RunSpec]] = {}
+            for run in grid.values():
+                if run.study == name and run_matches(run, interp["select"]):
+                    key = (run.model, run.lr_rule, run.base_lr, run.seed, run.bn_batch_size)
+                    groups.setdefault(key, []).append(run)
+            chosen = []
+            for runs in groups.values():
+                small = min(runs, key=lambda r: r.batch_size)
+                large = max(runs, key=lambda r: r.batch_size)
+                if small.batch_size != large.batch_size:
+                    chosen.append((small, large))
+        for small, large in chosen:
+            pair = Pair(_pair_id(small, large), name, small.run_id, large.run_id)
+            pairs[pair.pair_id] = pair
+    return pairs

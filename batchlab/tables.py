@@ -2,7 +2,9 @@
 
 - runs.parquet: one row per run, with its grid coordinates, status and final metrics;
 - curves.parquet: one row per (run, step), the dense batch-loss curve with the full
-  train/test evaluations where they were made.
+  train/test evaluations where they were made;
+- sharpness.parquet: one row per (run, checkpoint, metric, epsilon);
+- interpolation.parquet: one row per (pair, alpha, split).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ RUN_COLUMNS = (
     "diverged_step", "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "best_test_acc",
     "wall_time_s", "device",
 )
+SHARPNESS_COLUMNS = (
+    "run_id", "step", "train_loss", "metric", "epsilon", "value", "stderr", "subset_loss", "n_evals", "bn_mode", "n_examples",
+)
+INTERPOLATION_COLUMNS = ("pair_id", "run_id_small", "run_id_large", "alpha", "split", "loss", "accuracy", "bn_mode")
+TABLE_COLUMNS = {"sharpness": SHARPNESS_COLUMNS, "interpolation": INTERPOLATION_COLUMNS}
 CURVE_COLUMNS = (
     "run_id", "step", "epoch", "examples_seen", "lr", "batch_loss", "train_loss", "train_acc", "test_loss", "test_acc",
 )
@@ -59,3 +66,17 @@ def curves_table(summary_paths: Sequence[str | os.PathLike], metrics_paths: Sequ
         df.insert(0, "run_id", read_json(summary_path)["run_id"])
         parts.append(df)
     return pd.concat(parts, ignore_index=True)[list(CURVE_COLUMNS)]
+
+
+def concat_tables(paths: Sequence[str | os.PathLike], table: str) -> pd.DataFrame:
+    """Stack per-job Parquet parts of `table` ("sharpness" or "interpolation"); empty when there are none."""
+    if table not in TABLE_COLUMNS:
+        raise ValueError(f"unknown table {table!r}; choose one of {', '.join(TABLE_COLUMNS)}")
+    columns = list(TABLE_COLUMNS[table])
+    parts = [pd.read_parquet(p) for p in paths]
+    for path, part in zip(paths, parts):
+        if list(part.columns) != columns:
+            raise ValueError(f"{path} has columns {list(part.columns)}, expected {columns}")
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)

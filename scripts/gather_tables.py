@@ -1,7 +1,7 @@
 """Rule gather_tables: every run -> runs.parquet and curves.parquet."""
-from batchlab.logs import log_to
+from batchlab.logs import start_job
 
-log_to(snakemake.log[0])
+start_job(snakemake.log[0], 1)
 
 from batchlab import io  # noqa: E402
 from batchlab.tables import curves_table, runs_table  # noqa: E402

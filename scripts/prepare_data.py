@@ -1,7 +1,7 @@
 """Rule prepare_data: write results/data/<dataset>.npz."""
-from batchlab.logs import log_to
+from batchlab.logs import start_job
 
-log_to(snakemake.log[0])
+start_job(snakemake.log[0], 1)
 
 from batchlab.data.prepare import prepare_dataset  # noqa: E402
 

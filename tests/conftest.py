@@ -25,6 +25,12 @@ TINY_STUDY = {
     "budget": {"epochs": 2},
     "eval": {"regular_points": 5, "log_points": 3},
     "checkpoints": {"log_points": 3},
+    "analysis": {
+        "along_training": {"batch_sizes": [16]},
+        "sharpness": {"epsilons": [1e-3], "subspace_dim": 10},
+        "hessian": {"max_hvp": 30, "n_probes": 4},
+        "noise_scale": {"b_small": 8, "b_big": 64, "n_draws": 3},
+    },
 }
 TINY_CONFIG = {"device": "cpu", "datasets": {"mnist1d": {"n_train": 256, "n_test": 128}}, "studies": {"tiny": TINY_STUDY}}
 

@@ -153,3 +153,55 @@ def test_every_top_level_and_dataset_key_is_read_by_the_workflow():
 def test_schema_file_is_the_one_the_snakefile_uses():
     assert Path("workflow/schemas/config.schema.yaml").as_posix() in SCHEMA_PATH.as_posix()
     assert '"workflow" / "schemas" / "config.schema.yaml"' in (REPO / "Snakefile").read_text()
+
+
+def test_analysed_runs_follow_the_filters(tiny_config):
+    from batchlab.config import analysed_runs
+
+    tiny_config["studies"]["tiny"].update(seeds=[0, 1], analysis={"runs": {"seeds": [0]}, "along_training": {"batch_sizes": [16]}})
+    cfg = check_config(tiny_config)
+    selected = analysed_runs(cfg, build_grid(cfg))
+    assert sorted(selected) == [
+        "tiny/mlp/bs16/constant/lr0.05/seed0", "tiny/mlp/bs16/linear/lr0.05/seed0",
+        "tiny/mlp/bs64/constant/lr0.05/seed0", "tiny/mlp/bs64/linear/lr0.05/seed0",
+    ]
+    assert [rid for rid, along in selected.items() if along] == ["tiny/mlp/bs16/constant/lr0.05/seed0", "tiny/mlp/bs16/linear/lr0.05/seed0"]
+    tiny_config["studies"]["tiny"]["analysis"] = {"enabled": False}
+    cfg = check_config(tiny_config)
+    assert analysed_runs(cfg, build_grid(cfg)) == {}
+
+
+def test_filters_must_name_values_of_the_study():
+    msg = bad(lambda c: c["studies"]["tiny"].update(analysis={"runs": {"batch_sizes": [32]}}))
+    assert "studies.tiny.analysis.runs.batch_sizes" in msg and "[32] not in the study's batch_sizes" in msg
+
+
+def test_noise_scale_batches_must_be_ordered():
+    msg = bad(lambda c: c["studies"]["tiny"].update(analysis={"noise_scale": {"b_small": 64, "b_big": 64}}))
+    assert "studies.tiny.analysis.noise_scale" in msg
+
+
+def test_default_pairs_join_smallest_and_largest_batch(tiny_config):
+    from batchlab.config import build_pairs
+
+    tiny_config["studies"]["tiny"].update(batch_sizes=[16, 32, 64], seeds=[0, 1], interpolation={"select": {"seeds": [1]}})
+    cfg = check_config(tiny_config)
+    pairs = build_pairs(cfg, build_grid(cfg))
+    assert sorted(pairs) == ["tiny/mlp/constant/lr0.05/seed1/bs16_vs_bs64", "tiny/mlp/linear/lr0.05/seed1/bs16_vs_bs64"]
+    pair = pairs["tiny/mlp/linear/lr0.05/seed1/bs16_vs_bs64"]
+    assert (pair.small, pair.large) == ("tiny/mlp/bs16/linear/lr0.05/seed1", "tiny/mlp/bs64/linear/lr0.05/seed1")
+
+
+def test_explicit_pairs_are_checked(tiny_config):
+    from batchlab.config import build_pairs
+
+    tiny_config["studies"]["tiny"]["interpolation"] = {
+        "pairs": [{"small": "tiny/mlp/bs16/constant/lr0.05/seed0", "large": "tiny/mlp/bs64/linear/lr0.05/seed0"}]
+    }
+    cfg = check_config(tiny_config)
+    pairs = build_pairs(cfg, build_grid(cfg))
+    assert list(pairs) == ["tiny/mlp/bs16/constant/lr0.05/seed0/vs_mlp_bs64_linear_lr0.05_seed0"]
+    tiny_config["studies"]["tiny"]["interpolation"]["pairs"][0]["large"] = "tiny/mlp/bs999/linear/lr0.05/seed0"
+    cfg = check_config(tiny_config)
+    with pytest.raises(ConfigError, match=r"interpolation.pairs\[0\].large': 'tiny/mlp/bs999/linear/lr0.05/seed0' is not a run"):
+        build_pairs(cfg, build_grid(cfg))

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import pandas as pd
 
@@ -41,3 +42,47 @@ def test_figures_are_written_as_png_and_pdf(tmp_path):
     for name in ("curves.pdf", "acc.pdf"):
         assert (tmp_path / name).read_bytes()[:5] == b"%PDF-"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.pdf", "acc.png", "curves.pdf", "curves.png"]  # no temporaries
+
+
+def synthetic_sharpness(runs):
+    rows = []
+    for run in runs.itertuples():
+        final = 100
+        steps = [0, 10, 100] if run.seed == 0 else [100]
+        for step in steps:
+            train_loss = 2.3 * np.exp(-step / 30) + 0.01
+            sharp = (1 + np.log2(run.batch_size)) * (1 + step / 100) if run.batch_size > 16 else 10 / (1 + step / 10)
+            for metric, eps, value in (("eps_sharpness_full", 1e-3, sharp), ("eps_sharpness_full", 5e-4, sharp / 2),
+                                       ("hessian_lambda_max", np.nan, 3 * sharp)):
+                rows.append(dict(run_id=run.run_id, step=step, train_loss=train_loss, metric=metric, epsilon=eps, value=value))
+    return runs.assign(steps=100, final_test_acc=runs["final_test_acc"]), pd.DataFrame(rows)
+
+
+def test_sharpness_figures(tmp_path):
+    from batchlab.plots import final_sharpness, plot_sharpness_along_training, plot_sharpness_vs_batch
+
+    runs, _ = synthetic_tables()
+    runs, sharpness = synthetic_sharpness(runs)
+    joined = final_sharpness(runs, sharpness)
+    row = joined.set_index("run_id").loc["s/cnn/bs64/linear/lr0.1/seed0"]
+    assert row["eps_sharpness"] == (1 + 6) * 2 and row["hessian_lambda_max"] == 3 * 14  # final step, largest epsilon
+    plot_sharpness_vs_batch(runs, sharpness, tmp_path / "svb.png")
+    plot_sharpness_along_training(runs, sharpness, tmp_path / "along.png")
+    assert (tmp_path / "svb.png").stat().st_size > 10_000 and (tmp_path / "along.png").stat().st_size > 10_000
+
+
+def test_interpolation_figure_and_empty_inputs(tmp_path):
+    from batchlab.plots import draw_figure
+
+    alphas = np.linspace(-1, 2, 7)
+    interp = pd.concat([
+        pd.DataFrame(dict(pair_id=f"s/{m}/linear/lr0.1/seed0/bs16_vs_bs256", alpha=alphas, split=split,
+                          loss=0.1 + alphas ** 2 * (2 if split == "test" else 1), accuracy=0.9 - 0.1 * np.abs(alphas), bn_mode="none"))
+        for m in ("mlp", "cnn") for split in ("train", "test")
+    ])
+    draw_figure("interpolation", {"interpolation": interp}, tmp_path / "i.png", tmp_path / "i.pdf")
+    assert (tmp_path / "i.png").stat().st_size > 10_000
+    draw_figure("interpolation", {"interpolation": interp.iloc[0:0]}, tmp_path / "empty.png")
+    assert (tmp_path / "empty.png").exists()
+    with pytest.raises(ValueError, match="unknown figure 'roc'"):
+        draw_figure("roc", {}, tmp_path / "x.png")

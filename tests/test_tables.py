@@ -50,3 +50,21 @@ def test_curves_table_stacks_every_step_of_every_run(two_runs):
 def test_curves_table_refuses_mismatched_inputs(two_runs):
     with pytest.raises(ValueError, match="2 run summaries but 1 metrics files"):
         curves_table([d / "run.json" for d in two_runs], [two_runs[0] / "metrics.parquet"])
+
+
+def test_concat_tables_stacks_parts_and_keeps_columns_when_empty(tmp_path):
+    from batchlab.tables import INTERPOLATION_COLUMNS, concat_tables
+
+    part = pd.DataFrame({c: [1.0, 2.0] for c in INTERPOLATION_COLUMNS}).assign(pair_id="p", split=["train", "test"])
+    part = part[list(INTERPOLATION_COLUMNS)]
+    part.to_parquet(tmp_path / "a.parquet")
+    part.to_parquet(tmp_path / "b.parquet")
+    stacked = concat_tables([tmp_path / "a.parquet", tmp_path / "b.parquet"], "interpolation")
+    assert len(stacked) == 4 and list(stacked.columns) == list(INTERPOLATION_COLUMNS)
+    empty = concat_tables([], "sharpness")
+    assert empty.empty and "metric" in empty.columns
+    part.drop(columns="bn_mode").to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="bad.parquet has columns"):
+        concat_tables([tmp_path / "bad.parquet"], "interpolation")
+    with pytest.raises(ValueError, match="unknown table 'speed'"):
+        concat_tables([], "speed")

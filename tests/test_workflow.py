@@ -57,10 +57,39 @@ def test_end_to_end_writes_tables_and_figures(workflow_dir):
         run_dir = workflow_dir / "results/runs" / run.run_id
         assert (run_dir / "final.pt").exists() and (run_dir / "checkpoints/step_0.pt").exists()
         assert (workflow_dir / "results/logs/train" / f"{run.run_id}.log").read_text().strip()
-    for name in ("training_curves", "accuracy_vs_batch"):
+    for name in ("training_curves", "accuracy_vs_batch", "sharpness_vs_batch", "sharpness_along_training", "interpolation"):
         assert (workflow_dir / f"results/figures/{name}.png").stat().st_size > 10_000
         assert (workflow_dir / f"results/figures/{name}.pdf").exists()
     assert (workflow_dir / "results/data/mnist1d.npz").exists()
+
+
+def test_sharpness_table_has_every_metric_for_every_analysed_checkpoint(workflow_dir):
+    runs = pd.read_parquet(workflow_dir / "results/tables/runs.parquet").set_index("run_id")
+    sharp = pd.read_parquet(workflow_dir / "results/tables/sharpness.parquet")
+    contract = ["run_id", "step", "train_loss", "metric", "epsilon", "value"]
+    assert set(contract) <= set(sharp.columns)
+    assert set(sharp["metric"]) == {"eps_sharpness_full", "eps_sharpness_subspace", "hessian_lambda_max", "hessian_trace", "noise_scale"}
+    assert set(sharp["run_id"]) == set(runs.index) and set(sharp["bn_mode"]) == {"eval"}
+    steps = sharp.groupby("run_id")["step"].unique()
+    for run_id, run in runs.iterrows():
+        assert run["steps"] in steps[run_id]  # the final checkpoint
+        assert (len(steps[run_id]) > 1) == (run["batch_size"] == 16)  # along training only where selected
+    final = sharp.merge(runs["final_train_loss"], left_on="run_id", right_index=True)
+    final = final[final["step"] == final["run_id"].map(runs["steps"])]
+    assert (final["train_loss"] == final["final_train_loss"]).all()
+    assert sharp["value"].notna().all() and (sharp[sharp["metric"].str.startswith("eps_")]["value"] >= 0).all()
+
+
+def test_interpolation_table_reproduces_the_endpoints(workflow_dir):
+    runs = pd.read_parquet(workflow_dir / "results/tables/runs.parquet").set_index("run_id")
+    interp = pd.read_parquet(workflow_dir / "results/tables/interpolation.parquet")
+    assert list(interp.columns) == ["pair_id", "run_id_small", "run_id_large", "alpha", "split", "loss", "accuracy", "bn_mode"]
+    assert sorted(interp["pair_id"].unique()) == ["tiny/mlp/constant/lr0.05/seed0/bs16_vs_bs64", "tiny/mlp/linear/lr0.05/seed0/bs16_vs_bs64"]
+    assert len(interp) == 2 * 31 * 2 and set(interp["bn_mode"]) == {"none"}
+    for pair in interp.itertuples():
+        if pair.alpha in (0.0, 1.0):
+            run = runs.loc[pair.run_id_small if pair.alpha == 0.0 else pair.run_id_large]
+            assert pair.loss == pytest.approx(run[f"final_{pair.split}_loss"], rel=1e-6)
 
 
 def test_rerun_with_nothing_changed_does_no_work(workflow_dir):
@@ -76,7 +105,8 @@ def test_adding_a_batch_size_trains_only_the_new_runs(workflow_dir):
     dry = snakemake(workflow_dir, config, "-n")
     assert dry.returncode == 0, dry.stderr[-2000:]
     counts = job_counts(dry.stdout + dry.stderr)
-    assert counts["train"] == 2 and counts["gather_tables"] == 1 and "prepare_data" not in counts
+    assert counts["train"] == 2 and counts["analyse_checkpoints"] == 2 and counts["gather_tables"] == 1
+    assert "prepare_data" not in counts and "interpolate_pair" not in counts  # bs16 vs bs64 still the pairs
     result = snakemake(workflow_dir, config)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in old} == old  # the old runs were not touched

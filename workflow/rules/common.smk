@@ -2,6 +2,7 @@
 
 wildcard_constraints:
     run=r".+",
+    pair=r".+",
     dataset=r"mnist1d|cifar10|cifar100",
 
 
@@ -23,3 +24,15 @@ def get_spec(wildcards):
 
 def all_run_files(name):
     return [f"{run_dir(run_id)}/{name}" for run_id in RUNS]
+
+
+def get_analysis_cfg(wildcards):
+    return config["studies"][RUNS[wildcards.run].study]["analysis"]
+
+
+def pair_file(wildcards, role, name):
+    return f"{run_dir(getattr(PAIRS[wildcards.pair], role))}/{name}"
+
+
+def get_pair_data(wildcards):
+    return data_file(RUNS[PAIRS[wildcards.pair].small].dataset)

@@ -12,3 +12,29 @@ rule gather_tables:
         "results/logs/gather_tables.log",
     script:
         "../../scripts/gather_tables.py"
+
+
+rule gather_sharpness:
+    input:
+        expand("results/analysis/{run}/sharpness.parquet", run=ANALYSED),
+    output:
+        "results/tables/sharpness.parquet",
+    params:
+        table="sharpness",
+    log:
+        "results/logs/gather_sharpness.log",
+    script:
+        "../../scripts/concat_tables.py"
+
+
+rule gather_interpolation:
+    input:
+        expand("results/interpolation/{pair}.parquet", pair=PAIRS),
+    output:
+        "results/tables/interpolation.parquet",
+    params:
+        table="interpolation",
+    log:
+        "results/logs/gather_interpolation.log",
+    script:
+        "../../scripts/concat_tables.py"

@@ -1,0 +1,1 @@
+"""Analyses of trained weights: sharpness, Hessian spectrum, gradient noise scale, interpolation."""
