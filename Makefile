@@ -1,4 +1,5 @@
-# Two entry points: `make demo` runs the workflow on config.yaml, `make test` runs the tests.
+# Two entry points: `make demo` runs the workflow on config.yaml and builds results/report.html;
+# `make test` runs the tests.
 # Each creates .venv with the pinned dependencies on first use.
 PYTHON ?= python3
 VENV   := .venv
@@ -20,6 +21,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

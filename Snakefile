@@ -11,6 +11,9 @@ if not config:
     configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 # Stops before any job, naming the offending key; fills the schema's defaults.
 check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 RUNS = build_grid(config)  # run_id -> RunSpec
@@ -24,7 +27,9 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/interpolation.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/speedup.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -32,9 +37,7 @@ rule all:
         rules.gather_tables.output,
         rules.gather_sharpness.output,
         rules.gather_interpolation.output,
-        rules.figure_training_curves.output,
-        rules.figure_accuracy_vs_batch.output,
-        rules.figure_sharpness_vs_batch.output,
-        rules.figure_sharpness_along_training.output,
-        rules.figure_interpolation.output,
+        rules.speedup_tables.output,
+        all_figures(),
+        rules.report_summary.output,
     default_target: True

@@ -9,6 +9,10 @@
 - `plot_sharpness_vs_batch`, `plot_sharpness_along_training`, `plot_interpolation`:
   Keskar et al. 2017's figures (sharpness and test accuracy against batch size, sharpness
   against train cross-entropy for SB and LB, and the 1-D parametric plot).
+- `plot_steps_to_target`, `plot_speedup`, `plot_best_lr`: Golmant et al. 2018 and Shallue et
+  al. 2018 (steps to target with perfect scaling and B_crit, speed-up, best LR per batch);
+  `plot_accuracy_vs_base_lr`, `plot_generalization_gap`: Masters & Luschi 2018's stable-LR
+  view and the generalization gap against batch size.
 """
 
 from __future__ import annotations
@@ -175,6 +179,7 @@ def plot_sharpness_along_training(runs: pd.DataFrame, sharpness: pd.DataFrame, p
     grid.set(xscale="log", yscale="log")
     for ax in grid.axes.flat:
         ax.invert_xaxis()
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # narrow log ranges crowd the labels
     grid.set_titles("{col_name}")
     eps = data["epsilon"].iloc[0]
     grid.set_axis_labels("train cross-entropy (training proceeds →)", f"ε-sharpness (ε={eps:g}, %)")
@@ -205,10 +210,156 @@ def plot_interpolation(interpolation: pd.DataFrame, png, pdf=None) -> None:
     grid.set_titles("{col_name}", size=8)
     grid.set_axis_labels("α (0: small batch, 1: large batch)", "cross-entropy (log)")
     handles = [matplotlib.lines.Line2D([], [], color=c, ls=ls) for c in ("tab:blue", "tab:red") for ls in ("-", "--")]
-    grid.figure.legend(handles, ["train loss", "train accuracy", "test loss", "test accuracy"], loc="upper center",
+    grid.figure.legend(handles, ["train loss", "train accuracy", "test loss", "test accuracy"], loc="lower center",
                        ncol=4, bbox_to_anchor=(0.5, 1.0), frameon=False)
     bn = ", ".join(sorted(data["bn_mode"].unique()))
-    grid.figure.suptitle(f"1-D interpolation between solutions (BN statistics: {bn}); accuracy dashed, right axis", y=1.04)
+    grid.figure.suptitle(f"1-D interpolation between solutions (BN statistics: {bn}); accuracy dashed, right axis", y=1.08)
+    save_figure(grid.figure, png, pdf)
+
+
+# --- speed-up and critical batch size (Golmant 2018, Shallue 2018) -----------------------
+
+RULE_ORDER = ["constant", "linear", "sqrt", "best"]
+
+
+def _target_label(df: pd.DataFrame) -> pd.Series:
+    return df["target_metric"].str.replace("_", " ") + " ≤ " + df["target_value"].map("{:g}".format)
+
+
+def _log_batch_axes(grid, batch_sizes) -> None:
+    for ax in grid.axes.flat:
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(batch_sizes))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.minorticks_off()
+
+
+def _speedup_frame(speedup: pd.DataFrame) -> pd.DataFrame:
+    data = speedup.assign(target=_target_label(speedup))
+    data = data.assign(panel=_panel_key(data))
+    return data[data["reached"]]
+
+
+def plot_steps_to_target(speedup: pd.DataFrame, critical: pd.DataFrame, png, pdf=None) -> None:
+    """Steps to target against batch size (log-log), one line per LR rule, the perfect-scaling
+    line from the smallest batch of the tuned (`best`) curve, and its fitted B_crit."""
+    data = _speedup_frame(speedup)
+    if data.empty:
+        return _no_data("no batch size reached any target", png, pdf)
+    rules = [r for r in RULE_ORDER if r in set(data["lr_rule"])]
+    grid = sns.relplot(data=data, x="batch_size", y="steps_to_target", hue="lr_rule", hue_order=rules, style="lr_rule",
+                       row="target", col="panel", kind="line", markers=True, dashes=False, height=2.7, aspect=1.25,
+                       facet_kws={"sharey": False, "margin_titles": True})
+    grid.set(yscale="log")
+    _log_batch_axes(grid, data["batch_size"].unique())
+    crit = critical.assign(target=_target_label(critical))
+    crit = crit.assign(panel=_panel_key(crit))
+    for (target, panel), ax in grid.axes_dict.items():
+        best = data[(data["target"] == target) & (data["panel"] == panel) & (data["lr_rule"] == "best")].sort_values("batch_size")
+        if best.empty:
+            continue
+        b0, s0 = best["batch_size"].iloc[0], best["steps_to_target"].iloc[0]
+        bs = np.array(sorted(data["batch_size"].unique()), dtype=float)
+        ax.plot(bs, s0 * b0 / bs, color="0.6", ls=":", label="perfect scaling")
+        fit = crit[(crit["target"] == target) & (crit["panel"] == panel) & (crit["lr_rule"] == "best")]
+        if len(fit) and np.isfinite(fit["b_crit"].iloc[0]):
+            row = fit.iloc[0]
+            ax.axvline(row["b_crit"], color="k", lw=0.8)
+            if np.isfinite(row["ci_low"]):
+                ax.axvspan(row["ci_low"], row["ci_high"], color="k", alpha=0.08)
+            ax.text(row["b_crit"], ax.get_ylim()[1], f" B_crit≈{row['b_crit']:.0f}", va="top", fontsize=7)
+    grid.set_axis_labels("batch size", "steps to target")
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    grid.figure.suptitle("Steps to target (min over the LR grid); dotted: perfect scaling; line and band: fitted B_crit "
+                         "of the tuned curve with its 95% interval", y=1.02)
+    save_figure(grid.figure, png, pdf)
+
+
+def plot_speedup(speedup: pd.DataFrame, png, pdf=None) -> None:
+    """Speed-up over the smallest batch against batch size (log-log), with its bootstrap interval."""
+    data = _speedup_frame(speedup).dropna(subset=["speedup"])
+    if data.empty:
+        return _no_data("no speed-up: the smallest batch never reached a target", png, pdf)
+    rules = [r for r in RULE_ORDER if r in set(data["lr_rule"])]
+    grid = sns.FacetGrid(data, row="target", col="panel", height=2.7, aspect=1.25, sharey=False, margin_titles=True)
+    palette = dict(zip(rules, sns.color_palette(n_colors=len(rules))))
+
+    def draw(data, **_):
+        ax = plt.gca()
+        for rule in rules:
+            part = data[data["lr_rule"] == rule].sort_values("batch_size")
+            ax.plot(part["batch_size"], part["speedup"], marker="o", color=palette[rule], label=rule)
+            ax.fill_between(part["batch_size"], part["speedup_ci_low"], part["speedup_ci_high"], color=palette[rule], alpha=0.15)
+        bs = np.array(sorted(data["batch_size"].unique()), dtype=float)
+        ax.plot(bs, bs / bs[0], color="0.6", ls=":", label="perfect")
+        ax.set_yscale("log")
+
+    grid.map_dataframe(draw)
+    _log_batch_axes(grid, data["batch_size"].unique())
+    grid.add_legend()
+    grid.set_axis_labels("batch size", "speed-up over the smallest batch")
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    grid.figure.suptitle("Speed-up curves (bands: 95% bootstrap over seeds; dotted: perfect scaling)", y=1.02)
+    save_figure(grid.figure, png, pdf)
+
+
+def plot_best_lr(speedup: pd.DataFrame, png, pdf=None) -> None:
+    """The LR that reached each target fastest, tuned over every rule and LR, against batch size,
+    with linear and square-root scaling drawn through the smallest batch."""
+    data = _speedup_frame(speedup)
+    data = data[data["lr_rule"] == "best"]
+    if data.empty:
+        return _no_data("no batch size reached any target", png, pdf)
+    grid = sns.relplot(data=data, x="batch_size", y="best_lr", hue="target", style="target", col="panel", kind="line",
+                       markers=True, dashes=False, height=3.0, aspect=1.2)
+    grid.set(yscale="log")
+    _log_batch_axes(grid, data["batch_size"].unique())
+    for panel, ax in grid.axes_dict.items():
+        part = data[data["panel"] == panel].sort_values("batch_size")
+        b0, lr0 = part["batch_size"].iloc[0], part["best_lr"].iloc[0]
+        bs = np.array(sorted(data["batch_size"].unique()), dtype=float)
+        ax.plot(bs, lr0 * bs / b0, color="0.5", ls="--", lw=0.8)
+        ax.plot(bs, lr0 * np.sqrt(bs / b0), color="0.5", ls=":", lw=0.8)
+    grid.set_axis_labels("batch size", "best learning rate")
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle("Best LR per batch size (dashed: linear scaling, dotted: square-root scaling)", y=1.04)
+    save_figure(grid.figure, png, pdf)
+
+
+def plot_accuracy_vs_base_lr(runs: pd.DataFrame, png, pdf=None) -> None:
+    """Masters & Luschi: final test accuracy against the base LR eta_tilde = eta / m, one line per
+    batch size (median over seeds; diverged runs count as accuracy 0)."""
+    data = runs.assign(eta_tilde=runs["lr"] / runs["batch_size"],
+                       acc=runs["final_test_acc"].where(runs["status"] == "completed", 0.0).fillna(0.0))
+    data = data.assign(panel=_panel_key(data))
+    grid = sns.relplot(data=data, x="eta_tilde", y="acc", hue="batch_size", hue_norm=LogNorm(), palette="viridis",
+                       col="panel", kind="line", marker="o", estimator="median", errorbar=None, legend="full",
+                       height=3.0, aspect=1.25, facet_kws={"sharey": False})
+    grid.set(xscale="log")
+    grid.set_axis_labels("base learning rate η̃ = η / m", "final test accuracy")
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle("Test accuracy against base LR, one line per batch size (Masters & Luschi 2018)", y=1.04)
+    save_figure(grid.figure, png, pdf)
+
+
+def plot_generalization_gap(runs: pd.DataFrame, png, pdf=None) -> None:
+    """Test minus train loss, and test error, against batch size at each batch size's best base LR."""
+    chosen = best_base_lr_runs(runs)
+    chosen = chosen.assign(panel=_panel_key(chosen), gap=chosen["final_test_loss"] - chosen["final_train_loss"],
+                           test_error=1 - chosen["final_test_acc"])
+    long = chosen.melt(id_vars=["panel", "batch_size", "lr_rule", "seed"], value_vars=["gap", "test_error"],
+                       var_name="quantity", value_name="y")
+    labels = {"gap": "test loss − train loss", "test_error": "test error"}
+    long["quantity"] = long["quantity"].map(labels)
+    grid = sns.relplot(data=long, x="batch_size", y="y", hue="lr_rule", style="lr_rule", row="quantity", col="panel",
+                       kind="line", markers=True, dashes=False, err_style="bars", errorbar=("pi", 100),
+                       height=2.6, aspect=1.3, facet_kws={"sharey": False}, row_order=list(labels.values()))
+    _log_batch_axes(grid, chosen["batch_size"].unique())
+    grid.set_titles("{col_name}")
+    for (quantity, _), ax in grid.axes_dict.items():
+        ax.set_ylabel(quantity)
+    grid.set_xlabels("batch size")
+    grid.figure.suptitle("Generalization gap against batch size, at each batch size's best base LR (bars: range over seeds)", y=1.02)
     save_figure(grid.figure, png, pdf)
 
 
@@ -218,6 +369,11 @@ FIGURES = {
     "sharpness_vs_batch": plot_sharpness_vs_batch,
     "sharpness_along_training": plot_sharpness_along_training,
     "interpolation": plot_interpolation,
+    "steps_to_target": plot_steps_to_target,
+    "speedup": plot_speedup,
+    "best_lr": plot_best_lr,
+    "accuracy_vs_base_lr": plot_accuracy_vs_base_lr,
+    "generalization_gap": plot_generalization_gap,
 }
 
 

@@ -31,6 +31,7 @@ TINY_STUDY = {
         "hessian": {"max_hvp": 30, "n_probes": 4},
         "noise_scale": {"b_small": 8, "b_big": 64, "n_draws": 3},
     },
+    "speedup": {"targets": {"train_loss": [2.2], "test_error": [0.85]}, "n_bootstrap": 50},
 }
 TINY_CONFIG = {"device": "cpu", "datasets": {"mnist1d": {"n_train": 256, "n_test": 128}}, "studies": {"tiny": TINY_STUDY}}
 

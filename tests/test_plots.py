@@ -86,3 +86,35 @@ def test_interpolation_figure_and_empty_inputs(tmp_path):
     assert (tmp_path / "empty.png").exists()
     with pytest.raises(ValueError, match="unknown figure 'roc'"):
         draw_figure("roc", {}, tmp_path / "x.png")
+
+
+def synthetic_speedup():
+    from batchlab.speedup import speedup_tables
+    from tests.test_speedup import synthetic_runs
+
+    runs, curves = synthetic_runs(seeds=(0, 1))
+    return runs, speedup_tables(runs, curves, {"s": {"targets": {"train_loss": [0.1]}, "n_bootstrap": 50}})
+
+
+def test_speedup_figures(tmp_path):
+    from batchlab.plots import draw_figure
+
+    runs, (speed, crit) = synthetic_speedup()
+    draw_figure("steps_to_target", {"speedup": speed, "critical": crit}, tmp_path / "steps.png")
+    draw_figure("speedup", {"speedup": speed}, tmp_path / "speedup.png")
+    draw_figure("best_lr", {"speedup": speed}, tmp_path / "lr.png")
+    for name in ("steps.png", "speedup.png", "lr.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    draw_figure("speedup", {"speedup": speed.assign(reached=False)}, tmp_path / "none.png")  # nothing reached: a note
+    assert (tmp_path / "none.png").exists()
+
+
+def test_masters_luschi_and_gap_figures(tmp_path):
+    from batchlab.plots import draw_figure
+
+    runs, _ = synthetic_tables()
+    runs = runs.assign(lr=runs["base_lr"] * runs["batch_size"] / 64, final_train_loss=0.1,
+                       final_test_loss=0.2 + runs["batch_size"] / 1000)
+    draw_figure("accuracy_vs_base_lr", {"runs": runs}, tmp_path / "ml.png", tmp_path / "ml.pdf")
+    draw_figure("generalization_gap", {"runs": runs}, tmp_path / "gap.png")
+    assert (tmp_path / "ml.png").stat().st_size > 10_000 and (tmp_path / "gap.png").stat().st_size > 10_000

@@ -1,73 +1,46 @@
-# Figures, PNG and PDF, drawn from the tables by scripts/figure.py (batchlab.plots).
+# Figures, PNG and PDF, drawn from the tables by scripts/figure.py (batchlab.plots), one rule
+# per figure. The PNGs go into the HTML report with the captions in workflow/report/.
+
+TABLES = {
+    "runs": rules.gather_tables.output.runs,
+    "curves": rules.gather_tables.output.curves,
+    "sharpness": rules.gather_sharpness.output[0],
+    "interpolation": rules.gather_interpolation.output[0],
+    "speedup": rules.speedup_tables.output.speedup,
+    "critical": rules.speedup_tables.output.critical,
+}
+
+# figure -> (tables it is drawn from, report category)
+FIGURES = {
+    "training_curves": (["runs", "curves"], "1 Generalization (Masters & Luschi)"),
+    "accuracy_vs_batch": (["runs"], "1 Generalization (Masters & Luschi)"),
+    "accuracy_vs_base_lr": (["runs"], "1 Generalization (Masters & Luschi)"),
+    "generalization_gap": (["runs"], "1 Generalization (Masters & Luschi)"),
+    "sharpness_vs_batch": (["runs", "sharpness"], "2 Sharpness (Keskar)"),
+    "sharpness_along_training": (["runs", "sharpness"], "2 Sharpness (Keskar)"),
+    "interpolation": (["interpolation"], "2 Sharpness (Keskar)"),
+    "steps_to_target": (["speedup", "critical"], "3 Critical batch size (Golmant, Shallue)"),
+    "speedup": (["speedup"], "3 Critical batch size (Golmant, Shallue)"),
+    "best_lr": (["speedup"], "3 Critical batch size (Golmant, Shallue)"),
+}
+
+for figure, (tables, category) in FIGURES.items():
+
+    rule:
+        name:
+            f"figure_{figure}"
+        input:
+            **{table: TABLES[table] for table in tables},
+        output:
+            png=report(f"results/figures/{figure}.png", caption=f"../report/{figure}.rst", category=category),
+            pdf=f"results/figures/{figure}.pdf",
+        params:
+            figure=figure,
+        log:
+            f"results/logs/figures/{figure}.log",
+        script:
+            "../../scripts/figure.py"
 
 
-def figure_output(name):
-    return {"png": f"results/figures/{name}.png", "pdf": f"results/figures/{name}.pdf"}
-
-
-rule figure_training_curves:
-    input:
-        runs=rules.gather_tables.output.runs,
-        curves=rules.gather_tables.output.curves,
-    output:
-        **figure_output("training_curves"),
-    params:
-        figure="training_curves",
-    log:
-        "results/logs/figures/training_curves.log",
-    script:
-        "../../scripts/figure.py"
-
-
-rule figure_accuracy_vs_batch:
-    input:
-        runs=rules.gather_tables.output.runs,
-    output:
-        **figure_output("accuracy_vs_batch"),
-    params:
-        figure="accuracy_vs_batch",
-    log:
-        "results/logs/figures/accuracy_vs_batch.log",
-    script:
-        "../../scripts/figure.py"
-
-
-rule figure_sharpness_vs_batch:
-    input:
-        runs=rules.gather_tables.output.runs,
-        sharpness=rules.gather_sharpness.output[0],
-    output:
-        **figure_output("sharpness_vs_batch"),
-    params:
-        figure="sharpness_vs_batch",
-    log:
-        "results/logs/figures/sharpness_vs_batch.log",
-    script:
-        "../../scripts/figure.py"
-
-
-rule figure_sharpness_along_training:
-    input:
-        runs=rules.gather_tables.output.runs,
-        sharpness=rules.gather_sharpness.output[0],
-    output:
-        **figure_output("sharpness_along_training"),
-    params:
-        figure="sharpness_along_training",
-    log:
-        "results/logs/figures/sharpness_along_training.log",
-    script:
-        "../../scripts/figure.py"
-
-
-rule figure_interpolation:
-    input:
-        interpolation=rules.gather_interpolation.output[0],
-    output:
-        **figure_output("interpolation"),
-    params:
-        figure="interpolation",
-    log:
-        "results/logs/figures/interpolation.log",
-    script:
-        "../../scripts/figure.py"
+def all_figures():
+    return [getattr(rules, f"figure_{figure}").output for figure in FIGURES]
