@@ -5,8 +5,9 @@ from pathlib import Path
 from batchlab.config import analysed_runs, build_grid, build_pairs, check_config
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it
-# (merging would add the demo's studies to every other config).
-if not config:
+# (merging would add the demo's studies to every other config). --config overrides
+# (profiles use them) apply on top of either.
+if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
 

@@ -41,6 +41,24 @@ def save_figure(fig: plt.Figure, png: str | os.PathLike, pdf: str | os.PathLike 
     plt.close(fig)
 
 
+def _log_batch_axes(grid, batch_sizes) -> None:
+    """Log-scaled batch-size axes labelled with the batch sizes themselves."""
+    for ax in grid.axes.flat:
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(batch_sizes))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.minorticks_off()
+
+
+def _label_quantity_rows(grid, title: str) -> None:
+    """Titles and y labels of a grid with one row per quantity and one column per panel."""
+    grid.set_titles("{col_name}")
+    for (quantity, _), ax in grid.axes_dict.items():
+        ax.set_ylabel(quantity)
+    grid.set_xlabels("batch size")
+    grid.figure.suptitle(title, y=1.02)
+
+
 def best_base_lr_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs at each cell's best base LR, judged by the median final test accuracy over seeds.
 
@@ -82,11 +100,7 @@ def plot_accuracy_vs_batch(runs: pd.DataFrame, png, pdf=None) -> None:
         kind="line", markers=True, dashes=False, err_style="bars", errorbar=("pi", 100), height=3.2, aspect=1.2,
         facet_kws={"sharey": False},
     )
-    grid.set(xscale="log")
-    for ax in grid.axes.flat:
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xticks(sorted(chosen["batch_size"].unique()))
-        ax.minorticks_off()
+    _log_batch_axes(grid, chosen["batch_size"].unique())
     grid.set_titles("{col_name}")
     grid.set_axis_labels("batch size", "final test accuracy")
     grid.figure.suptitle("Test accuracy against batch size, each at its best base LR (bars: range over seeds)", y=1.04)
@@ -141,18 +155,11 @@ def plot_sharpness_vs_batch(runs: pd.DataFrame, sharpness: pd.DataFrame, png, pd
         markers=True, dashes=False, estimator="median", err_style="bars", errorbar=("pi", 100), height=2.6, aspect=1.3,
         facet_kws={"sharey": False}, row_order=list(labels.values()),
     )
-    grid.set(xscale="log")
+    _log_batch_axes(grid, chosen["batch_size"].unique())
     for (quantity, _), ax in grid.axes_dict.items():
         if quantity != labels["final_test_acc"]:
             ax.set_yscale("log")
-        ax.set_xticks(sorted(chosen["batch_size"].unique()))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.minorticks_off()
-    grid.set_titles("{col_name}")
-    for (quantity, _), ax in grid.axes_dict.items():
-        ax.set_ylabel(quantity)
-    grid.set_xlabels("batch size")
-    grid.figure.suptitle("Sharpness and test accuracy against batch size (median over seeds, bars: range)", y=1.02)
+    _label_quantity_rows(grid, "Sharpness and test accuracy against batch size (median over seeds, bars: range)")
     save_figure(grid.figure, png, pdf)
 
 
@@ -224,14 +231,6 @@ RULE_ORDER = ["constant", "linear", "sqrt", "best"]
 
 def _target_label(df: pd.DataFrame) -> pd.Series:
     return df["target_metric"].str.replace("_", " ") + " ≤ " + df["target_value"].map("{:g}".format)
-
-
-def _log_batch_axes(grid, batch_sizes) -> None:
-    for ax in grid.axes.flat:
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(batch_sizes))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.minorticks_off()
 
 
 def _speedup_frame(speedup: pd.DataFrame) -> pd.DataFrame:
@@ -355,11 +354,7 @@ def plot_generalization_gap(runs: pd.DataFrame, png, pdf=None) -> None:
                        kind="line", markers=True, dashes=False, err_style="bars", errorbar=("pi", 100),
                        height=2.6, aspect=1.3, facet_kws={"sharey": False}, row_order=list(labels.values()))
     _log_batch_axes(grid, chosen["batch_size"].unique())
-    grid.set_titles("{col_name}")
-    for (quantity, _), ax in grid.axes_dict.items():
-        ax.set_ylabel(quantity)
-    grid.set_xlabels("batch size")
-    grid.figure.suptitle("Generalization gap against batch size, at each batch size's best base LR (bars: range over seeds)", y=1.02)
+    _label_quantity_rows(grid, "Generalization gap against batch size, at each batch size's best base LR (bars: range over seeds)")
     save_figure(grid.figure, png, pdf)
 
 

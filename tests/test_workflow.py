@@ -186,7 +186,10 @@ def test_another_configfile_replaces_the_default_rather_than_merging(tmp_path):
     result = snakemake(tmp_path, TINY_CONFIG, "-n", name="tiny.yaml")
     assert result.returncode == 0, result.stderr[-2000:]
     assert job_counts(result.stdout + result.stderr)["train"] == 4
-    default = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n"],
-                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     demo_runs = len(build_grid(check_config(yaml.safe_load((REPO / "config.yaml").read_text()))))
-    assert job_counts(default.stdout + default.stderr)["train"] == demo_runs  # without --configfile: the demo
+    # without --configfile: the demo, also when --config overrides (as profiles give) are set
+    for extra in ([], ["--config", "gpus_per_run=1"]):
+        default = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n", *extra],
+                                 capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert default.returncode == 0, default.stderr[-2000:]
+        assert job_counts(default.stdout + default.stderr)["train"] == demo_runs
