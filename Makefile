@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The greedy scheduler: snakemake's default ILP job selection costs about 2 s of a core per
+# job on a grid of short jobs (measured: 163 s against 94 s for 36 tiny jobs on 2 cores).
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --cores $(CORES) --scheduler greedy --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html
 
 test: $(STAMP)

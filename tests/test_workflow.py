@@ -22,7 +22,7 @@ def snakemake(workdir: Path, config: dict, *args: str, name: str = "config.yaml"
     (workdir / name).write_text(yaml.safe_dump(config))
     return subprocess.run(
         [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", name,
-         "--cores", "2", *args],
+         "--cores", "2", "--scheduler", "greedy", *args],
         capture_output=True, text=True, timeout=600, cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
