@@ -266,7 +266,10 @@ def plot_steps_to_target(speedup: pd.DataFrame, critical: pd.DataFrame, png, pdf
             ax.axvline(row["b_crit"], color="k", lw=0.8)
             if np.isfinite(row["ci_low"]):
                 ax.axvspan(row["ci_low"], row["ci_high"], color="k", alpha=0.08)
-            ax.text(row["b_crit"], ax.get_ylim()[1], f" B_crit≈{row['b_crit']:.0f}", va="top", fontsize=7)
+            right = row["b_crit"] > bs[-1] / 2  # near the right edge, label to the left of the line
+            ax.text(row["b_crit"], ax.get_ylim()[1], f" B_crit≈{row['b_crit']:.0f} ", va="top", fontsize=7, clip_on=True,
+                    ha="right" if right else "left")
+        ax.set_xlim(bs[0] / 1.4, bs[-1] * 1.4)  # a wide interval must not squeeze the batch axis
     grid.set_axis_labels("batch size", "steps to target")
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
     grid.figure.suptitle("Steps to target (min over the LR grid); dotted: perfect scaling; line and band: fitted B_crit "

@@ -18,7 +18,8 @@ reach a target, and where a larger batch stops paying. The rules, in order:
    the reached points in log space with SciPy's `curve_fit`, with a 95% interval for
    B_crit from the fit's covariance (t distribution). Each point's regime follows from
    the local scaling exponent B_crit / (B + B_crit) of the fitted curve: near-linear
-   when it is at least 0.8, plateau when at most 0.2, diminishing in between.
+   when it is at least 0.8, plateau when at most 0.2, diminishing in between (none for
+   a point that did not reach the target).
 6. The noise-scale prediction: McCandlish's B_simple at the analysed checkpoint whose
    metric is nearest the target (in log), median over the runs of that model and rule;
    only runs measured along training (three checkpoints or more) count when there are any.
@@ -211,7 +212,8 @@ def speedup_tables(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict, sha
                     curve = speedup_curve(group, n_boot=n_boot, seed=seed)
                     fit = fit_critical_batch(curve["batch_size"], curve["steps_to_target"])
                     curve = curve.assign(study=s, model=model, lr_rule=rule, target_metric=metric, target_value=target,
-                                         regime=[regime(b, fit["b_crit"]) for b in curve["batch_size"]])
+                                         regime=[regime(b, fit["b_crit"]) if reached else None
+                                                 for b, reached in zip(curve["batch_size"], curve["reached"])])
                     speed_parts.append(curve)
                     crit_rows.append(dict(study=s, model=model, lr_rule=rule, target_metric=metric, target_value=target,
                                           **fit, b_noise_predicted=float(noise.get((s, model, rule), np.nan))))

@@ -120,3 +120,4 @@ def test_speedup_tables_cover_every_rule_and_target():
     assert row["b_crit"] == pytest.approx(64, rel=0.2) and row["ci_low"] < row["b_crit"] < row["ci_high"]
     assert np.isnan(crit[crit["target_value"] == 0.01]["b_crit"]).all()
     assert set(speed["regime"].dropna()) <= {"near-linear", "diminishing", "plateau"}
+    assert speed[~speed["reached"]]["regime"].isna().all()
