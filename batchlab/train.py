@@ -44,6 +44,7 @@ from tqdm import tqdm
 from batchlab import io, provenance
 from batchlab.config import RunSpec
 from batchlab.data import Dataset, load_prepared
+from batchlab.data.augment import apply_augment
 from batchlab.lr_rules import lr_factor
 from batchlab.models import build_model
 
@@ -307,8 +308,6 @@ def train_run(
         idx = perm[pos * B : (pos + 1) * B]
         xb, yb = data.x_train[idx], data.y_train[idx]
         if data.augment != "none":
-            from batchlab.data.augment import apply_augment
-
             g = torch.Generator(device=dev).manual_seed(spec.seed * 1_000_003 + step)
             xb = apply_augment(data.augment, xb, g)
         # learning rate: a pure function of the step

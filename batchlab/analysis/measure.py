@@ -42,17 +42,19 @@ def analysis_subset(data: Dataset, n_examples: int, seed: int) -> tuple[torch.Te
 
 
 def run_checkpoints(run_dir: Path, along_training: bool) -> list[tuple[int, Path, float]]:
-    """(step, path, full train loss) of the checkpoints to measure, by step."""
+    """(step, path, full train loss) of the checkpoints to measure, by step.
+
+    The step is in each checkpoint's file name and its train loss in the run's curve
+    (every checkpoint step is an evaluation step), so no checkpoint is loaded here.
+    """
     summary = io.read_json(run_dir / "run.json")
     out = [(summary["steps"], run_dir / "final.pt", summary["final_train_loss"])]
     if along_training:
+        train_loss = pd.read_parquet(run_dir / "metrics.parquet", columns=["step", "train_loss"]).set_index("step")["train_loss"]
         for path in (run_dir / "checkpoints").glob("step_*.pt"):
-            state = io.load_torch(path)
-            curve = state["curve"]
-            at = (curve["eval_steps"] == state["step"]).nonzero()
-            train_loss = float(curve["eval_values"][at[0, 0], 0]) if len(at) else float("nan")
-            if state["step"] != summary["steps"]:
-                out.append((state["step"], path, train_loss))
+            step = int(path.stem.removeprefix("step_"))
+            if step != summary["steps"] and step in train_loss.index:
+                out.append((step, path, float(train_loss[step])))
     return sorted(out, key=lambda t: t[0])
 
 
