@@ -116,6 +116,7 @@ class RunSpec:
     eval: dict = field(default_factory=dict)
     checkpoints: dict = field(default_factory=dict)
     divergence: dict = field(default_factory=dict)
+    health: dict = field(default_factory=dict)
 
     @property
     def lr(self) -> float:
@@ -136,7 +137,7 @@ class RunSpec:
 
 
 def study_runs(name: str, study: dict) -> list[RunSpec]:
-    shared = {k: study[k] for k in ("optimizer", "budget", "schedule", "eval", "checkpoints", "divergence")}
+    shared = {k: study[k] for k in ("optimizer", "budget", "schedule", "eval", "checkpoints", "divergence", "health")}
     runs = []
     for model, b, m, rule, lr, seed in itertools.product(
         study["models"], study["batch_sizes"], study["bn_batch_sizes"], study["lr_rules"], study["base_lrs"], study["seeds"]

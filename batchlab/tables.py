@@ -19,11 +19,12 @@ from batchlab.io import read_json
 RUN_COLUMNS = (
     "run_id", "study", "dataset", "model", "batch_size", "bn_batch_size", "lr_rule", "base_lr", "ref_batch_size",
     "lr", "optimizer", "momentum", "nesterov", "weight_decay", "seed", "epochs", "steps", "planned_steps", "status",
-    "diverged_step", "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "best_test_acc",
+    "diverged_step", "stop_reason", "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "best_test_acc",
     "wall_time_s", "device",
 )
 SHARPNESS_COLUMNS = (
     "run_id", "step", "train_loss", "metric", "epsilon", "value", "stderr", "subset_loss", "n_evals", "bn_mode", "n_examples",
+    "ci_low", "ci_high", "method",
 )
 INTERPOLATION_COLUMNS = ("pair_id", "run_id_small", "run_id_large", "alpha", "split", "loss", "accuracy", "bn_mode")
 TABLE_COLUMNS = {"sharpness": SHARPNESS_COLUMNS, "interpolation": INTERPOLATION_COLUMNS}
