@@ -9,8 +9,23 @@ Habits that keep it fast and safe:
 - divergence (a non-finite batch loss, or one above `divergence.max_loss`) is found at
   the next evaluation point, and the run ends there with `status = "diverged"`, the first
   bad step recorded, and its outputs written like any other run;
+- with a convergence budget (`budget.stop`, Keskar's "until the loss ceased to improve")
+  every epoch end is an evaluation point too, and the run ends at the first evaluation
+  that meets a criterion (batchlab.health.stop_reason); `epochs` or `steps` is then a cap.
+  The criteria read only the curve's evaluations, so a resumed run stops where an
+  uninterrupted one would;
 - checkpoints hold the model, the optimizer and the curve so far, stamped with a hash
   of the run's config; a restarted run resumes from the newest matching one.
+
+How a run ends, in run.json:
+    status       "diverged" (a bad batch loss), else "stalled" when it finished without
+                 training (final train loss near chance, or no improvement on step 0:
+                 batchlab.health.stall_reason, logged as a warning), else "completed".
+                 A stalled run writes all its outputs like a completed one.
+    stop_reason  "diverged"; "train_loss", "train_acc" or "plateau" (a `budget.stop`
+                 criterion met, checked after updates only, so never at step 0);
+                 "budget" (it ran to its cap without meeting one).
+    steps        the step it ended at; planned_steps is the cap.
 
 Curve rows: row k >= 1 is update k: `batch_loss` is the loss of the batch of update k
 (before the update) and `lr` its learning rate; the evaluation columns at row k are
@@ -45,6 +60,7 @@ from batchlab import io, provenance
 from batchlab.config import RunSpec
 from batchlab.data import Dataset, load_prepared
 from batchlab.data.augment import apply_augment
+from batchlab.health import stall_reason, stop_reason
 from batchlab.lr_rules import lr_factor
 from batchlab.models import build_model
 
@@ -78,8 +94,11 @@ def make_plan(spec: RunSpec, n_train: int) -> Plan:
     total = budget["epochs"] * steps_per_epoch if "epochs" in budget else budget["steps"]
     regular = {int(s) for s in np.round(np.linspace(0, total, spec.eval["regular_points"] + 1))}
     logs = log_spaced_steps(total, spec.eval["log_points"])
+    # the convergence criteria are checked at evaluations, so at least once an epoch
+    epoch_ends = set(range(steps_per_epoch, total + 1, steps_per_epoch)) if budget.get("stop") else set()
     ckpts = {0} | (log_spaced_steps(total, spec.checkpoints["log_points"]) - {total})
-    return Plan(steps_per_epoch, total, frozenset(regular | logs | ckpts | {0, total}), frozenset(ckpts))
+    evals = regular | logs | epoch_ends | ckpts | {0, total}
+    return Plan(steps_per_epoch, total, frozenset(evals), frozenset(ckpts))
 
 
 # --- pieces of the loop --------------------------------------------------------------------
@@ -293,7 +312,7 @@ def train_run(
     losses = torch.full((S + 1,), float("nan"), device=dev)
     flushed = checked = step  # host copy of batch_loss is valid up to `flushed`
     last_resume_save = time.perf_counter()
-    status, diverged_step = "completed", None
+    stopped, diverged_step = None, None  # stopped: the stop_reason once divergence or `budget.stop` ends the run
     perm_epoch, perm = -1, None
     current_lr = None
     bar = tqdm(total=S, initial=step, desc=spec.run_id, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 15)
@@ -330,11 +349,16 @@ def train_run(
             checked = step
             evaluate_now(step)
             if bad is not None:
-                status, diverged_step = "diverged", bad
+                stopped, diverged_step = "diverged", bad
                 log.warning("%s diverged at step %d (batch loss %s)", spec.run_id, bad, curve.batch_loss[bad])
                 break
             train_loss, _, _, test_acc = curve.evals[step]
             bar.set_postfix(train_loss=f"{train_loss:.4f}", test_acc=f"{test_acc:.3f}", refresh=False)
+            stopped = stop_reason(curve.evals, plan.steps_per_epoch, spec.budget.get("stop"))
+            if stopped is not None:
+                # final.pt holds these weights, so no step checkpoint duplicates them
+                log.info("%s stops at step %d of %d: %s criterion met", spec.run_id, step, S, stopped)
+                break
             if step in plan.checkpoint_steps:
                 save_checkpoint(ckpt_dir / f"step_{step}.pt", model, optimizer, step, curve, chash, spec, wall())
             elif step < S and time.perf_counter() - last_resume_save > spec.checkpoints["resume_every_s"]:
@@ -342,15 +366,26 @@ def train_run(
                 last_resume_save = time.perf_counter()
     bar.close()
 
-    if status == "completed" and step < S:  # stopped by max_steps: keep what we have, finish later
+    if stopped is None and step < S:  # stopped by max_steps: keep what we have, finish later
         curve.batch_loss[flushed + 1 : step + 1] = losses[flushed + 1 : step + 1].cpu().numpy()
         save_checkpoint(ckpt_dir / "resume.pt", model, optimizer, step, curve, chash, spec, wall())
         return {"run_id": spec.run_id, "status": "interrupted", "step": step}
 
-    return _write_outputs(spec, run_dir, model, curve, plan, step, status, diverged_step, dev, wall(), resumed)
+    stopped = stopped or "budget"
+    status = "diverged" if stopped == "diverged" else health_status(spec, curve, data.num_classes)
+    return _write_outputs(spec, run_dir, model, curve, plan, step, status, stopped, diverged_step, dev, wall(), resumed)
 
 
-def _write_outputs(spec, run_dir, model, curve, plan, step, status, diverged_step, dev, wall_time, resumed) -> dict:
+def health_status(spec: RunSpec, curve: Curve, num_classes: int) -> str:
+    """The status of a run that ended without diverging, "completed" or "stalled"; a stall is logged with its reason."""
+    reason = stall_reason(curve.evals, num_classes, spec.health)
+    if reason is None:
+        return "completed"
+    log.warning("%s stalled: %s", spec.run_id, reason)
+    return "stalled"
+
+
+def _write_outputs(spec, run_dir, model, curve, plan, step, status, stopped, diverged_step, dev, wall_time, resumed) -> dict:
     metrics = curve.frame(step, plan.steps_per_epoch, spec.batch_size)
     io.write_parquet(metrics, run_dir / "metrics.parquet")
     io.save_torch(
@@ -366,6 +401,7 @@ def _write_outputs(spec, run_dir, model, curve, plan, step, status, diverged_ste
         "lr": spec.lr,
         "status": status,
         "diverged_step": diverged_step,
+        "stop_reason": stopped,
         "steps": step,
         "planned_steps": plan.total_steps,
         "steps_per_epoch": plan.steps_per_epoch,

@@ -11,8 +11,26 @@ from batchlab.train import (
 from tests.conftest import make_spec
 
 
+RUN = "tiny/mlp/bs16/constant/lr0.05/seed0"  # 16 steps an epoch on the tiny data
+
+
 def load_weights(run_dir):
     return io.load_torch(run_dir / "final.pt")["model"]
+
+
+def evaluations(run_dir) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / "metrics.parquet").dropna(subset=["train_loss"]).set_index("step")
+
+
+def assert_finished_at(run_dir, summary, step, planned):
+    """A run that ended at `step` of `planned`: every output is there and ends at that step."""
+    info = io.read_json(run_dir / "run.json")
+    assert info["steps"] == summary["steps"] == step and info["planned_steps"] == planned
+    assert info["stop_reason"] == summary["stop_reason"] and info["status"] == summary["status"]
+    assert pd.read_parquet(run_dir / "metrics.parquet")["step"].iloc[-1] == step
+    final = io.load_torch(run_dir / "final.pt")
+    assert final["step"] == step and final["status"] == summary["status"]
+    assert (run_dir / "checkpoints/COMPLETE").exists() and not (run_dir / "checkpoints/resume.pt").exists()
 
 
 def test_plan_counts_steps_from_epochs_or_steps():
@@ -32,6 +50,18 @@ def test_eval_points_are_regular_plus_log_spaced():
     assert {1, 10, 100} <= plan.eval_steps
     assert log_spaced_steps(1000, 4) == {1, 10, 100, 1000}
     assert log_spaced_steps(1000, 0) == set()
+
+
+def test_a_convergence_budget_evaluates_at_every_epoch_end():
+    sparse = {"budget": {"epochs": 20}, "eval": {"regular_points": 3, "log_points": 0}}
+    epoch_ends = set(range(16, 321, 16))
+    assert not epoch_ends <= make_plan(make_spec(sparse, run=RUN), 256).eval_steps
+    stopping = make_spec({**sparse, "budget": {"epochs": 20, "stop": {"plateau_epochs": 2}}}, run=RUN)
+    plan = make_plan(stopping, 256)
+    assert epoch_ends | {0, 107, 213, 320} <= plan.eval_steps and plan.total_steps == 320
+    # with a step budget that is no whole number of epochs, the cap is evaluated as well
+    steps = make_plan(make_spec({"budget": {"steps": 40, "stop": {"train_loss": 1.0}}}, run=RUN), 256)
+    assert {16, 32, 40} <= steps.eval_steps
 
 
 def test_epoch_permutation_is_a_seeded_permutation():
@@ -62,6 +92,7 @@ def test_loss_decreases_and_every_step_has_a_batch_loss(tmp_path, tiny_data):
     summary = train_run(spec, tiny_data, tmp_path, device="cpu")
     m = pd.read_parquet(tmp_path / "metrics.parquet")
     assert summary["status"] == "completed" and summary["steps"] == 80
+    assert summary["stop_reason"] == "budget"  # no `budget.stop`: it ran to its cap
     assert list(m["step"]) == list(range(81))
     assert m["batch_loss"].iloc[1:].notna().all() and np.isnan(m["batch_loss"].iloc[0])
     assert np.allclose(m["lr"].iloc[1:], 0.05)
@@ -101,7 +132,7 @@ def test_divergence_ends_the_run_cleanly_with_its_step(tmp_path, tiny_data):
                      run="tiny/mlp/bs16/constant/lr50/seed0")
     summary = train_run(spec, tiny_data, tmp_path, device="cpu")
     m = pd.read_parquet(tmp_path / "metrics.parquet")
-    assert summary["status"] == "diverged"
+    assert summary["status"] == "diverged" and summary["stop_reason"] == "diverged"
     bad = summary["diverged_step"]
     losses = m["batch_loss"].to_numpy()
     assert not np.isfinite(losses[bad]) or losses[bad] > 100
@@ -114,6 +145,69 @@ def test_loss_bound_counts_as_divergence(tmp_path, tiny_data):
     spec = make_spec({"divergence": {"max_loss": 0.5}}, run="tiny/mlp/bs16/constant/lr0.05/seed0")
     summary = train_run(spec, tiny_data, tmp_path, device="cpu")
     assert summary["status"] == "diverged" and summary["diverged_step"] == 1  # initial loss ~2.3 > 0.5
+
+
+def test_a_train_loss_target_ends_the_run_at_the_first_evaluation_that_reaches_it(tmp_path, tiny_data):
+    spec = make_spec({"budget": {"epochs": 20, "stop": {"train_loss": 1.5}}}, run=RUN)
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    losses = evaluations(tmp_path)["train_loss"]
+    assert summary["stop_reason"] == "train_loss" and summary["status"] == "completed"
+    stop = summary["steps"]
+    assert losses.index[-1] == stop and losses.iloc[-1] <= 1.5 and summary["final_train_loss"] == losses.iloc[-1]
+    assert (losses.iloc[:-1] > 1.5).all()  # not before: no earlier evaluation reached it
+    assert set(range(16, stop + 1, 16)) <= set(losses.index)  # checked at every epoch end on the way
+    assert 0 < stop < 320
+    assert_finished_at(tmp_path, summary, stop, planned=320)
+
+
+def test_a_train_acc_target_ends_the_run(tmp_path, tiny_data):
+    spec = make_spec({"budget": {"epochs": 20, "stop": {"train_acc": 0.5}}}, run=RUN)
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    accs = evaluations(tmp_path)["train_acc"]
+    assert summary["stop_reason"] == "train_acc" and summary["steps"] < 320
+    assert accs.iloc[-1] >= 0.5 and (accs.iloc[1:-1] < 0.5).all()
+
+
+def test_a_run_at_zero_lr_plateaus_after_plateau_epochs_and_is_stalled(tmp_path, tiny_data):
+    spec = make_spec({"base_lrs": [1e-9], "budget": {"epochs": 20, "stop": {"plateau_epochs": 3}}},
+                     run="tiny/mlp/bs16/constant/lr1e-09/seed0")
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    assert summary["stop_reason"] == "plateau" and summary["status"] == "stalled"
+    assert_finished_at(tmp_path, summary, 3 * 16, planned=320)
+
+
+def test_a_chance_level_run_is_stalled_but_writes_its_outputs(tmp_path, tiny_data, caplog):
+    spec = make_spec({"base_lrs": [1e-9]}, run="tiny/mlp/bs16/constant/lr1e-09/seed0")
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    assert summary["status"] == "stalled" and summary["stop_reason"] == "budget"
+    assert summary["final_train_loss"] >= 0.99 * np.log(10)
+    assert_finished_at(tmp_path, summary, 32, planned=32)
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} >= {"step_0.pt", "step_1.pt"}
+    assert any("stalled" in r.getMessage() and "chance" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_a_diverging_run_with_a_convergence_budget_stays_diverged(tmp_path, tiny_data):
+    spec = make_spec({"base_lrs": [1e4], "budget": {"epochs": 20, "stop": {"train_loss": 1.5, "plateau_epochs": 1}}},
+                     run="tiny/mlp/bs16/constant/lr10000/seed0")
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    assert summary["status"] == "diverged" and summary["stop_reason"] == "diverged"
+    assert summary["diverged_step"] is not None and summary["steps"] < 320
+
+
+def test_a_resumed_run_stops_at_the_same_step_as_an_uninterrupted_one(tmp_path, tiny_data):
+    spec = make_spec({"budget": {"epochs": 20, "stop": {"train_loss": 1.5}}}, run=RUN)
+    whole = train_run(spec, tiny_data, tmp_path / "whole", device="cpu")
+    assert 40 < whole["steps"] < 320  # so the interruption below comes before the stop
+    partial = train_run(spec, tiny_data, tmp_path / "split", device="cpu", max_steps=40)  # mid-epoch, between evals
+    assert partial["status"] == "interrupted" and partial["step"] == 40
+    resumed = train_run(spec, tiny_data, tmp_path / "split", device="cpu")
+    assert resumed["resumed_from_step"] == 40
+    assert (resumed["steps"], resumed["stop_reason"], resumed["status"]) == (whole["steps"], "train_loss", "completed")
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "whole/metrics.parquet"), pd.read_parquet(tmp_path / "split/metrics.parquet")
+    )
+    for k, v in load_weights(tmp_path / "whole").items():
+        assert torch.equal(v, load_weights(tmp_path / "split")[k]), k
 
 
 def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, tiny_data):
