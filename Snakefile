@@ -12,14 +12,11 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-report: "workflow/report/workflow.rst"
-
-
 # Stops before any job, naming the offending key; fills the schema's defaults.
 check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 RUNS = build_grid(config)  # run_id -> RunSpec
 ANALYSED = analysed_runs(config, RUNS)  # run_id -> measure every checkpoint (or only the final one)
-PAIRS = build_pairs(config, RUNS)  # pair_id -> Pair(small, large) for interpolation
+PAIRS = build_pairs(config, RUNS)  # pair_id -> Pair: the runs whose healthy ends are interpolated
 
 
 include: "workflow/rules/common.smk"
@@ -39,6 +36,7 @@ rule all:
         rules.gather_sharpness.output,
         rules.gather_interpolation.output,
         rules.speedup_tables.output,
+        rules.sharpness_ratios.output,
         all_figures(),
-        rules.report_summary.output,
+        rules.report.output,
     default_target: True

@@ -185,22 +185,59 @@ def analysed_runs(config: dict, grid: dict[str, RunSpec]) -> dict[str, bool]:
 
 @dataclass(frozen=True)
 class Pair:
-    """Two solutions to interpolate between: `small` (alpha = 0) and `large` (alpha = 1) batch."""
+    """Two solutions to interpolate between: the small-batch end (alpha = 0) and the large-batch
+    end (alpha = 1), chosen when the pair's job runs from `candidates`, ordered from small to
+    large: the first and last healthy ones (see `pair_ends`). An explicit pair has exactly its
+    two runs as candidates; an automatic one every batch size of its group."""
 
     pair_id: str
     study: str
-    small: str
-    large: str
+    candidates: tuple[str, ...]
 
 
-def _pair_id(small: RunSpec, large: RunSpec) -> str:
-    same = (small.model, small.lr_rule, small.base_lr, small.seed, small.bn_batch_size) == (
-        large.model, large.lr_rule, large.base_lr, large.seed, large.bn_batch_size)
-    if same:
-        bn = f"/bn{small.bn_batch_size}" if small.bn_batch_size is not None else ""
-        return f"{small.study}/{small.model}{bn}/{small.lr_rule}/lr{small.base_lr:g}/seed{small.seed}/bs{small.batch_size}_vs_bs{large.batch_size}"
+def pair_ends(pair: Pair, statuses: dict[str, str]) -> tuple[str, str] | None:
+    """(small, large) run ids: the first and last candidates whose status is "completed".
+
+    A diverged or stalled run is not a solution, so it is never an end of a pair; None when
+    fewer than two healthy candidates are left.
+    """
+    healthy = [run_id for run_id in pair.candidates if statuses.get(run_id) == "completed"]
+    return (healthy[0], healthy[-1]) if len(healthy) >= 2 else None
+
+
+def _auto_pair_id(run: RunSpec) -> str:
+    bn = f"/bn{run.bn_batch_size}" if run.bn_batch_size is not None else ""
+    return f"{run.study}/{run.model}{bn}/{run.lr_rule}/lr{run.base_lr:g}/seed{run.seed}"
+
+
+def _explicit_pair_id(small: RunSpec, large: RunSpec) -> str:
     tail = large.run_id.removeprefix(f"{large.study}/").replace("/", "_")
     return f"{small.run_id}/vs_{tail}"
+
+
+def _explicit_pairs(name: str, pairs: list[dict], grid: dict[str, RunSpec]) -> list[Pair]:
+    out = []
+    for i, p in enumerate(pairs):
+        for role in ("small", "large"):
+            if p[role] not in grid or grid[p[role]].study != name:
+                raise ConfigError(f"invalid config at 'studies.{name}.interpolation.pairs[{i}].{role}': "
+                                  f"{p[role]!r} is not a run of this study")
+        small, large = grid[p["small"]], grid[p["large"]]
+        if (small.model, small.bn_batch_size) != (large.model, large.bn_batch_size):
+            raise ConfigError(f"invalid config at 'studies.{name}.interpolation.pairs[{i}]': the two runs must share "
+                              f"one architecture, got {small.model} and {large.model}")
+        out.append(Pair(_explicit_pair_id(small, large), name, (small.run_id, large.run_id)))
+    return out
+
+
+def _automatic_pairs(name: str, run_filter: dict, grid: dict[str, RunSpec]) -> list[Pair]:
+    """Each (model, LR rule, base LR, seed, BN batch) of the selected runs, over its batch sizes."""
+    groups: dict[str, list[RunSpec]] = {}
+    for run in grid.values():
+        if run.study == name and run_matches(run, run_filter):
+            groups.setdefault(_auto_pair_id(run), []).append(run)
+    return [Pair(pair_id, name, tuple(r.run_id for r in sorted(runs, key=lambda r: r.batch_size)))
+            for pair_id, runs in groups.items() if len(runs) > 1]
 
 
 def build_pairs(config: dict, grid: dict[str, RunSpec]) -> dict[str, Pair]:
@@ -210,31 +247,7 @@ def build_pairs(config: dict, grid: dict[str, RunSpec]) -> dict[str, Pair]:
         interp = study["interpolation"]
         if not interp["enabled"]:
             continue
-        if "pairs" in interp:
-            chosen = []
-            for i, p in enumerate(interp["pairs"]):
-                for role in ("small", "large"):
-                    if p[role] not in grid or grid[p[role]].study != name:
-                        raise ConfigError(f"invalid config at 'studies.{name}.interpolation.pairs[{i}].{role}': "
-                                          f"{p[role]!r} is not a run of this study")
-                small, large = grid[p["small"]], grid[p["large"]]
-                if (small.model, small.bn_batch_size) != (large.model, large.bn_batch_size):
-                    raise ConfigError(f"invalid config at 'studies.{name}.interpolation.pairs[{i}]': the two runs must share "
-                                      f"one architecture, got {small.model} and {large.model}")
-                chosen.append((small, large))
-        else:
-            groups: dict[tuple, list[RunSpec]] = {}
-            for run in grid.values():
-                if run.study == name and run_matches(run, interp["select"]):
-                    key = (run.model, run.lr_rule, run.base_lr, run.seed, run.bn_batch_size)
-                    groups.setdefault(key, []).append(run)
-            chosen = []
-            for runs in groups.values():
-                small = min(runs, key=lambda r: r.batch_size)
-                large = max(runs, key=lambda r: r.batch_size)
-                if small.batch_size != large.batch_size:
-                    chosen.append((small, large))
-        for small, large in chosen:
-            pair = Pair(_pair_id(small, large), name, small.run_id, large.run_id)
-            pairs[pair.pair_id] = pair
+        chosen = (_explicit_pairs(name, interp["pairs"], grid) if "pairs" in interp
+                  else _automatic_pairs(name, interp["select"], grid))
+        pairs.update((pair.pair_id, pair) for pair in chosen)
     return pairs

@@ -181,15 +181,22 @@ def test_noise_scale_batches_must_be_ordered():
     assert "studies.tiny.analysis.noise_scale" in msg
 
 
-def test_default_pairs_join_smallest_and_largest_batch(tiny_config):
-    from batchlab.config import build_pairs
+def test_default_pairs_join_the_smallest_and_largest_healthy_batch(tiny_config):
+    from batchlab.config import build_pairs, pair_ends
 
     tiny_config["studies"]["tiny"].update(batch_sizes=[16, 32, 64], seeds=[0, 1], interpolation={"select": {"seeds": [1]}})
     cfg = check_config(tiny_config)
     pairs = build_pairs(cfg, build_grid(cfg))
-    assert sorted(pairs) == ["tiny/mlp/constant/lr0.05/seed1/bs16_vs_bs64", "tiny/mlp/linear/lr0.05/seed1/bs16_vs_bs64"]
-    pair = pairs["tiny/mlp/linear/lr0.05/seed1/bs16_vs_bs64"]
-    assert (pair.small, pair.large) == ("tiny/mlp/bs16/linear/lr0.05/seed1", "tiny/mlp/bs64/linear/lr0.05/seed1")
+    assert sorted(pairs) == ["tiny/mlp/constant/lr0.05/seed1", "tiny/mlp/linear/lr0.05/seed1"]
+    pair = pairs["tiny/mlp/linear/lr0.05/seed1"]
+    runs = [f"tiny/mlp/bs{b}/linear/lr0.05/seed1" for b in (16, 32, 64)]
+    assert pair.candidates == tuple(runs)
+    healthy = dict.fromkeys(runs, "completed")
+    assert pair_ends(pair, healthy) == (runs[0], runs[2])
+    # a stalled or diverged end is never chosen: the next healthy batch size takes its place
+    assert pair_ends(pair, {**healthy, runs[2]: "stalled"}) == (runs[0], runs[1])
+    assert pair_ends(pair, {**healthy, runs[0]: "diverged"}) == (runs[1], runs[2])
+    assert pair_ends(pair, {**healthy, runs[0]: "diverged", runs[2]: "stalled"}) is None
 
 
 def test_explicit_pairs_are_checked(tiny_config):
@@ -201,6 +208,7 @@ def test_explicit_pairs_are_checked(tiny_config):
     cfg = check_config(tiny_config)
     pairs = build_pairs(cfg, build_grid(cfg))
     assert list(pairs) == ["tiny/mlp/bs16/constant/lr0.05/seed0/vs_mlp_bs64_linear_lr0.05_seed0"]
+    assert next(iter(pairs.values())).candidates == ("tiny/mlp/bs16/constant/lr0.05/seed0", "tiny/mlp/bs64/linear/lr0.05/seed0")
     tiny_config["studies"]["tiny"]["interpolation"]["pairs"][0]["large"] = "tiny/mlp/bs999/linear/lr0.05/seed0"
     cfg = check_config(tiny_config)
     with pytest.raises(ConfigError, match=r"interpolation.pairs\[0\].large': 'tiny/mlp/bs999/linear/lr0.05/seed0' is not a run"):

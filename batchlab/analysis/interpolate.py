@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from pathlib import Path
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -254,21 +255,33 @@ def interpolate_pair(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def interpolate_run_pair(pair, spec, small_path, large_path, data: Dataset, cfg: dict) -> pd.DataFrame:
-    """The interpolation table of a workflow pair: its two final checkpoints, the study's
-    `interpolation` config, and the same evaluation batch size as training used."""
+def interpolate_run_pair(pair, spec, run_dirs: Mapping[str, str | Path], data: Dataset, cfg: dict) -> pd.DataFrame:
+    """The interpolation table of a workflow pair, between its healthy ends.
+
+    `run_dirs` maps each of the pair's candidates to its run directory. The ends are chosen
+    here, from the runs' statuses (`batchlab.config.pair_ends`): a diverged or stalled run is
+    never an end. With fewer than two healthy candidates the table is empty, and the log
+    says why. `cfg` is the study's `interpolation` config; evaluation uses the batch size
+    training used.
+    """
     from batchlab import io
+    from batchlab.config import pair_ends
     from batchlab.models import build_model
 
+    statuses = {run_id: io.read_json(Path(d) / "run.json")["status"] for run_id, d in run_dirs.items()}
+    ends = pair_ends(pair, statuses)
+    if ends is None:
+        log.warning("%s: fewer than two healthy runs among %s; no interpolation", pair.pair_id, statuses)
+        return pd.DataFrame(columns=["pair_id", "run_id_small", "run_id_large", *COLUMNS])
     device = data.x_train.device
     model = build_model(spec.model, data.input_shape, data.num_classes, spec.bn_batch_size)
-    small = io.load_torch(small_path, map_location=device)["model"]
-    large = io.load_torch(large_path, map_location=device)["model"]
+    small, large = (io.load_torch(Path(run_dirs[r]) / "final.pt", map_location=device)["model"] for r in ends)
+    log.info("%s: interpolating %s (alpha = 0) to %s (alpha = 1)", pair.pair_id, *ends)
     table = interpolate_pair(
         model, small, large, data, alpha_grid(cfg["alphas"]), bn_mode=cfg["bn_mode"],
         eval_batch_size=spec.eval["batch_size"], bn_batch_size=cfg["bn_batch_size"],
     )
-    table.insert(0, "run_id_large", pair.large)
-    table.insert(0, "run_id_small", pair.small)
+    table.insert(0, "run_id_large", ends[1])
+    table.insert(0, "run_id_small", ends[0])
     table.insert(0, "pair_id", pair.pair_id)
     return table

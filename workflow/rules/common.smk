@@ -30,9 +30,9 @@ def get_analysis_cfg(wildcards):
     return config["studies"][RUNS[wildcards.run].study]["analysis"]
 
 
-def pair_file(wildcards, role, name):
-    return f"{run_dir(getattr(PAIRS[wildcards.pair], role))}/{name}"
+def pair_files(wildcards, name):
+    return [f"{run_dir(run_id)}/{name}" for run_id in PAIRS[wildcards.pair].candidates]
 
 
 def get_pair_data(wildcards):
-    return data_file(RUNS[PAIRS[wildcards.pair].small].dataset)
+    return data_file(RUNS[PAIRS[wildcards.pair].candidates[0]].dataset)

@@ -1,16 +1,18 @@
-# Keskar's 1-D interpolation between the small- and large-batch solutions of each pair.
+# Keskar's 1-D interpolation between the small- and large-batch solutions of each pair. The
+# job reads every candidate's status and interpolates between the healthy ends, so a
+# diverged or stalled run is never one of them.
 
 
 rule interpolate_pair:
     input:
         data=get_pair_data,
-        small=lambda wildcards: pair_file(wildcards, "small", "final.pt"),
-        large=lambda wildcards: pair_file(wildcards, "large", "final.pt"),
+        summaries=lambda wildcards: pair_files(wildcards, "run.json"),
+        finals=lambda wildcards: pair_files(wildcards, "final.pt"),
     output:
         "results/interpolation/{pair}.parquet",
     params:
         pair=lambda wildcards: vars(PAIRS[wildcards.pair]),
-        spec=lambda wildcards: RUNS[PAIRS[wildcards.pair].small].to_dict(),
+        spec=lambda wildcards: RUNS[PAIRS[wildcards.pair].candidates[0]].to_dict(),
         cfg=lambda wildcards: config["studies"][PAIRS[wildcards.pair].study]["interpolation"],
         device=config["device"],
     threads: config["threads_per_run"]
