@@ -4,9 +4,15 @@ For each checkpoint (the final weights, and with `along_training` every log-spac
 on a fixed training subset with no augmentation:
 - Keskar's epsilon-sharpness, full space and random subspace, for each epsilon;
 - the Hessian's top eigenvalue (Lanczos) and trace (Hutchinson);
-- McCandlish's gradient noise scale B_simple, from batches of the whole training set.
+- McCandlish's gradient noise scale B_simple on the whole training set: exact from every
+  per-example gradient, or the two-batch estimate (see `batchlab.analysis.noise_scale`).
 Each row carries the checkpoint's full-train-set loss, so sharpness can be plotted against
-cross-entropy along training.
+cross-entropy along training, and says how its value was obtained (`method`) with a 95%
+interval (`ci_low`, `ci_high`) where the method gives one:
+- eps_sharpness_*: "lbfgsb" (a local maximisation, a lower bound on the true maximum): no interval;
+- hessian_lambda_max: "lanczos" (deterministic to its tolerance): no interval;
+- hessian_trace: "hutchinson", a t-interval from the probes' standard error;
+- noise_scale: "exact" (an interval of width zero) or "two_batch" (percentile bootstrap).
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from tqdm import tqdm
 
 from batchlab import io
 from batchlab.analysis.hessian import hutchinson_trace, top_eigenvalue
-from batchlab.analysis.noise_scale import model_noise_scale
+from batchlab.analysis.noise_scale import model_noise_scale, noise_scale_method
 from batchlab.analysis.objective import ModelObjective
 from batchlab.analysis.sharpness import eps_sharpness
 from batchlab.config import RunSpec
@@ -32,6 +39,17 @@ from batchlab.tables import SHARPNESS_COLUMNS
 
 log = logging.getLogger(__name__)
 METRICS = ("eps_sharpness_full", "eps_sharpness_subspace", "hessian_lambda_max", "hessian_trace", "noise_scale")
+METHODS = {"eps_sharpness_full": "lbfgsb", "eps_sharpness_subspace": "lbfgsb", "hessian_lambda_max": "lanczos",
+           "hessian_trace": "hutchinson"}  # noise_scale: whichever method measured it
+CI_LEVEL = 0.95
+
+
+def t_interval(mean: float, stderr: float, n: int) -> tuple[float, float]:
+    """The 95% Student-t interval of a mean of n independent terms; NaN when n < 2."""
+    if n < 2 or not np.isfinite(stderr):
+        return np.nan, np.nan
+    half = stats.t.ppf(0.5 + CI_LEVEL / 2, n - 1) * stderr
+    return mean - half, mean + half
 
 
 def analysis_subset(data: Dataset, n_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,21 +77,28 @@ def run_checkpoints(run_dir: Path, along_training: bool) -> list[tuple[int, Path
 
 
 def measure_state(spec: RunSpec, state_dict: dict, data: Dataset, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> list[dict]:
-    """Every metric at one set of weights; NaN values where the weights are not finite."""
+    """Every metric at one set of weights; NaN values where the weights are not finite.
+
+    The noise scale is measured on the whole training set (data.x_train), the other
+    metrics on the analysis subset (x, y).
+    """
     model = build_model(spec.model, data.input_shape, data.num_classes, spec.bn_batch_size).to(x.device)
     model.load_state_dict(state_dict)
     seed, bn_mode = cfg["seed"], cfg["bn_mode"]
+    ns = cfg["noise_scale"]
     rows: list[dict] = []
 
-    def add(metric, value, epsilon=np.nan, stderr=np.nan, subset_loss=np.nan, n_evals=0):
+    def add(metric, value, method, epsilon=np.nan, stderr=np.nan, subset_loss=np.nan, n_evals=0, ci=(np.nan, np.nan)):
         rows.append(dict(metric=metric, epsilon=epsilon, value=float(value), stderr=float(stderr),
-                         subset_loss=float(subset_loss), n_evals=int(n_evals)))
+                         subset_loss=float(subset_loss), n_evals=int(n_evals),
+                         ci_low=float(ci[0]), ci_high=float(ci[1]), method=method))
 
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         log.warning("%s: weights are not finite; its metrics are NaN", spec.run_id)
+        methods = {**METHODS, "noise_scale": noise_scale_method(model, data.n_train, ns, bn_mode)}
         for metric in METRICS:
             for eps in cfg["sharpness"]["epsilons"] if metric.startswith("eps_") else [np.nan]:
-                add(metric, np.nan, epsilon=eps)
+                add(metric, np.nan, methods[metric], epsilon=eps)
         return rows
 
     obj = ModelObjective(model, x, y, bn_mode=bn_mode)
@@ -83,16 +108,19 @@ def measure_state(spec: RunSpec, state_dict: dict, data: Dataset, x: torch.Tenso
                                     ("eps_sharpness_subspace", sharp["subspace_dim"], sharp["subspace_dim"] is not None)):
             if wanted:
                 r = eps_sharpness(obj, eps, subspace_dim=dim, max_iter=sharp["max_iter"], seed=seed)
-                add(metric, r.value, epsilon=eps, subset_loss=r.loss, n_evals=r.n_fev)
+                add(metric, r.value, METHODS[metric], epsilon=eps, subset_loss=r.loss, n_evals=r.n_fev)
     hess = cfg["hessian"]
     lam, n_hvp = top_eigenvalue(obj, tol=hess["tol"], max_hvp=hess["max_hvp"], seed=seed)
-    add("hessian_lambda_max", lam, n_evals=n_hvp)
+    add("hessian_lambda_max", lam, METHODS["hessian_lambda_max"], n_evals=n_hvp)
     trace, trace_se = hutchinson_trace(obj, n_probes=hess["n_probes"], seed=seed)
-    add("hessian_trace", trace, stderr=trace_se, n_evals=hess["n_probes"])
-    ns = cfg["noise_scale"]
-    noise = model_noise_scale(model, data.x_train, data.y_train, b_small=ns["b_small"], b_big=ns["b_big"],
-                              n_draws=ns["n_draws"], seed=seed, bn_mode=bn_mode)
-    add("noise_scale", noise.b_simple, n_evals=2 * ns["n_draws"])
+    add("hessian_trace", trace, METHODS["hessian_trace"], stderr=trace_se, n_evals=hess["n_probes"],
+        ci=t_interval(trace, trace_se, hess["n_probes"]))
+    noise = model_noise_scale(model, data.x_train, data.y_train, ns, seed=seed, bn_mode=bn_mode)
+    # n_evals counts gradient evaluations, whose kind the method says: per-example gradients
+    # for exact (one per training example), batch gradients for two_batch (a small and a big
+    # batch per draw, so 2 x draws actually taken)
+    n_grads = noise.n_examples if noise.method == "exact" else 2 * noise.n_draws
+    add("noise_scale", noise.b_simple, noise.method, n_evals=n_grads, ci=(noise.ci_low, noise.ci_high))
     return rows
 
 

@@ -1,0 +1,85 @@
+"""The sharpness rows of one checkpoint: every metric says its method and carries its interval."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from batchlab.analysis.measure import METRICS, analysis_subset, measure_state
+from batchlab.analysis.noise_scale import exact_noise_scale
+from batchlab.config import check_config
+from batchlab.models import build_model
+from batchlab.tables import SHARPNESS_COLUMNS
+from tests.conftest import TINY_CONFIG, make_spec
+
+# columns analyse_run adds around each measure_state row
+RUN_LEVEL_COLUMNS = {"run_id", "step", "train_loss", "bn_mode", "n_examples"}
+
+
+@pytest.fixture
+def analysis_cfg() -> dict:
+    cfg = check_config(copy.deepcopy(TINY_CONFIG))["studies"]["tiny"]["analysis"]
+    cfg["sharpness"]["max_iter"] = 3  # the sharpness values themselves are tested elsewhere
+    return cfg
+
+
+def measure(data, cfg: dict, state: dict | None = None) -> pd.DataFrame:
+    spec = make_spec()
+    torch.manual_seed(0)
+    model = build_model(spec.model, data.input_shape, data.num_classes)
+    x, y = analysis_subset(data, 64, cfg["seed"])
+    rows = measure_state(spec, state or model.state_dict(), data, x, y, cfg)
+    assert set(rows[0]) | RUN_LEVEL_COLUMNS == set(SHARPNESS_COLUMNS)
+    return pd.DataFrame(rows).set_index("metric", drop=False)
+
+
+def test_rows_carry_method_and_interval(tiny_data, analysis_cfg):
+    df = measure(tiny_data, analysis_cfg)
+    assert set(df["metric"]) == set(METRICS)
+    methods = {metric: list(part.unique()) for metric, part in df["method"].groupby(df["metric"].to_numpy())}
+    assert methods == {"eps_sharpness_full": ["lbfgsb"], "eps_sharpness_subspace": ["lbfgsb"],
+                       "hessian_lambda_max": ["lanczos"], "hessian_trace": ["hutchinson"], "noise_scale": ["exact"]}
+    no_interval = df[df["metric"].str.startswith("eps_") | (df["metric"] == "hessian_lambda_max")]
+    assert no_interval[["ci_low", "ci_high"]].isna().all().all()
+
+    trace = df.loc["hessian_trace"]
+    n_probes = analysis_cfg["hessian"]["n_probes"]
+    half = stats.t.ppf(0.975, n_probes - 1) * trace["stderr"]
+    assert trace["ci_low"] == pytest.approx(trace["value"] - half)
+    assert trace["ci_high"] == pytest.approx(trace["value"] + half)
+    assert trace["ci_low"] < trace["value"] < trace["ci_high"]
+
+    # the noise scale: exact, on the whole training set, not the 64-example analysis subset
+    noise = df.loc["noise_scale"]
+    torch.manual_seed(0)
+    model = build_model(make_spec().model, tiny_data.input_shape, tiny_data.num_classes)
+    exact = exact_noise_scale(model, tiny_data.x_train, tiny_data.y_train)
+    assert noise["value"] == pytest.approx(exact.b_simple, rel=1e-9)
+    assert noise["ci_low"] == noise["value"] == noise["ci_high"]
+    assert noise["n_evals"] == tiny_data.n_train  # one per-example gradient per training example
+
+
+def test_two_batch_noise_scale_row(tiny_data, analysis_cfg):
+    analysis_cfg["noise_scale"].update(method="two_batch", n_draws=3, max_draws=12, n_bootstrap=100)
+    analysis_cfg["sharpness"].update(full_space=False, subspace_dim=None)  # only the noise scale matters here
+    noise = measure(tiny_data, analysis_cfg).loc["noise_scale"]
+    assert noise["method"] == "two_batch"
+    assert noise["ci_low"] <= noise["value"] <= noise["ci_high"]
+    assert noise["n_evals"] % 2 == 0 and 2 * 3 <= noise["n_evals"] <= 2 * 12  # two batches per draw
+
+
+def test_non_finite_weights_still_name_their_methods(tiny_data, analysis_cfg):
+    torch.manual_seed(0)
+    state = build_model(make_spec().model, tiny_data.input_shape, tiny_data.num_classes).state_dict()
+    first = next(iter(state))
+    state[first] = torch.full_like(state[first], math.nan)
+    df = measure(tiny_data, analysis_cfg, state)
+    assert df["value"].isna().all() and df[["ci_low", "ci_high"]].isna().all().all()
+    assert df.loc["noise_scale", "method"] == "exact" and df.loc["hessian_trace", "method"] == "hutchinson"
+    assert np.all(df["method"].notna())
