@@ -87,6 +87,8 @@ def _check_study(name: str, study: dict, datasets: dict) -> None:
     ns = study["analysis"]["noise_scale"]
     if ns["b_small"] >= ns["b_big"]:
         raise ConfigError(f"invalid config at '{where}.analysis.noise_scale': b_small ({ns['b_small']}) must be below b_big ({ns['b_big']})")
+    if ns["max_draws"] < ns["n_draws"]:
+        raise ConfigError(f"invalid config at '{where}.analysis.noise_scale': max_draws ({ns['max_draws']}) must be at least n_draws ({ns['n_draws']})")
     bn_sizes = [m for m in study["bn_batch_sizes"] if m is not None]
     if bn_sizes:
         no_bn = [m for m in study["models"] if not has_batchnorm(m)]

@@ -1,20 +1,63 @@
-"""The summary that opens the HTML report: per study and model, the best batch size, the
-critical batch size with its interval beside the noise-scale prediction, and how much
-sharper the largest batch's solution is than the smallest's."""
+"""The HTML report: one self-contained page that opens with what a researcher would quote.
+
+Top to bottom:
+- provenance: the git commit, package versions, the devices the runs trained on, and the
+  full resolved config;
+- the summary, one row per (study, model): run health, the best batch size, B_crit (or the
+  bound the data allow, or why there is none) beside the noise-scale prediction, and the
+  large- over small-batch sharpness ratio, each with its interval;
+- one section per paper, each opening with its table and then its figures with captions.
+  The sharpness section opens with Keskar's LB / SB ratios at every epsilon and for the
+  Hessian, with their intervals over seeds and the train loss both ends reached.
+
+Headline numbers use healthy runs only: a diverged or stalled run is counted in the health
+columns and nowhere else. Figures are embedded as PNG data, scaled to fit the window; a
+click shows one at full size.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import yaml
 
-from batchlab.plots import best_base_lr_runs, final_sharpness
+from batchlab.plots import best_base_lr_runs
+from batchlab.sharpness_ratio import headline_ratio
 from batchlab.speedup import BEST_RULE, TARGET_METRICS
 
 SUMMARY_COLUMNS = (
-    "study", "model", "best_batch_size", "best_lr_rule", "best_test_acc", "target", "b_crit", "b_crit_ci_low",
-    "b_crit_ci_high", "b_noise_predicted", "sharpness_ratio", "sharpness_small", "sharpness_large",
+    "study", "model", "n_runs", "n_completed", "n_diverged", "n_stalled", "best_batch_size", "best_lr_rule",
+    "best_test_acc", "target", "b_crit", "b_crit_ci_low", "b_crit_ci_high", "fit_status", "b_crit_bound",
+    "b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high", "sharpness_epsilon", "sharpness_sb_batch_size",
+    "sharpness_lb_batch_size", "sharpness_ratio", "sharpness_ratio_ci_low", "sharpness_ratio_ci_high", "sharpness_n_pairs",
 )
+SECTIONS = {
+    "1": "Generalization (Masters & Luschi 2018)",
+    "2": "Sharpness (Keskar et al. 2017)",
+    "3": "Critical batch size (Golmant et al. 2018, Shallue et al. 2018, McCandlish et al. 2018)",
+}
+MEASURE_LABELS = {
+    "eps_sharpness_full": "ε-sharpness, full space (%)", "eps_sharpness_subspace": "ε-sharpness, random subspace (%)",
+    "hessian_lambda_max": "Hessian λ_max", "hessian_trace": "Hessian trace (Hutchinson)",
+}
+FIT_STATUS_TEXT = {
+    "too_few_points": "fewer than 3 batch sizes reached the target",
+    "interval_too_wide": "interval wider than 100×",
+    "beyond_grid": "beyond the largest batch",
+    "below_grid": "below the smallest batch",
+    "above_range": "estimate beyond 10× the largest batch",
+    "below_range": "estimate below a tenth of the smallest batch",
+    "unconstrained": "the data do not bound it",
+}
 
+
+# --- the summary table ---------------------------------------------------------------------
 
 def headline_target(targets: dict) -> tuple[str, float] | None:
     """The first configured target, in the order train_loss, test_loss, test_error."""
@@ -24,56 +67,244 @@ def headline_target(targets: dict) -> tuple[str, float] | None:
     return None
 
 
-def summary_table(runs: pd.DataFrame, sharpness: pd.DataFrame, critical: pd.DataFrame, settings: dict) -> pd.DataFrame:
-    """One row per (study, model); `settings` maps study -> its `speedup` config."""
+def _best_cell(runs: pd.DataFrame) -> dict:
+    """The (batch size, rule) whose best base LR gives the highest median final test accuracy;
+    a diverged or stalled seed scores 0, so an LR that fails does not win."""
     chosen = best_base_lr_runs(runs)
-    cells = chosen.groupby(["study", "model", "lr_rule", "batch_size"], as_index=False)["final_test_acc"].median()
-    sharp = final_sharpness(runs, sharpness) if len(sharpness) else pd.DataFrame()
+    scored = chosen.assign(score=chosen["final_test_acc"].where(chosen["status"] == "completed", 0.0).fillna(0.0))
+    cells = scored.groupby(["lr_rule", "batch_size"], as_index=False)["score"].median()
+    best = cells.loc[cells["score"].idxmax()]
+    return dict(best_batch_size=int(best["batch_size"]), best_lr_rule=best["lr_rule"], best_test_acc=float(best["score"]))
+
+
+def _critical_row(critical: pd.DataFrame, study: str, model: str, target: tuple[str, float]) -> dict:
+    fit = critical[(critical["study"] == study) & (critical["model"] == model) & (critical["lr_rule"] == BEST_RULE)
+                   & (critical["target_metric"] == target[0]) & (critical["target_value"] == target[1])]
+    if fit.empty:
+        return {}
+    f = fit.iloc[0]
+    return dict(b_crit=f["b_crit"], b_crit_ci_low=f["ci_low"], b_crit_ci_high=f["ci_high"], fit_status=f["fit_status"],
+                b_crit_bound=f["b_crit_bound"], b_noise_predicted=f["b_noise_predicted"],
+                b_noise_ci_low=f["b_noise_ci_low"], b_noise_ci_high=f["b_noise_ci_high"])
+
+
+def _sharpness_row(headline: pd.DataFrame, study: str, model: str) -> dict:
+    mine = headline[(headline["study"] == study) & (headline["model"] == model)]
+    if mine.empty:
+        return {}
+    r = mine.iloc[0]
+    return dict(sharpness_epsilon=r["epsilon"], sharpness_sb_batch_size=r["sb_batch_size"],
+                sharpness_lb_batch_size=r["lb_batch_size"], sharpness_ratio=r["ratio"],
+                sharpness_ratio_ci_low=r["ratio_ci_low"], sharpness_ratio_ci_high=r["ratio_ci_high"],
+                sharpness_n_pairs=r["n_pairs"])
+
+
+def summary_table(runs: pd.DataFrame, critical: pd.DataFrame, ratios: pd.DataFrame, settings: dict) -> pd.DataFrame:
+    """One row per (study, model); `settings` maps study -> its `speedup` config."""
+    headline = headline_ratio(ratios)
     rows = []
-    for (study, model), group in cells.groupby(["study", "model"]):
-        best = group.loc[group["final_test_acc"].idxmax()]
-        row = dict(study=study, model=model, best_batch_size=int(best["batch_size"]), best_lr_rule=best["lr_rule"],
-                   best_test_acc=float(best["final_test_acc"]))
+    for (study, model), group in runs.groupby(["study", "model"]):
+        counts = group["status"].value_counts()
+        row = dict(study=study, model=model, n_runs=len(group), n_completed=int(counts.get("completed", 0)),
+                   n_diverged=int(counts.get("diverged", 0)), n_stalled=int(counts.get("stalled", 0)))
+        row.update(_best_cell(group))
         target = headline_target(settings.get(study, {}).get("targets", {}))
         if target is not None:
-            fit = critical[(critical["study"] == study) & (critical["model"] == model) & (critical["lr_rule"] == BEST_RULE)
-                           & (critical["target_metric"] == target[0]) & (critical["target_value"] == target[1])]
             row["target"] = f"{target[0].replace('_', ' ')} ≤ {target[1]:g}"
-            if len(fit):
-                f = fit.iloc[0]
-                row.update(b_crit=f["b_crit"], b_crit_ci_low=f["ci_low"], b_crit_ci_high=f["ci_high"],
-                           b_noise_predicted=f["b_noise_predicted"])
-        if len(sharp):
-            mine = sharp[(sharp["study"] == study) & (sharp["model"] == model)]
-            if mine["batch_size"].nunique() > 1:
-                small = mine[mine["batch_size"] == mine["batch_size"].min()]["eps_sharpness"].median()
-                large = mine[mine["batch_size"] == mine["batch_size"].max()]["eps_sharpness"].median()
-                row.update(sharpness_small=small, sharpness_large=large, sharpness_ratio=large / small if small > 0 else np.nan)
+            row.update(_critical_row(critical, study, model, target))
+        row.update(_sharpness_row(headline, study, model))
         rows.append(row)
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
-def _fmt(x, spec: str = "{:.3g}") -> str:
-    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else spec.format(x)
+# --- formatting ----------------------------------------------------------------------------
+
+def _finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and not np.isfinite(x)) and not pd.isna(x)
 
 
-def summary_rst(table: pd.DataFrame) -> str:
-    """The summary as reStructuredText list-tables, one per study, for the report's front page."""
-    out = []
-    for study, group in table.groupby("study"):
-        out += [f"**Study {study}**", "", ".. list-table::", "   :header-rows: 1", ""]
-        header = ["model", "best batch size (rule, test accuracy)", "target", "B_crit [95% interval]",
-                  "noise-scale prediction", "sharpness LB / SB (final ε-sharpness)"]
-        out += ["   * - " + header[0]] + [f"     - {h}" for h in header[1:]]
-        for r in group.itertuples():
-            cells = [
-                r.model,
-                f"{r.best_batch_size} ({r.best_lr_rule}, {r.best_test_acc:.3f})",
-                r.target if isinstance(r.target, str) else "none configured",
-                f"{_fmt(r.b_crit, '{:.0f}')} [{_fmt(r.b_crit_ci_low, '{:.0f}')}, {_fmt(r.b_crit_ci_high, '{:.0f}')}]",
-                _fmt(r.b_noise_predicted, "{:.0f}"),
-                f"{_fmt(r.sharpness_ratio, '{:.1f}')}× ({_fmt(r.sharpness_large)} / {_fmt(r.sharpness_small)})",
-            ]
-            out += ["   * - " + cells[0]] + [f"     - {c}" for c in cells[1:]]
-        out.append("")
-    return "\n".join(out) + "\n"
+def fmt(x, spec: str = "{:.3g}") -> str:
+    return spec.format(x) if _finite(x) else "–"
+
+
+def with_interval(value, low, high, spec: str = "{:.3g}") -> str:
+    """'value [low, high]', or the value alone when there is no interval."""
+    if not _finite(value):
+        return "–"
+    if _finite(low) and _finite(high):
+        return f"{spec.format(value)} [{spec.format(low)}, {spec.format(high)}]"
+    return spec.format(value)
+
+
+def b_crit_text(b_crit, low, high, status, bound) -> str:
+    """B_crit with its interval; else the bound the data allow, or why there is no number."""
+    if _finite(b_crit):
+        return with_interval(b_crit, low, high, "{:.0f}")
+    if isinstance(bound, str) and bound:
+        return f"{bound} ({FIT_STATUS_TEXT.get(status, status)})"
+    if isinstance(status, str):
+        return f"– ({FIT_STATUS_TEXT.get(status, status)})"
+    return "–"
+
+
+def summary_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The summary as the strings the report shows."""
+    out = pd.DataFrame({
+        "study": table["study"],
+        "model": table["model"],
+        "runs (completed / diverged / stalled)": [f"{r.n_runs} ({r.n_completed} / {r.n_diverged} / {r.n_stalled})"
+                                                  for r in table.itertuples()],
+        "best batch size (rule, median test acc.)": [f"{r.best_batch_size} ({r.best_lr_rule}, {r.best_test_acc:.3f})"
+                                                     for r in table.itertuples()],
+        "target": table["target"].astype(object).fillna("none configured"),
+        "B_crit [95% interval]": [b_crit_text(r.b_crit, r.b_crit_ci_low, r.b_crit_ci_high, r.fit_status, r.b_crit_bound)
+                                  for r in table.itertuples()],
+        "noise-scale prediction [95%]": [with_interval(r.b_noise_predicted, r.b_noise_ci_low, r.b_noise_ci_high, "{:.0f}")
+                                         for r in table.itertuples()],
+        "sharpness LB / SB [95%]": [
+            (f"{with_interval(r.sharpness_ratio, r.sharpness_ratio_ci_low, r.sharpness_ratio_ci_high, '{:.2f}')}× "
+             f"(B={r.sharpness_lb_batch_size:.0f} / {r.sharpness_sb_batch_size:.0f}, ε={r.sharpness_epsilon:g}, "
+             f"{r.sharpness_n_pairs:.0f} pairs)") if _finite(r.sharpness_ratio) else "–"
+            for r in table.itertuples()],
+    })
+    return out
+
+
+def ratios_display(ratios: pd.DataFrame) -> pd.DataFrame:
+    order = {m: i for i, m in enumerate(MEASURE_LABELS)}
+    ratios = ratios.assign(order=ratios["metric"].map(order)).sort_values(["study", "model", "order", "epsilon"],
+                                                                         ascending=[True, True, True, False])
+    return pd.DataFrame({
+        "study": ratios["study"], "model": ratios["model"],
+        "measure": ratios["metric"].map(MEASURE_LABELS),
+        "ε": ratios["epsilon"].map(lambda e: fmt(e, "{:g}")),
+        "SB / LB batch": [f"{r.sb_batch_size} / {r.lb_batch_size}" for r in ratios.itertuples()],
+        "SB value": ratios["sb_value"].map(fmt), "LB value": ratios["lb_value"].map(fmt),
+        "LB / SB [95% over seeds]": [with_interval(r.ratio, r.ratio_ci_low, r.ratio_ci_high, "{:.2f}")
+                                     for r in ratios.itertuples()],
+        "pairs": ratios["n_pairs"],
+        "final train loss SB / LB": [f"{fmt(r.sb_train_loss)} / {fmt(r.lb_train_loss)}" for r in ratios.itertuples()],
+        "test acc. SB / LB": [f"{fmt(r.sb_test_acc)} / {fmt(r.lb_test_acc)}" for r in ratios.itertuples()],
+    })
+
+
+def critical_display(critical: pd.DataFrame) -> pd.DataFrame:
+    critical = critical.sort_values(["study", "model", "target_metric", "target_value", "lr_rule"])
+    return pd.DataFrame({
+        "study": critical["study"], "model": critical["model"], "LR rule": critical["lr_rule"],
+        "target": critical["target_metric"].str.replace("_", " ") + " ≤ " + critical["target_value"].map("{:g}".format),
+        "points": critical["n_points"],
+        "B_crit [95% interval]": [b_crit_text(r.b_crit, r.ci_low, r.ci_high, r.fit_status, r.b_crit_bound)
+                                  for r in critical.itertuples()],
+        "S_min": critical["s_min"].map(lambda s: fmt(s, "{:.0f}")),
+        "noise-scale prediction [95%] (runs)": [
+            f"{with_interval(r.b_noise_predicted, r.b_noise_ci_low, r.b_noise_ci_high, '{:.0f}')} ({r.b_noise_n_runs})"
+            for r in critical.itertuples()],
+    })
+
+
+def unhealthy_display(runs: pd.DataFrame) -> pd.DataFrame:
+    bad = runs[runs["status"] != "completed"]
+    return pd.DataFrame({
+        "run": bad["run_id"], "status": bad["status"], "stop reason": bad.get("stop_reason", pd.Series(index=bad.index)),
+        "steps": bad["steps"], "final train loss": bad["final_train_loss"].map(fmt),
+        "final test acc.": bad["final_test_acc"].map(fmt),
+    })
+
+
+def html_table(frame: pd.DataFrame, css_class: str = "") -> str:
+    if frame.empty:
+        return "<p><em>none</em></p>"
+    return frame.to_html(index=False, escape=True, border=0, classes=css_class or None, na_rep="–")
+
+
+# --- the page ------------------------------------------------------------------------------
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+figure { margin: 1.5em 0; border-top: 1px solid #eee; padding-top: 0.5em; }
+figure img { display: block; max-width: 100%; max-height: 85vh; object-fit: contain; cursor: zoom-in; }
+figure img.whole { max-width: none; max-height: none; cursor: zoom-out; }
+figcaption { font-size: 0.9em; color: #444; max-width: 70em; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+nav a { margin-right: 1em; }
+"""
+# a click toggles one figure between fitting the window and its full size
+SCRIPT = """
+document.querySelectorAll("figure img").forEach(function (img) {
+  img.addEventListener("click", function () { img.classList.toggle("whole"); });
+});
+"""
+
+
+def caption_html(rst: str) -> str:
+    """A figure caption from its .rst file: plain text with ``literals``."""
+    text = html.escape(" ".join(rst.split()))
+    return re.sub(r"``(.+?)``", r"<code>\1</code>", text)
+
+
+def figure_html(name: str, png: str | Path, caption: str) -> str:
+    data = base64.b64encode(Path(png).read_bytes()).decode()
+    return (f'<figure id="figure-{name}"><img alt="{name}" src="data:image/png;base64,{data}">'
+            f"<figcaption><strong>{name}</strong>: {caption_html(caption)}</figcaption></figure>")
+
+
+def provenance_html(config: dict, git: dict, versions: dict, devices: list[str]) -> str:
+    commit = git.get("commit") or "unknown"
+    dirty = " (with uncommitted changes)" if git.get("dirty") else ""
+    items = [
+        f"<li>git commit: <code>{html.escape(commit)}</code>{dirty}</li>",
+        "<li>versions: " + ", ".join(f"{html.escape(k)} {html.escape(str(v))}" for k, v in versions.items()) + "</li>",
+        "<li>devices the runs trained on: " + (", ".join(html.escape(d) for d in devices) or "–") + "</li>",
+        f"<li>built: {datetime.now(timezone.utc).isoformat(timespec='seconds')}</li>",
+    ]
+    config_text = html.escape(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return ("<section id='provenance'><h2>Provenance</h2><ul>" + "".join(items) + "</ul>"
+            f"<details><summary>The full resolved config</summary><pre>{config_text}</pre></details></section>")
+
+
+def build_report(tables: dict[str, pd.DataFrame], summary: pd.DataFrame, figures: list[dict], config: dict,
+                 git: dict, versions: dict) -> str:
+    """The report page. `tables`: runs, critical, ratios; `figures`: dicts with name, section
+    ("1", "2" or "3"), png (path) and caption (text), in order."""
+    runs = tables["runs"]
+    devices = sorted(runs["device"].dropna().unique()) if "device" in runs else []
+    parts = [
+        "<h1>batchlab: how the SGD batch size shapes training</h1>",
+        "<p>Each study trains a grid of models × batch sizes × LR rules × learning rates × seeds, keeps the loss "
+        "of every step, measures its checkpoints and reads off how many steps each batch size needs to reach "
+        "the configured targets. The tables behind every number are in <code>results/tables/</code>; the "
+        "provenance is at the end of this page. A click on a figure shows it at full size.</p>",
+        "<nav>" + "".join(f'<a href="#section-{k}">{k} {html.escape(v)}</a>' for k, v in SECTIONS.items())
+        + '<a href="#provenance">Provenance</a></nav>',
+        "<section id='summary'><h2>Summary</h2>",
+        "<p>Per study and model: run health; the batch size whose best base LR gave the highest median final "
+        "test accuracy; the critical batch size B_crit of S(B) = S_min (1 + B_crit / B), fitted to the LR-tuned "
+        "steps to the first target (a bound where the data only bound it, and why when there is no number); "
+        "McCandlish's noise-scale prediction from the runs that reached that target, at the checkpoint nearest "
+        "it; and the large- over small-batch ε-sharpness ratio. Diverged and stalled runs enter none of these "
+        "numbers.</p>",
+        html_table(summary_display(summary), "summary"),
+        "<h3>Runs that did not train</h3>",
+        html_table(unhealthy_display(runs)),
+        "</section>",
+    ]
+    section_tables = {
+        "2": ("<p>Keskar's comparison at the final checkpoint: SB and LB are the smallest and largest batch among "
+              "healthy measured runs, paired by LR rule, base LR and seed; the ratio is the geometric mean over "
+              "pairs with a 95% t-interval over them.</p>" + html_table(ratios_display(tables["ratios"]), "ratios")),
+        "3": ("<p>The critical batch size per LR rule and target (<code>best</code>: tuned over every rule and "
+              "LR).</p>" + html_table(critical_display(tables["critical"]), "critical")),
+    }
+    for key, title in SECTIONS.items():
+        parts.append(f"<section id='section-{key}'><h2>{key} {html.escape(title)}</h2>")
+        parts.append(section_tables.get(key, ""))
+        parts += [figure_html(f["name"], f["png"], f["caption"]) for f in figures if f["section"] == key]
+        parts.append("</section>")
+    parts.append(provenance_html(config, git, versions, devices))
+    body = "\n".join(parts)
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>batchlab report</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n<script>{SCRIPT}</script></body></html>\n")

@@ -179,6 +179,8 @@ def test_filters_must_name_values_of_the_study():
 def test_noise_scale_batches_must_be_ordered():
     msg = bad(lambda c: c["studies"]["tiny"].update(analysis={"noise_scale": {"b_small": 64, "b_big": 64}}))
     assert "studies.tiny.analysis.noise_scale" in msg
+    msg = bad(lambda c: c["studies"]["tiny"].update(analysis={"noise_scale": {"n_draws": 50, "max_draws": 20}}))
+    assert "studies.tiny.analysis.noise_scale" in msg and "max_draws (20) must be at least n_draws (50)" in msg
 
 
 def test_default_pairs_join_the_smallest_and_largest_healthy_batch(tiny_config):

@@ -1,8 +1,17 @@
-import pytest
+"""Figures: the data each one selects (pure helpers, tested without drawing), what is drawn
+(artists found by gid, text inside the axes), that every figure draws from empty tables, and
+that every figure of a realistic study is laid out wider than tall."""
+
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pytest
+from PIL import Image
 
-from batchlab.plots import best_base_lr_runs, plot_accuracy_vs_batch, plot_training_curves
+from batchlab.plots import FIGURES, best_base_lr_runs, build_figure, draw_figure, final_sharpness
+from batchlab.plots.common import figure_style
+
+# --- the small fakes that tests/test_report.py also uses -------------------------------------------
 
 
 def synthetic_tables():
@@ -23,7 +32,259 @@ def synthetic_tables():
     return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
 
 
-def test_best_base_lr_counts_divergence_as_failure():
+def synthetic_sharpness(runs):
+    rows = []
+    for run in runs.itertuples():
+        steps = [0, 10, 100] if run.seed == 0 else [100]
+        for step in steps:
+            train_loss = 2.3 * np.exp(-step / 30) + 0.01
+            sharp = (1 + np.log2(run.batch_size)) * (1 + step / 100) if run.batch_size > 16 else 10 / (1 + step / 10)
+            for metric, eps, value in (("eps_sharpness_full", 1e-3, sharp), ("eps_sharpness_full", 5e-4, sharp / 2),
+                                       ("hessian_lambda_max", np.nan, 3 * sharp)):
+                rows.append(dict(run_id=run.run_id, step=step, train_loss=train_loss, metric=metric, epsilon=eps, value=value,
+                                 subset_loss=train_loss * 1.1 if metric.startswith("eps") else np.nan,
+                                 ci_low=np.nan, ci_high=np.nan))
+    return runs.assign(steps=100, final_test_acc=runs["final_test_acc"]), pd.DataFrame(rows)
+
+
+# --- a realistic study: the demo's grid, with stalled and diverged runs and every table ---------------
+
+MODELS, RULES, BATCHES, BASE_LRS, SEEDS = ("mlp", "cnn"), ("constant", "linear", "sqrt"), (16, 32, 64, 128, 256, 512), (0.03, 0.1), (0, 1)
+TARGETS = (("train_loss", 1.0), ("train_loss", 0.5), ("test_loss", 1.2), ("test_error", 0.45), ("test_error", 0.35))
+ALONG_TRAINING = (16, 256, 512)  # seed 0, base LR 0.1
+ANALYSED = (16, 64, 256, 512)  # final checkpoint, base LR 0.1
+REF = 64
+
+
+def scaled_lr(rule, base_lr, b):
+    return base_lr * {"constant": 1.0, "linear": b / REF, "sqrt": np.sqrt(b / REF)}[rule]
+
+
+def run_status(model, rule, b, base_lr, seed):
+    if rule == "linear" and b == 512 and base_lr == 0.1:
+        return "diverged"  # LR 0.8: both seeds blow up, so base LR 0.03 is chosen there
+    if rule == "constant" and b == 256 and seed == 1:
+        return "diverged"  # at either LR: the chosen cell keeps one diverged seed
+    if rule == "sqrt" and b == 512 and seed == 1:
+        return "stalled"  # at either LR: the chosen cell keeps one stalled seed
+    return "completed"
+
+
+def run_accuracy(model, rule, b, base_lr, seed, status):
+    if status == "diverged":
+        return np.nan
+    if status == "stalled":
+        return 0.1
+    acc = {"mlp": 0.68, "cnn": 0.93}[model] - 0.05 * np.log2(b / 16) / 5 + 0.005 * seed
+    if rule == "constant" and b == 16:
+        return acc - (0.32 if base_lr == 0.1 else 0.0)  # the unanalysed LR 0.03 wins here (0.93 against 0.61)
+    return acc + (0.01 if base_lr == 0.1 else 0.0)
+
+
+def fake_runs():
+    rows = []
+    for model in MODELS:
+        for rule in RULES:
+            for b in BATCHES:
+                for base_lr in BASE_LRS:
+                    for seed in SEEDS:
+                        status = run_status(model, rule, b, base_lr, seed)
+                        acc = run_accuracy(model, rule, b, base_lr, seed, status)
+                        steps = 15 * int(np.ceil(4000 / b))
+                        rows.append(dict(
+                            run_id=f"demo/{model}/bs{b}/{rule}/lr{base_lr:g}/seed{seed}", study="demo", dataset="mnist1d",
+                            model=model, batch_size=b, bn_batch_size=None, lr_rule=rule, base_lr=base_lr, ref_batch_size=REF,
+                            lr=scaled_lr(rule, base_lr, b), optimizer="sgd", seed=seed, epochs=15,
+                            steps=steps if status != "diverged" else steps // 3, planned_steps=steps, status=status,
+                            diverged_step=steps // 3 if status == "diverged" else np.nan,
+                            stop_reason={"completed": "budget", "stalled": "plateau", "diverged": "diverged"}[status],
+                            final_train_loss={"diverged": np.nan, "stalled": 2.3}.get(status, 0.2 + 0.1 * np.log2(b / 16)),
+                            final_train_acc=acc, final_test_loss=np.nan if status == "diverged" else 0.5 + 0.05 * np.log2(b / 16),
+                            final_test_acc=acc, best_test_acc=acc, wall_time_s=10.0, device="cpu"))
+    return pd.DataFrame(rows)
+
+
+def fake_curves(runs):
+    parts = []
+    for run in runs.itertuples():
+        steps = np.unique(np.geomspace(1, run.steps, 20).astype(int))
+        epoch = steps / run.steps * (15 if run.status != "diverged" else 5)
+        if run.status == "stalled":
+            loss = np.full(len(steps), 2.3)
+        elif run.status == "diverged":
+            loss = 2.3 * np.exp(epoch / 2)
+        else:
+            loss = 2.2 * np.exp(-epoch / 4) + run.final_train_loss
+        parts.append(pd.DataFrame(dict(run_id=run.run_id, step=steps, epoch=epoch, examples_seen=steps * run.batch_size,
+                                       lr=run.lr, batch_loss=loss, train_loss=loss, train_acc=0.5, test_loss=loss * 1.2,
+                                       test_acc=0.5)))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _sharpness_row(run_id, step, loss, metric, value, **extra):
+    row = dict(run_id=run_id, step=step, train_loss=loss, metric=metric, epsilon=np.nan, value=value, stderr=np.nan,
+               subset_loss=np.nan, n_evals=10, bn_mode="none", n_examples=512, ci_low=np.nan, ci_high=np.nan,
+               method={"eps_sharpness_full": "lbfgsb", "hessian_lambda_max": "lanczos", "hessian_trace": "hutchinson",
+                       "noise_scale": "two_batch"}[metric])
+    return {**row, **extra}
+
+
+def fake_sharpness(runs):
+    rows = []
+    for run in runs[runs["status"] != "diverged"].itertuples():
+        along = run.seed == 0 and run.base_lr == 0.1 and run.batch_size in ALONG_TRAINING
+        if not (along or (run.base_lr == 0.1 and run.batch_size in ANALYSED)):
+            continue
+        for step in (np.unique(np.geomspace(1, run.steps, 8).astype(int)) if along else [run.steps]):
+            progress = step / run.steps
+            loss = 2.3 * (1 - progress) + run.final_train_loss * progress
+            grow = np.log2(run.batch_size) / 4
+            sharp = 5 * grow ** (2 * progress) if run.batch_size > 64 else 5 / (1 + 3 * progress)
+            trace = 40 * sharp
+            rows += [
+                _sharpness_row(run.run_id, step, loss, "eps_sharpness_full", sharp, epsilon=1e-3, subset_loss=loss * 0.8),
+                _sharpness_row(run.run_id, step, loss, "eps_sharpness_full", sharp / 2, epsilon=5e-4, subset_loss=loss * 0.8),
+                _sharpness_row(run.run_id, step, loss, "hessian_lambda_max", 3 * sharp),
+                _sharpness_row(run.run_id, step, loss, "hessian_trace", trace, ci_low=trace * 0.87, ci_high=trace * 1.13),
+            ]
+            if along:
+                b_simple = 20 * (1 + 30 * progress) * (1.5 if run.model == "cnn" else 1.0)
+                rows.append(_sharpness_row(run.run_id, step, loss, "noise_scale", b_simple, ci_low=b_simple * 0.6 - 10,
+                                           ci_high=b_simple * 1.5))
+    rows.append(_sharpness_row("demo/cnn/bs16/linear/lr0.1/seed0", 2, 2.2, "noise_scale", np.inf))  # never plotted
+    return pd.DataFrame(rows)
+
+
+def fake_interpolation(runs):
+    parts = []
+    alphas = np.linspace(-1, 2, 13)
+    for model in MODELS:
+        for rule in RULES:
+            ends = runs[(runs["model"] == model) & (runs["lr_rule"] == rule) & (runs["seed"] == 0) & (runs["base_lr"] == 0.1)
+                        & (runs["status"] == "completed")].sort_values("batch_size")
+            small, large = ends["run_id"].iloc[0], ends["run_id"].iloc[-1]
+            for split in ("train", "test"):
+                parts.append(pd.DataFrame(dict(
+                    pair_id=f"demo/{model}/{rule}/lr0.1/seed0", run_id_small=small, run_id_large=large, alpha=alphas,
+                    split=split, loss=0.2 + (alphas - 0.3) ** 2 * (3 if split == "test" else 2),
+                    accuracy=np.clip(0.9 - 0.2 * np.abs(alphas - 0.3), 0, 1), bn_mode="none")))
+    return pd.concat(parts, ignore_index=True)
+
+
+B_CRIT = {"mlp": 120.0, "cnn": 200.0}
+# (model, target) -> what the critical-batch fit of the tuned curve says
+FITS = {
+    # accepted, but beyond the grid's largest batch (512): its label must not be clipped
+    ("cnn", TARGETS[0]): dict(fit_status="ok", b_crit=843.0, ci_low=400.0, ci_high=2000.0, b_crit_bound=None),
+    ("cnn", TARGETS[1]): dict(fit_status="ok", b_crit=64.0, ci_low=40.0, ci_high=100.0, b_crit_bound=None),
+    ("cnn", TARGETS[2]): dict(fit_status="beyond_grid", b_crit=np.nan, ci_low=512.0, ci_high=np.inf, b_crit_bound=">512"),
+    ("cnn", TARGETS[3]): dict(fit_status="below_grid", b_crit=np.nan, ci_low=0.0, ci_high=16.0, b_crit_bound="<16"),
+    ("cnn", TARGETS[4]): dict(fit_status="interval_too_wide", b_crit=np.nan, ci_low=5.0, ci_high=5000.0, b_crit_bound=None),
+    ("mlp", TARGETS[0]): dict(fit_status="ok", b_crit=120.0, ci_low=60.0, ci_high=240.0, b_crit_bound=None),
+}
+NO_FIT = dict(fit_status="too_few_points", b_crit=np.nan, ci_low=np.nan, ci_high=np.nan, b_crit_bound=None)
+
+
+def best_lr_choice(b):
+    """The tuned LR of the fake: inside the grid at B <= 32, its smallest LR at 64, its largest from 128 on."""
+    if b <= 32:
+        return scaled_lr("sqrt", 0.1, b)
+    return 0.03 if b == 64 else scaled_lr("linear", 0.1, b)
+
+
+def fake_speedup():
+    rows = []
+    for model in MODELS:
+        for rule in (*RULES, "best"):
+            for metric, value in TARGETS:
+                never = model == "mlp" and (metric, value) == ("test_error", 0.35)
+                for b in BATCHES:
+                    reached = not never and not (rule == "linear" and b == 512)
+                    steps = 300 * (1 + B_CRIT[model] / b) * (1.2 if rule != "best" else 1.0) / value
+                    base = 300 * (1 + B_CRIT[model] / 16) * (1.2 if rule != "best" else 1.0) / value
+                    rows.append(dict(study="demo", model=model, lr_rule=rule, target_metric=metric, target_value=value,
+                                     batch_size=b, steps_to_target=steps if reached else np.nan,
+                                     best_lr=best_lr_choice(b) if rule == "best" else scaled_lr(rule, 0.1, b),
+                                     best_base_lr=0.1, reached=reached, n_seeds=2, n_seeds_reached=2 if reached else 0,
+                                     speedup=base / steps if reached else np.nan, speedup_ci_low=0.9 * base / steps,
+                                     speedup_ci_high=1.1 * base / steps, perfect_speedup=b / 16, regime=None))
+    return pd.DataFrame(rows)
+
+
+def fake_critical():
+    rows = []
+    for model in MODELS:
+        for rule in (*RULES, "best"):
+            for target in TARGETS:
+                fit = FITS.get((model, target), NO_FIT) if rule == "best" else NO_FIT
+                first = target == TARGETS[0]
+                rows.append(dict(study="demo", model=model, lr_rule=rule, target_metric=target[0], target_value=target[1],
+                                 s_min=300.0, n_points=6, **fit, b_noise_predicted=100.0 if first else np.nan,
+                                 b_noise_ci_low=50.0 if first else np.nan, b_noise_ci_high=200.0 if first else np.nan,
+                                 b_noise_n_runs=4 if first else 0))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def study():
+    runs = fake_runs()
+    return dict(runs=runs, curves=fake_curves(runs), sharpness=fake_sharpness(runs), interpolation=fake_interpolation(runs),
+                speedup=fake_speedup(), critical=fake_critical())
+
+
+def tables_for(name, tables):
+    """The tables figures.smk gives figure `name`."""
+    import inspect
+
+    return {t: tables[t] for t in inspect.signature(FIGURES[name]).parameters}
+
+
+def build(name, tables):
+    fig = build_figure(name, tables_for(name, tables))
+    with figure_style():
+        fig.canvas.draw()  # lays out the figure, so that text extents are final
+    return fig
+
+
+def axes_titled(fig, title):
+    found = [ax for ax in fig.axes if ax.get_title() == title]
+    assert len(found) == 1, [ax.get_title() for ax in fig.axes]
+    return found[0]
+
+
+def gids(ax, prefix):
+    artists = ax.get_children() + ax.lines + ax.patches
+    return [a for a in dict.fromkeys(artists) if (a.get_gid() or "").startswith(prefix)]
+
+
+def notes(ax):
+    """The texts in the axes, as read (notes are wrapped to the panel's width)."""
+    return [t.get_text().replace("\n", " ") for t in ax.texts if t.get_text()]  # not the arrows
+
+
+def texts(fig):
+    return [text for ax in fig.axes for text in notes(ax)]
+
+
+def legend_texts(fig):
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def empty_like(table):
+    """An empty table as read back from an empty parquet file: every column of object dtype."""
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in table.columns})
+
+
+# --- data selection ---------------------------------------------------------------------------------
+
+
+def test_best_base_lr_counts_divergence_and_stalling_as_failure():
     runs, _ = synthetic_tables()
     best = best_base_lr_runs(runs)
     chosen = best.groupby(["model", "lr_rule", "batch_size"])["base_lr"].unique()
@@ -31,90 +292,256 @@ def test_best_base_lr_counts_divergence_as_failure():
     assert chosen.loc[("mlp", "linear", 16)][0] == 1.0  # the higher LR scores better where it does not diverge
     assert chosen.loc[("mlp", "linear", 256)][0] == 0.1  # where it diverges, the stable LR wins
     assert len(best) == 2 * 2 * 3 * 2  # every seed of the chosen LR
+    # a stalled run ends at chance, but scores 0 like a diverged one: its LR loses to a healthy one
+    stalled = runs.assign(status=np.where((runs["batch_size"] == 16) & (runs["base_lr"] == 1.0), "stalled", runs["status"]))
+    chosen = best_base_lr_runs(stalled).groupby(["model", "lr_rule", "batch_size"])["base_lr"].unique()
+    assert chosen.loc[("mlp", "linear", 16)][0] == 0.1
 
 
-def test_figures_are_written_as_png_and_pdf(tmp_path):
-    runs, curves = synthetic_tables()
-    plot_training_curves(runs, curves, tmp_path / "curves.png", tmp_path / "curves.pdf")
-    plot_accuracy_vs_batch(runs, tmp_path / "acc.png", tmp_path / "acc.pdf")
-    for name in ("curves.png", "acc.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("curves.pdf", "acc.pdf"):
-        assert (tmp_path / name).read_bytes()[:5] == b"%PDF-"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.pdf", "acc.png", "curves.pdf", "curves.png"]  # no temporaries
+def test_sharpness_picks_the_best_lr_among_all_runs_and_marks_the_unanalysed(study):
+    from batchlab.plots.sharpness import sharpness_at_best_lr
+
+    chosen = sharpness_at_best_lr(study["runs"], study["sharpness"]).set_index("run_id")
+    # cnn/constant/B=16: base LR 0.03 (accuracy 0.93) wins over the analysed 0.1 (0.61); it was not analysed
+    assert "demo/cnn/bs16/constant/lr0.03/seed0" in chosen.index and "demo/cnn/bs16/constant/lr0.1/seed0" not in chosen.index
+    assert chosen.loc["demo/cnn/bs16/constant/lr0.03/seed0", "final_test_acc"] == pytest.approx(0.93)
+    assert np.isnan(chosen.loc["demo/cnn/bs16/constant/lr0.03/seed0", "eps_sharpness"])
+    row = chosen.loc["demo/cnn/bs64/linear/lr0.1/seed1"]
+    assert row["eps_sharpness"] > 0 and row["hessian_trace_ci_low"] < row["hessian_trace"] < row["hessian_trace_ci_high"]
 
 
-def synthetic_sharpness(runs):
-    rows = []
-    for run in runs.itertuples():
-        final = 100
-        steps = [0, 10, 100] if run.seed == 0 else [100]
-        for step in steps:
-            train_loss = 2.3 * np.exp(-step / 30) + 0.01
-            sharp = (1 + np.log2(run.batch_size)) * (1 + step / 100) if run.batch_size > 16 else 10 / (1 + step / 10)
-            for metric, eps, value in (("eps_sharpness_full", 1e-3, sharp), ("eps_sharpness_full", 5e-4, sharp / 2),
-                                       ("hessian_lambda_max", np.nan, 3 * sharp)):
-                rows.append(dict(run_id=run.run_id, step=step, train_loss=train_loss, metric=metric, epsilon=eps, value=value))
-    return runs.assign(steps=100, final_test_acc=runs["final_test_acc"]), pd.DataFrame(rows)
-
-
-def test_sharpness_figures(tmp_path):
-    from batchlab.plots import final_sharpness, plot_sharpness_along_training, plot_sharpness_vs_batch
-
+def test_final_sharpness_takes_the_final_step_and_largest_epsilon():
     runs, _ = synthetic_tables()
     runs, sharpness = synthetic_sharpness(runs)
     joined = final_sharpness(runs, sharpness)
     row = joined.set_index("run_id").loc["s/cnn/bs64/linear/lr0.1/seed0"]
-    assert row["eps_sharpness"] == (1 + 6) * 2 and row["hessian_lambda_max"] == 3 * 14  # final step, largest epsilon
-    plot_sharpness_vs_batch(runs, sharpness, tmp_path / "svb.png")
-    plot_sharpness_along_training(runs, sharpness, tmp_path / "along.png")
-    assert (tmp_path / "svb.png").stat().st_size > 10_000 and (tmp_path / "along.png").stat().st_size > 10_000
+    assert row["eps_sharpness"] == (1 + 6) * 2 and row["hessian_lambda_max"] == 3 * 14
 
 
-def test_interpolation_figure_and_empty_inputs(tmp_path):
-    from batchlab.plots import draw_figure
+def test_sb_and_lb_are_never_stalled_or_diverged():
+    from batchlab.plots.sharpness import sb_lb_runs
 
-    alphas = np.linspace(-1, 2, 7)
-    interp = pd.concat([
-        pd.DataFrame(dict(pair_id=f"s/{m}/linear/lr0.1/seed0/bs16_vs_bs256", alpha=alphas, split=split,
-                          loss=0.1 + alphas ** 2 * (2 if split == "test" else 1), accuracy=0.9 - 0.1 * np.abs(alphas), bn_mode="none"))
-        for m in ("mlp", "cnn") for split in ("train", "test")
-    ])
-    draw_figure("interpolation", {"interpolation": interp}, tmp_path / "i.png", tmp_path / "i.pdf")
-    assert (tmp_path / "i.png").stat().st_size > 10_000
-    draw_figure("interpolation", {"interpolation": interp.iloc[0:0]}, tmp_path / "empty.png")
-    assert (tmp_path / "empty.png").exists()
+    statuses = {16: "stalled", 64: "completed", 256: "completed", 512: "diverged"}
+    runs = pd.DataFrame([dict(run_id=f"s/m/bs{b}/linear/lr0.1/seed0", study="s", model="m", lr_rule="linear", batch_size=b,
+                              base_lr=0.1, seed=0, status=s) for b, s in statuses.items()])
+    sharpness = pd.DataFrame([dict(run_id=r, step=step, metric="eps_sharpness_full", epsilon=1e-3, value=1.0 + step,
+                                   train_loss=1.0, subset_loss=0.9) for r in runs["run_id"] for step in (1, 10)])
+    chosen = sb_lb_runs(runs, sharpness)
+    assert set(zip(chosen["batch_size"], chosen["regime"])) == {(64, "SB"), (256, "LB")}
+
+
+def test_lr_grid_edges_flag_the_ends_of_the_lrs_tried(study):
+    from batchlab.plots.critical import lr_grid_edges
+
+    best = study["speedup"][study["speedup"]["lr_rule"] == "best"]
+    edges = lr_grid_edges(best, study["runs"])
+    by_batch = dict(zip(best["batch_size"], edges))
+    assert by_batch == {16: "", 32: "", 64: "smallest", 128: "largest", 256: "largest", 512: "largest"}
+
+
+def test_describe_b_crit_gives_a_number_only_for_an_accepted_fit():
+    from batchlab.plots.critical import describe_b_crit
+
+    ok = describe_b_crit(pd.Series(FITS[("cnn", TARGETS[1])]))
+    assert (ok["kind"], ok["value"], ok["text"]) == ("ok", 64.0, "B_crit ≈ 64 [40, 100]")
+    assert describe_b_crit(pd.Series(FITS[("cnn", TARGETS[2])]))["text"] == "B_crit > 512"
+    assert describe_b_crit(pd.Series(FITS[("cnn", TARGETS[3])]))["kind"] == "below"
+    assert describe_b_crit(pd.Series(FITS[("cnn", TARGETS[4])]))["text"] == "no B_crit: interval too wide"
+    assert describe_b_crit(None) is None
+
+
+def test_first_target_follows_the_metric_order_then_the_configured_values(study):
+    from batchlab.plots.critical import first_target
+
+    critical = study["critical"]
+    errors_first = critical["target_metric"] == "test_error"
+    shuffled = pd.concat([critical[errors_first], critical[~errors_first]])
+    assert first_target(shuffled, "demo") == ("train_loss", 1.0)
+    assert first_target(critical[critical["target_metric"] == "test_error"], "demo") == ("test_error", 0.45)
+    assert first_target(critical.iloc[0:0], "demo") is None
+
+
+def test_noise_scale_runs_keep_healthy_runs_measured_along_training(study):
+    from batchlab.plots.critical import noise_scale_runs
+
+    data = noise_scale_runs(study["runs"], study["sharpness"])
+    assert set(data["status"]) == {"completed"} and (data["step"] > 0).all() and np.isfinite(data["value"]).all()
+    assert "demo/cnn/bs512/linear/lr0.1/seed0" not in set(data["run_id"])  # diverged
+    assert "demo/cnn/bs256/linear/lr0.1/seed0" in set(data["run_id"])
+
+
+def test_pair_title_comes_from_the_run_ids():
+    from batchlab.plots.sharpness import pair_title
+
+    assert pair_title("demo/cnn/bs16/linear/lr0.1/seed0", "demo/cnn/bs512/linear/lr0.1/seed0") == \
+        "cnn · linear · lr0.1 · seed0\nB=16 vs B=512"
+    assert pair_title("g/resnet32/bs16/bn8/linear/lr0.1/seed0", "g/resnet32/bs256/bn8/linear/lr0.4/seed0") == \
+        "resnet32 · bn8 · linear · seed0\nB=16 lr0.1 vs B=256 lr0.4"
+
+
+# --- what the figures draw ---------------------------------------------------------------------------
+
+
+def test_figures_are_written_as_png_and_pdf(tmp_path, study):
+    draw_figure("training_curves", tables_for("training_curves", study), tmp_path / "curves.png", tmp_path / "curves.pdf")
+    draw_figure("accuracy_vs_batch", {"runs": study["runs"]}, tmp_path / "acc.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "curves.pdf").read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.png", "curves.pdf", "curves.png"]  # no temporaries
     with pytest.raises(ValueError, match="unknown figure 'roc'"):
         draw_figure("roc", {}, tmp_path / "x.png")
 
 
-def synthetic_speedup():
-    from batchlab.speedup import speedup_tables
-    from tests.test_speedup import synthetic_runs
-
-    runs, curves = synthetic_runs(seeds=(0, 1))
-    return runs, speedup_tables(runs, curves, {"s": {"targets": {"train_loss": [0.1]}, "n_bootstrap": 50}})
-
-
-def test_speedup_figures(tmp_path):
-    from batchlab.plots import draw_figure
-
-    runs, (speed, crit) = synthetic_speedup()
-    draw_figure("steps_to_target", {"speedup": speed, "critical": crit}, tmp_path / "steps.png")
-    draw_figure("speedup", {"speedup": speed}, tmp_path / "speedup.png")
-    draw_figure("best_lr", {"speedup": speed}, tmp_path / "lr.png")
-    for name in ("steps.png", "speedup.png", "lr.png"):
-        assert (tmp_path / name).stat().st_size > 10_000
-    draw_figure("speedup", {"speedup": speed.assign(reached=False)}, tmp_path / "none.png")  # nothing reached: a note
-    assert (tmp_path / "none.png").exists()
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_every_figure_of_a_realistic_study_is_wider_than_tall(tmp_path, study, name):
+    fig = build_figure(name, tables_for(name, study))
+    assert sum(ax.axison for ax in fig.axes) >= 2, f"{name} drew no panels"
+    with figure_style():
+        fig.savefig(tmp_path / "f.png", dpi=60, bbox_inches="tight")  # the ratio does not depend on dpi
+    width, height = Image.open(tmp_path / "f.png").size
+    assert width / height >= 1.2, (name, width, height)
 
 
-def test_masters_luschi_and_gap_figures(tmp_path):
-    from batchlab.plots import draw_figure
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_every_figure_draws_from_empty_tables(tmp_path, study, name):
+    empty = {**study, **{t: empty_like(study[t]) for t in ("speedup", "critical", "sharpness", "interpolation")}}
+    draw_figure(name, tables_for(name, empty), tmp_path / "f.png")
+    assert Image.open(tmp_path / "f.png").size[0] > 300
+    if name in ("steps_to_target", "speedup", "best_lr"):
+        assert "no speed-up targets configured for this study" in texts(build(name, empty))
 
-    runs, _ = synthetic_tables()
-    runs = runs.assign(lr=runs["base_lr"] * runs["batch_size"] / 64, final_train_loss=0.1,
-                       final_test_loss=0.2 + runs["batch_size"] / 1000)
-    draw_figure("accuracy_vs_base_lr", {"runs": runs}, tmp_path / "ml.png", tmp_path / "ml.pdf")
-    draw_figure("generalization_gap", {"runs": runs}, tmp_path / "gap.png")
-    assert (tmp_path / "ml.png").stat().st_size > 10_000 and (tmp_path / "gap.png").stat().st_size > 10_000
+
+def test_empty_speedup_table_read_back_from_parquet_draws(tmp_path, study):
+    path = tmp_path / "speedup.parquet"
+    study["speedup"].iloc[0:0].astype(object).to_parquet(path)
+    speedup = pd.read_parquet(path)
+    for name in ("steps_to_target", "speedup", "best_lr"):
+        draw_figure(name, {**tables_for(name, study), "speedup": speedup}, tmp_path / f"{name}.png")
+    draw_figure("speedup", {"speedup": study["speedup"].assign(reached=False)}, tmp_path / "none.png")
+    unreached = {"speedup": study["speedup"].assign(reached=False)}
+    assert "no speed-up: the smallest batch never reached a target" in texts(build("speedup", unreached))
+
+
+def _inside(fig, ax, text):
+    box, frame = text.get_window_extent(fig.canvas.get_renderer()), ax.get_window_extent()
+    return box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1 and box.y0 >= frame.y0 - 1 and box.y1 <= frame.y1 + 1
+
+
+def test_steps_to_target_draws_b_crit_by_fit_status_with_labels_inside_the_axes(study):
+    fig = build("steps_to_target", study)
+    for ax in fig.axes:
+        for text in ax.texts:
+            assert _inside(fig, ax, text), (ax.get_title(), text.get_text())
+    ok = axes_titled(fig, "cnn · train loss ≤ 0.5")
+    assert gids(ok, "b_crit_line") and gids(ok, "b_crit_band") and notes(ok) == ["B_crit ≈ 64 [40, 100]"]
+    beyond = axes_titled(fig, "cnn · test loss ≤ 1.2")
+    assert not gids(beyond, "b_crit_line") and not gids(beyond, "b_crit_band") and gids(beyond, "b_crit_bound")
+    assert notes(beyond) == ["B_crit > 512"]
+    ok_off_grid = axes_titled(fig, "cnn · train loss ≤ 1")
+    assert not gids(ok_off_grid, "b_crit_band") and gids(ok_off_grid, "b_crit_bound")
+    assert notes(ok_off_grid) == ["B_crit ≈ 843 [400, 2000] (beyond the grid)"]
+    assert notes(axes_titled(fig, "cnn · test error ≤ 0.45")) == ["B_crit < 16"]
+    assert notes(axes_titled(fig, "cnn · test error ≤ 0.35")) == ["no B_crit: interval too wide"]
+    assert notes(axes_titled(fig, "mlp · test error ≤ 0.35")) == ["no batch size reached this target"]
+
+
+def test_best_lr_marks_exactly_the_points_at_the_edge_of_the_lr_grid(study):
+    fig = build("best_lr", study)
+    ax = axes_titled(fig, "cnn")
+    edge = {(x, round(y, 6)) for line in gids(ax, "lr_grid_edge") for x, y in line.get_xydata()}
+    expected = {(b, round(best_lr_choice(b), 6)) for b in (64, 128, 256, 512)}
+    assert edge == expected
+    assert any("edge of the LR grid" in t for t in legend_texts(fig))
+
+
+def test_unhealthy_runs_are_marked_where_they_are_drawn(study):
+    runs = study["runs"]
+    chosen = best_base_lr_runs(runs)
+    chosen_cnn = chosen[(chosen["model"] == "cnn")]
+    fig = build("accuracy_vs_batch", study)
+    ax = axes_titled(fig, "cnn")
+    for status in ("stalled", "diverged"):
+        marked = sum(len(line.get_xdata()) for line in gids(ax, f"unhealthy:{status}"))
+        assert marked == (chosen_cnn["status"] == status).sum() > 0
+    assert "stalled run (2) " in " ".join(legend_texts(fig)) + " "
+    fig = build("accuracy_vs_base_lr", study)
+    for rule in RULES:
+        ax = axes_titled(fig, f"cnn · {rule} rule")
+        marked = [y for line in gids(ax, "unhealthy:") for y in line.get_ydata()]
+        cell = runs[(runs["model"] == "cnn") & (runs["lr_rule"] == rule)]
+        assert len(marked) == (cell["status"] != "completed").sum() > 0 and set(marked) == {0.0}
+    fig = build("training_curves", study)
+    ax = axes_titled(fig, "cnn · constant rule")
+    assert len(gids(ax, "unhealthy:diverged")) == 1 and len(gids(ax, "unhealthy:diverged")[0].get_xdata()) == 1
+
+
+def test_sharpness_vs_batch_accuracy_agrees_with_accuracy_vs_batch(study):
+    acc = build("accuracy_vs_batch", study)
+    sharp = build("sharpness_vs_batch", study)
+    for model in MODELS:
+        for rule in RULES:
+            [a] = [ln for ln in gids(axes_titled(acc, model), f"median:{rule}")]
+            [s] = [ln for ln in gids(axes_titled(sharp, f"{model} · test accuracy"), f"median:{rule}")]
+            np.testing.assert_allclose(a.get_xydata(), s.get_xydata())
+    [a] = gids(axes_titled(acc, "cnn"), "median:constant")
+    assert a.get_ydata()[0] == pytest.approx(0.9325)  # B=16 at its best base LR 0.03, not the analysed 0.1 (0.61)
+    assert "analysed: " in " ".join(texts(sharp))
+
+
+def test_sharpness_vs_batch_draws_each_trace_with_its_interval(study):
+    fig = build("sharpness_vs_batch", study)
+    ax = axes_titled(fig, "cnn · Hessian trace")
+    chosen = best_base_lr_runs(study["runs"])
+    trace = study["sharpness"][study["sharpness"]["metric"] == "hessian_trace"].merge(
+        chosen[["run_id", "model", "steps"]], on="run_id")
+    trace = trace[(trace["model"] == "cnn") & (trace["step"] == trace["steps"])]
+    runs_with_bars = [c for c in ax.containers if (c.lines[0].get_gid() or "").startswith("interval:")]
+    bars = [segment for c in runs_with_bars for segment in c.lines[2][0].get_segments()]
+    assert sorted((round(s[0][1], 6), round(s[1][1], 6)) for s in bars) == \
+        sorted(zip(trace["ci_low"].round(6), trace["ci_high"].round(6)))
+
+
+def test_sharpness_along_training_plots_against_the_subset_loss(study):
+    fig = build("sharpness_along_training", study)
+    ax = next(ax for ax in fig.axes if ax.get_title().startswith("cnn · linear"))
+    assert ax.get_title().endswith("SB: B=16, LB: B=256")  # B=512 diverged: never the LB
+    assert "analysis subset" in ax.get_xlabel()
+    rows = study["sharpness"]
+    for line in gids(ax, "SB:") + gids(ax, "LB:"):
+        run = rows[(rows["run_id"] == line.get_gid().split(":", 1)[1]) & (rows["epsilon"] == 1e-3)].sort_values("step")
+        np.testing.assert_allclose(line.get_xdata(), run["subset_loss"])
+
+
+def test_interpolation_titles_name_both_batch_sizes(study):
+    fig = build("interpolation", study)
+    titles = {ax.get_title() for ax in fig.axes if ax.get_title()}
+    assert "cnn · linear · lr0.1 · seed0\nB=16 vs B=256" in titles  # B=512 diverged
+    assert "mlp · sqrt · lr0.1 · seed0\nB=16 vs B=512" in titles
+
+
+def test_noise_scale_figure_draws_runs_b_crit_and_its_prediction(study):
+    fig = build("noise_scale", study)
+    ax = axes_titled(fig, "cnn")
+    assert gids(ax, "b_crit_line")[0].get_ydata()[0] == 843.0 and gids(ax, "b_crit_band")
+    assert gids(ax, "b_noise_predicted")[0].get_ydata()[0] == 100.0
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert any(t.startswith("B_crit ≈ 843") for t in texts(fig))
+    bound = {**study, "critical": study["critical"].assign(fit_status="beyond_grid", b_crit=np.nan, b_crit_bound=">512")}
+    fig = build("noise_scale", bound)
+    ax = axes_titled(fig, "cnn")
+    assert not gids(ax, "b_crit_line") and gids(ax, "b_crit_bound")[0].get_ydata()[0] == 512
+    no_targets = build("noise_scale", {**study, "critical": empty_like(study["critical"])})
+    assert "no speed-up targets configured for this study" in texts(no_targets)
+
+
+def test_figures_smk_gives_each_figure_the_tables_it_takes():
+    import ast
+    import inspect
+    import re
+    from pathlib import Path
+
+    smk = (Path(__file__).resolve().parents[1] / "workflow/rules/figures.smk").read_text()
+    rules = ast.literal_eval(re.search(r"^FIGURES = (\{.*?^\})", smk, flags=re.S | re.M).group(1))
+    assert list(rules) == list(FIGURES)
+    for name, (tables, _) in rules.items():
+        assert set(tables) == set(inspect.signature(FIGURES[name]).parameters), name

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from batchlab.config import build_grid, check_config
+from batchlab.plots import FIGURES as FIGURE_NAMES
+from tests.browser import render
 from tests.conftest import REPO, TINY_CONFIG
 
 pytestmark = pytest.mark.workflow
@@ -85,7 +87,8 @@ def test_interpolation_table_reproduces_the_endpoints(workflow_dir):
     runs = pd.read_parquet(workflow_dir / "results/tables/runs.parquet").set_index("run_id")
     interp = pd.read_parquet(workflow_dir / "results/tables/interpolation.parquet")
     assert list(interp.columns) == ["pair_id", "run_id_small", "run_id_large", "alpha", "split", "loss", "accuracy", "bn_mode"]
-    assert sorted(interp["pair_id"].unique()) == ["tiny/mlp/constant/lr0.05/seed0/bs16_vs_bs64", "tiny/mlp/linear/lr0.05/seed0/bs16_vs_bs64"]
+    assert sorted(interp["pair_id"].unique()) == ["tiny/mlp/constant/lr0.05/seed0", "tiny/mlp/linear/lr0.05/seed0"]
+    assert set(interp["run_id_small"].str.split("/").str[2]) == {"bs16"} and set(interp["run_id_large"].str.split("/").str[2]) == {"bs64"}
     assert len(interp) == 2 * 31 * 2 and set(interp["bn_mode"]) == {"none"}
     for pair in interp.itertuples():
         if pair.alpha in (0.0, 1.0):
@@ -136,17 +139,31 @@ def test_speedup_table_agrees_with_an_independent_recomputation(workflow_dir):
     assert len(critical) == 2 * 3  # (train loss, test error) x (constant, linear, best)
 
 
-def test_report_builds_and_opens_with_the_summary(workflow_dir):
-    summary = (workflow_dir / "results/report/summary.rst").read_text()
-    assert "**Study tiny**" in summary and "train loss ≤ 2.2" in summary
-    result = subprocess.run(
-        [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(workflow_dir), "--configfile", "config.yaml",
-         "--cores", "1", "--report", "results/report.html"],
-        capture_output=True, text=True, timeout=600, cwd=workflow_dir,
-    )
+def test_report_opens_in_a_browser_with_the_summary_and_every_figure(workflow_dir):
+    seen = render(workflow_dir / "results/report.html")
+    assert seen["console_errors"] == []
+    assert "Summary" in seen["text"] and "train loss ≤ 2.2" in seen["text"] and "Provenance" in seen["text"]
+    figures = {img["alt"]: img for img in seen["images"]}
+    assert set(figures) == set(FIGURE_NAMES)
+    for img in figures.values():
+        assert img["complete"] and img["natural_width"] > 0
+    summary = pd.read_parquet(workflow_dir / "results/tables/summary.parquet")
+    assert len(summary) == 1 and summary.iloc[0]["n_completed"] == 4
+
+
+def test_a_study_without_speedup_targets_builds_its_report(tmp_path):
+    config = copy.deepcopy(TINY_CONFIG)
+    study = config["studies"].pop("tiny")
+    study.update(lr_rules=["constant"], budget={"epochs": 1}, speedup={"targets": {}},
+                 analysis={**study["analysis"], "along_training": {}, "n_examples": 64})
+    config["studies"]["notargets"] = study
+    result = snakemake(tmp_path, config)
     assert result.returncode == 0, result.stderr[-3000:]
-    html = (workflow_dir / "results/report.html").read_text()
-    assert len(html) > 100_000 and "Study tiny" in html and "steps_to_target.png" in html
+    assert pd.read_parquet(tmp_path / "results/tables/speedup.parquet").empty
+    seen = render(tmp_path / "results/report.html")
+    assert seen["console_errors"] == [] and "none configured" in seen["text"]
+    assert {img["alt"] for img in seen["images"]} == set(FIGURE_NAMES)
+    assert all(img["natural_width"] > 0 for img in seen["images"])
 
 
 def test_rerun_with_nothing_changed_does_no_work(workflow_dir):
@@ -163,12 +180,15 @@ def test_adding_a_batch_size_trains_only_the_new_runs(workflow_dir):
     assert dry.returncode == 0, dry.stderr[-2000:]
     counts = job_counts(dry.stdout + dry.stderr)
     assert counts["train"] == 2 and counts["analyse_checkpoints"] == 2 and counts["gather_tables"] == 1
-    assert "prepare_data" not in counts and "interpolate_pair" not in counts  # bs16 vs bs64 still the pairs
+    # the pairs read every candidate's status, so they run again, between the same ends
+    assert "prepare_data" not in counts and counts["interpolate_pair"] == 2
     result = snakemake(workflow_dir, config)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in old} == old  # the old runs were not touched
     runs = pd.read_parquet(workflow_dir / "results/tables/runs.parquet")
     assert len(runs) == 6 and sorted(runs["batch_size"].unique()) == [16, 32, 64]
+    interp = pd.read_parquet(workflow_dir / "results/tables/interpolation.parquet")
+    assert set(interp["run_id_small"].str.split("/").str[2]) == {"bs16"} and set(interp["run_id_large"].str.split("/").str[2]) == {"bs64"}
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):

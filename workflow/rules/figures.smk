@@ -10,7 +10,8 @@ TABLES = {
     "critical": rules.speedup_tables.output.critical,
 }
 
-# figure -> (tables it is drawn from, report category)
+# figure -> (tables it is drawn from, report section); the tables are passed to the figure's
+# function in batchlab.plots by these names, so they must match its parameters.
 FIGURES = {
     "training_curves": (["runs", "curves"], "1 Generalization (Masters & Luschi)"),
     "accuracy_vs_batch": (["runs"], "1 Generalization (Masters & Luschi)"),
@@ -21,7 +22,8 @@ FIGURES = {
     "interpolation": (["interpolation"], "2 Sharpness (Keskar)"),
     "steps_to_target": (["speedup", "critical"], "3 Critical batch size (Golmant, Shallue)"),
     "speedup": (["speedup"], "3 Critical batch size (Golmant, Shallue)"),
-    "best_lr": (["speedup"], "3 Critical batch size (Golmant, Shallue)"),
+    "best_lr": (["speedup", "runs"], "3 Critical batch size (Golmant, Shallue)"),
+    "noise_scale": (["runs", "sharpness", "critical"], "3 Critical batch size (Golmant, Shallue)"),
 }
 
 for figure, (tables, category) in FIGURES.items():
@@ -32,7 +34,7 @@ for figure, (tables, category) in FIGURES.items():
         input:
             **{table: TABLES[table] for table in tables},
         output:
-            png=report(f"results/figures/{figure}.png", caption=f"../report/{figure}.rst", category=category),
+            png=f"results/figures/{figure}.png",
             pdf=f"results/figures/{figure}.pdf",
         params:
             figure=figure,

@@ -1,18 +1,36 @@
-# The summary table that opens the HTML report (workflow/report/workflow.rst includes it).
-# Build the report itself with: snakemake --report results/report.html (make demo does).
+# The summary table, then the one HTML page that gathers the summary, every table's headline,
+# every figure with its caption, and the provenance.
 
 
 rule report_summary:
     input:
         runs=rules.gather_tables.output.runs,
-        sharpness=rules.gather_sharpness.output[0],
         critical=rules.speedup_tables.output.critical,
+        ratios=rules.sharpness_ratios.output[0],
     output:
-        rst="results/report/summary.rst",
-        table="results/tables/summary.parquet",
+        "results/tables/summary.parquet",
     params:
         settings={name: study["speedup"] for name, study in config["studies"].items()},
     log:
         "results/logs/report_summary.log",
     script:
         "../../scripts/report_summary.py"
+
+
+rule report:
+    input:
+        runs=rules.gather_tables.output.runs,
+        critical=rules.speedup_tables.output.critical,
+        ratios=rules.sharpness_ratios.output[0],
+        summary=rules.report_summary.output[0],
+        figures=[getattr(rules, f"figure_{figure}").output.png for figure in FIGURES],
+        captions=[str(Path(workflow.basedir) / "workflow" / "report" / f"{figure}.rst") for figure in FIGURES],
+    output:
+        "results/report.html",
+    params:
+        figures=[{"name": figure, "section": category[0]} for figure, (_, category) in FIGURES.items()],
+        config=config,
+    log:
+        "results/logs/report.log",
+    script:
+        "../../scripts/report.py"

@@ -38,3 +38,15 @@ rule gather_interpolation:
         "results/logs/gather_interpolation.log",
     script:
         "../../scripts/concat_tables.py"
+
+
+rule sharpness_ratios:
+    input:
+        runs=rules.gather_tables.output.runs,
+        sharpness=rules.gather_sharpness.output[0],
+    output:
+        "results/tables/sharpness_ratios.parquet",
+    log:
+        "results/logs/sharpness_ratios.log",
+    script:
+        "../../scripts/sharpness_ratios.py"

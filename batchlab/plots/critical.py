@@ -1,0 +1,433 @@
+"""Golmant et al. 2018 / Shallue et al. 2018 / McCandlish et al. 2018's figures: steps to
+target, speed-up and best LR against batch size, and the gradient noise scale along training
+beside the measured critical batch size."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from batchlab.plots.common import (
+    batch_axis, batch_colors, figure_legend, is_bottom, is_empty, no_data_figure, ordered_rules, panel_key, panel_note,
+    plain_log_axis, rule_handles, rule_marker, rule_palette, set_title, status_series, wrapped_grid,
+)
+from batchlab.speedup import TARGET_METRICS
+
+BEST_RULE = "best"
+NO_TARGETS = "no speed-up targets configured for this study"
+FIT_REASONS = {
+    "too_few_points": "fewer than 3 batch sizes reached the target",
+    "interval_too_wide": "interval too wide",
+    "unconstrained": "the data do not constrain it",
+    "beyond_grid": "beyond the largest batch",
+    "below_grid": "below the smallest batch",
+    "above_range": "far above the grid",
+    "below_range": "far below the grid",
+}
+PREDICTION_COLOR = "tab:purple"
+
+
+def target_label(metric: str, value: float) -> str:
+    return f"{metric.replace('_', ' ')} ≤ {value:g}"
+
+
+def target_order(table: pd.DataFrame) -> list[tuple[str, float]]:
+    """The (metric, value) targets of a table: metrics in TARGET_METRICS order, values as configured."""
+    pairs = list(dict.fromkeys(zip(table["target_metric"], table["target_value"].astype(float))))
+    rank = {m: i for i, m in enumerate(TARGET_METRICS)}
+    return sorted(pairs, key=lambda t: rank.get(t[0], len(rank)))  # stable: keeps the configured value order
+
+
+def first_target(critical: pd.DataFrame, study: str) -> tuple[str, float] | None:
+    """The study's headline target: the first of TARGET_METRICS present, with its first value."""
+    if is_empty(critical):
+        return None
+    rows = critical[critical["study"] == study]
+    targets = target_order(rows)
+    return targets[0] if targets else None
+
+
+def speedup_frame(speedup: pd.DataFrame) -> pd.DataFrame:
+    """The speed-up table with a `target` label and a `panel` name per row (all rows, reached or not)."""
+    labels = [target_label(m, float(v)) for m, v in zip(speedup["target_metric"], speedup["target_value"])]
+    data = speedup.assign(target=labels)
+    return data.assign(panel=panel_key(data))
+
+
+def reached_rows(data: pd.DataFrame) -> pd.DataFrame:
+    # `eq(True)`, not boolean indexing: an empty table read back from parquet has an object column,
+    # and indexing a frame with an empty object Series selects columns instead of rows.
+    return data.loc[data["reached"].eq(True).to_numpy()]
+
+
+def number(row: pd.Series, key: str) -> float:
+    """A float from a table row; NaN where the column is missing or holds None (object columns)."""
+    value = row.get(key)
+    return np.nan if value is None or pd.isna(value) else float(value)
+
+
+def _fmt(b: float) -> str:
+    return f"{b:.0f}" if b >= 10 else f"{b:.2g}"
+
+
+def describe_b_crit(fit: pd.Series | None) -> dict | None:
+    """What a critical-batch fit says, for drawing: kind 'ok' (value with interval lo..hi),
+    'above' or 'below' (only a bound: B_crit > value or < value), or 'none' (no number; text says why)."""
+    if fit is None:
+        return None
+    status = fit.get("fit_status")
+    b_crit = number(fit, "b_crit")
+    if status in ("ok", None) and np.isfinite(b_crit):
+        lo, hi = number(fit, "ci_low"), number(fit, "ci_high")
+        interval = f" [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+        return dict(kind="ok", value=b_crit, lo=lo, hi=hi, text=f"B_crit ≈ {_fmt(b_crit)}{interval}")
+    bound = fit.get("b_crit_bound")
+    if isinstance(bound, str) and bound.strip()[:1] in ("<", ">"):
+        op, value = bound.strip()[0], float(bound.strip()[1:])
+        return dict(kind="above" if op == ">" else "below", value=value, text=f"B_crit {op} {_fmt(value)}")
+    reason = FIT_REASONS.get(status, str(status).replace("_", " "))
+    return dict(kind="none", text=f"no B_crit: {reason}")
+
+
+def fit_row(critical: pd.DataFrame, study: str, model: str, target: tuple[str, float] | None) -> pd.Series | None:
+    """The critical-batch fit of the tuned (`best`) curve for one study, model and target."""
+    if is_empty(critical) or target is None:
+        return None
+    rows = critical[(critical["study"] == study) & (critical["model"] == model) & (critical["lr_rule"] == BEST_RULE)
+                    & (critical["target_metric"] == target[0]) & np.isclose(critical["target_value"].astype(float), target[1])]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _axes_fraction(ax: plt.Axes, x: float) -> float:
+    """Where data x falls across a log x axis, 0 (left) to 1 (right)."""
+    lo, hi = ax.get_xlim()
+    return (math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo))
+
+
+def _bound_arrow(ax: plt.Axes, start: float, pointing: str, y: float) -> None:
+    """An arrow from the bound to the edge of the grid: B_crit lies somewhere that way."""
+    frac = min(max(_axes_fraction(ax, start), 0.0), 1.0)
+    if pointing == "right":
+        frac, end = min(frac, 0.8), 0.99
+    else:
+        frac, end = max(frac, 0.2), 0.01
+    ax.annotate("", xy=(end, y), xycoords="axes fraction", xytext=(frac, y), textcoords="axes fraction",
+                arrowprops=dict(arrowstyle="-|>", color="k", lw=1.4, shrinkA=0, shrinkB=0), gid="b_crit_bound")
+    ax.plot([frac], [y], marker="|", ms=10, mew=1.6, color="k", transform=ax.transAxes, gid="b_crit_bound")
+
+
+def annotate_b_crit_on_batch_axis(ax: plt.Axes, info: dict | None) -> None:
+    """B_crit on a batch-size axis (xlim already set): the line and its interval band only for an
+    accepted fit inside the grid; an arrow to the grid's edge for a bound; otherwise a note.
+    Every label sits in a corner of the axes, so none is clipped."""
+    if info is None:
+        return
+    xmin, xmax = ax.get_xlim()
+    kind, value = info["kind"], info.get("value", np.nan)
+    # falling curves leave the upper right and lower left corners empty
+    if kind == "ok" and xmin <= value <= xmax:
+        ax.axvline(value, color="k", lw=1, gid="b_crit_line")
+        if np.isfinite(info["lo"]) and np.isfinite(info["hi"]):
+            ax.axvspan(max(info["lo"], xmin), min(info["hi"], xmax), color="k", alpha=0.08, gid="b_crit_band")
+        panel_note(ax, info["text"], "upper right")
+    elif kind == "above" or (kind == "ok" and value > xmax):
+        _bound_arrow(ax, min(max(value, xmin), xmax), "right", 0.6)  # below a two-line note
+        panel_note(ax, info["text"] + (" (beyond the grid)" if kind == "ok" else ""), "upper right")
+    elif kind == "below" or kind == "ok":
+        _bound_arrow(ax, min(max(value, xmin), xmax), "left", 0.26)
+        panel_note(ax, info["text"] + (" (below the grid)" if kind == "ok" else ""), "lower left")
+    else:
+        panel_note(ax, info["text"], "lower left")
+
+
+# --- steps to target and speed-up ----------------------------------------------------------------
+
+MAX_TARGET_COLS = 5
+
+
+def target_grid(data: pd.DataFrame) -> tuple[plt.Figure, list[tuple]]:
+    """A figure with one panel per (study, model) and target: a row per (study, model) and a
+    column per target (wrapped beyond MAX_TARGET_COLS targets), so that it grows wide rather
+    than tall; and per panel (axes, panel, target, whether it is at the bottom, at the left)."""
+    panels = list(dict.fromkeys(data["panel"]))
+    targets = [target_label(*t) for t in target_order(data)]
+    cells = [(panel, target) for panel in panels for target in targets]
+    n_cols = min(len(targets), MAX_TARGET_COLS)
+    fig, axes = wrapped_grid(len(cells), max_cols=n_cols, panel=(2.85, 2.3), legend="bottom")
+    return fig, [(ax, panel, target, is_bottom(i, len(cells), n_cols), i % n_cols == 0)
+                 for i, (ax, (panel, target)) in enumerate(zip(axes, cells))]
+
+
+def _empty_panel(ax: plt.Axes, text: str) -> None:
+    ax.set_yticks([])
+    panel_note(ax, text, "upper right")
+
+
+def figure_steps_to_target(speedup: pd.DataFrame, critical: pd.DataFrame) -> plt.Figure:
+    """Steps to target against batch size (log-log), one line per LR rule, the perfect-scaling
+    line from the smallest batch of the tuned (`best`) curve, and what the fit says of B_crit."""
+    if is_empty(speedup):
+        return no_data_figure(NO_TARGETS)
+    data = speedup_frame(speedup)
+    reached = reached_rows(data)
+    if reached.empty:
+        return no_data_figure("no batch size reached any target")
+    rules = ordered_rules(reached["lr_rule"])
+    palette = rule_palette(rules)
+    batch_sizes = np.array(sorted(data["batch_size"].astype(float).unique()))
+    fig, cells = target_grid(data)
+    for ax, panel, target, bottom, left in cells:
+        part = reached[(reached["panel"] == panel) & (reached["target"] == target)]
+        batch_axis(ax, batch_sizes)
+        ax.set(title=f"{panel} · {target}", xlabel="batch size" if bottom else "", ylabel="steps to target" if left else "")
+        best = part[part["lr_rule"] == BEST_RULE].sort_values("batch_size")
+        if best.empty:
+            _empty_panel(ax, "no batch size reached this target")
+            continue
+        for rule in rules:
+            line = part[part["lr_rule"] == rule].sort_values("batch_size")
+            ax.plot(line["batch_size"], line["steps_to_target"], color=palette[rule], marker=rule_marker(rule), ms=4)
+        b0, s0 = best["batch_size"].iloc[0], best["steps_to_target"].iloc[0]
+        ax.plot(batch_sizes, s0 * b0 / batch_sizes, color="0.55", ls=":", lw=1.2)
+        ax.set_yscale("log")
+        plain_log_axis(ax)
+        study, model = best["study"].iloc[0], best["model"].iloc[0]
+        metric, value = best["target_metric"].iloc[0], float(best["target_value"].iloc[0])
+        annotate_b_crit_on_batch_axis(ax, describe_b_crit(fit_row(critical, study, model, (metric, value))))
+    handles = rule_handles(rules, palette) + [
+        Line2D([], [], color="0.55", ls=":"), Line2D([], [], color="k", lw=1), Patch(color="k", alpha=0.08),
+        Line2D([], [], color="k", marker="$→$", ms=12, ls="none")]
+    labels = rules + ["perfect scaling", "fitted B_crit (tuned curve)", "its 95% interval", "B_crit lies that way (a bound)"]
+    figure_legend(fig, handles, labels, where="bottom")
+    set_title(fig, "Steps to target (minimum over the LR grid) against batch size; dotted: perfect scaling. "
+                   "B_crit of the tuned curve: a line where the fit gives a number, an arrow where it gives only a bound")
+    return fig
+
+
+def figure_speedup(speedup: pd.DataFrame) -> plt.Figure:
+    """Speed-up over the smallest batch against batch size (log-log), with its bootstrap interval."""
+    if is_empty(speedup):
+        return no_data_figure(NO_TARGETS)
+    data = speedup_frame(speedup)
+    reached = reached_rows(data).dropna(subset=["speedup"])
+    if reached.empty:
+        return no_data_figure("no speed-up: the smallest batch never reached a target")
+    rules = ordered_rules(reached["lr_rule"])
+    palette = rule_palette(rules)
+    batch_sizes = np.array(sorted(data["batch_size"].astype(float).unique()))
+    fig, cells = target_grid(data)
+    for ax, panel, target, bottom, left in cells:
+        part = reached[(reached["panel"] == panel) & (reached["target"] == target)]
+        batch_axis(ax, batch_sizes)
+        ax.set(title=f"{panel} · {target}", xlabel="batch size" if bottom else "",
+               ylabel="speed-up over\nthe smallest batch" if left else "")
+        if part.empty:
+            _empty_panel(ax, "no speed-up for this target")
+            continue
+        for rule in rules:
+            line = part[part["lr_rule"] == rule].sort_values("batch_size")
+            ax.plot(line["batch_size"], line["speedup"], marker=rule_marker(rule), ms=4, color=palette[rule])
+            ax.fill_between(line["batch_size"], line["speedup_ci_low"], line["speedup_ci_high"], color=palette[rule],
+                            alpha=0.15, lw=0)
+        b0 = part["batch_size"].min()
+        ax.plot(batch_sizes, batch_sizes / b0, color="0.55", ls=":", lw=1.2)
+        ax.set_yscale("log")
+        plain_log_axis(ax)
+    handles = rule_handles(rules, palette) + [Line2D([], [], color="0.55", ls=":")]
+    figure_legend(fig, handles, rules + ["perfect scaling"], where="bottom")
+    set_title(fig, "Speed-up over the smallest batch against batch size (bands: 95% bootstrap over seeds; "
+                   "dotted: perfect scaling)")
+    return fig
+
+
+# --- best LR --------------------------------------------------------------------------------------
+
+def lr_grid_edges(best: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
+    """For each best-LR row: "largest" or "smallest" when its LR is at that end of the LRs tried
+    at its (study, model, batch size) over every rule and base LR, else "": there the true
+    optimum may lie beyond the grid."""
+    tried = runs.groupby(["study", "model", "batch_size"])["lr"].agg(lr_min="min", lr_max="max")
+    ends = best[["study", "model", "batch_size", "best_lr"]].join(tried, on=["study", "model", "batch_size"])
+    lr = ends["best_lr"].astype(float)
+    largest = np.isclose(lr, ends["lr_max"], rtol=1e-6) | (lr > ends["lr_max"])
+    smallest = np.isclose(lr, ends["lr_min"], rtol=1e-6) | (lr < ends["lr_min"])
+    return pd.Series(np.where(largest, "largest", np.where(smallest, "smallest", "")), index=best.index)
+
+
+def figure_best_lr(speedup: pd.DataFrame, runs: pd.DataFrame) -> plt.Figure:
+    """The LR that reached each target fastest, tuned over every rule and LR, against batch size,
+    the range of LRs tried, and linear and square-root scaling drawn through the smallest batch."""
+    if is_empty(speedup):
+        return no_data_figure(NO_TARGETS)
+    data = speedup_frame(speedup)
+    best = reached_rows(data)
+    best = best[best["lr_rule"] == BEST_RULE]
+    if best.empty:
+        return no_data_figure("no batch size reached any target")
+    best = best.assign(edge=lr_grid_edges(best, runs))
+    targets = [target_label(*t) for t in target_order(best)]
+    colors = dict(zip(targets, plt.get_cmap("tab10").colors))
+    tried = runs.assign(panel=panel_key(runs)).groupby(["panel", "batch_size"])["lr"].agg(["min", "max"]).reset_index()
+    panels = list(dict.fromkeys(best["panel"]))
+    fig, axes = wrapped_grid(len(panels), panel=(3.8, 2.9))
+    for ax, panel in zip(axes, panels):
+        grid = tried[tried["panel"] == panel]
+        ax.fill_between(grid["batch_size"], grid["min"], grid["max"], color="0.85", lw=0, zorder=0)
+        part = best[best["panel"] == panel].sort_values("batch_size")
+        for target in targets:
+            _draw_best_lr_line(ax, part[part["target"] == target], colors[target])
+        first = part[part["target"] == targets[0]] if (part["target"] == targets[0]).any() else part
+        b0, lr0 = first["batch_size"].iloc[0], first["best_lr"].iloc[0]
+        bs = np.array(sorted(best["batch_size"].astype(float).unique()))
+        ax.plot(bs, lr0 * bs / b0, color="0.4", ls="--", lw=0.9)
+        ax.plot(bs, lr0 * np.sqrt(bs / b0), color="0.4", ls=":", lw=0.9)
+        ax.set_yscale("log")
+        plain_log_axis(ax)
+        batch_axis(ax, best["batch_size"])
+        ax.set(title=panel, xlabel="batch size", ylabel="best learning rate")
+    handles = [Line2D([], [], color=c, marker="o") for c in colors.values()] + [
+        Line2D([], [], color="0.3", marker="o", mfc="white", ls="none"), Patch(color="0.85"),
+        Line2D([], [], color="0.4", ls="--"), Line2D([], [], color="0.4", ls=":")]
+    labels = targets + ["at the edge of the LR grid:\nthe optimum may lie beyond", "range of LRs tried",
+                        "linear scaling", "square-root scaling"]
+    figure_legend(fig, handles, labels, title="target")
+    set_title(fig, "Best LR per batch size, tuned over every rule and base LR (open: the largest or smallest LR tried)")
+    return fig
+
+
+def _draw_best_lr_line(ax: plt.Axes, line: pd.DataFrame, color) -> None:
+    if line.empty:
+        return
+    ax.plot(line["batch_size"], line["best_lr"], color=color, lw=1.5)
+    inner, edge = line[line["edge"] == ""], line[line["edge"] != ""]
+    ax.plot(inner["batch_size"], inner["best_lr"], ls="none", marker="o", ms=5.5, color=color)
+    ax.plot(edge["batch_size"], edge["best_lr"], ls="none", marker="o", ms=7, mfc="white", mec=color, mew=1.6,
+            gid="lr_grid_edge")
+
+
+# --- gradient noise scale ----------------------------------------------------------------------------
+
+def noise_scale_runs(runs: pd.DataFrame, sharpness: pd.DataFrame) -> pd.DataFrame:
+    """McCandlish's B_simple of each healthy run measured along training (more than one
+    checkpoint), at steps > 0 (a log axis) where it came out finite and positive."""
+    if is_empty(runs) or is_empty(sharpness):
+        return pd.DataFrame(columns=["run_id", "step", "value", "ci_low", "ci_high", "panel"])
+    rows = sharpness[sharpness["metric"] == "noise_scale"]
+    rows = rows[rows.groupby("run_id")["step"].transform("nunique") > 1]
+    data = rows.merge(runs[["run_id", "study", "model", "lr_rule", "base_lr", "batch_size", "seed", "status"]], on="run_id")
+    data = data[(status_series(data) == "completed") & (data["step"] > 0)]
+    data = data[np.isfinite(data["value"].astype(float)) & (data["value"] > 0)]
+    return data.assign(panel=panel_key(data)).sort_values(["run_id", "step"])
+
+
+def _draw_noise_run(ax: plt.Axes, run: pd.DataFrame, color, ls: str, floor: float) -> None:
+    ax.plot(run["step"], run["value"], color=color, ls=ls, marker="o", ms=3, lw=1.3)
+    lo, hi = run["ci_low"].astype(float).to_numpy(), run["ci_high"].astype(float).to_numpy()
+    has = np.isfinite(lo) & np.isfinite(hi)
+    if has.any():
+        # an unbiased estimate's lower end can be <= 0: on a log axis it runs to the floor
+        ax.fill_between(run["step"].to_numpy()[has], np.maximum(lo[has], floor), hi[has], color=color, alpha=0.15, lw=0)
+
+
+def annotate_b_crit_on_noise_axis(ax: plt.Axes, info: dict | None, target: str) -> None:
+    """The measured B_crit as a horizontal line and band (accepted fit), a bound marker, or a note."""
+    if info is None:
+        panel_note(ax, f"no B_crit fitted for {target}", "upper left", width=36)
+        return
+    if info["kind"] == "ok":
+        ax.axhline(info["value"], color="k", ls="--", lw=1.2, gid="b_crit_line")
+        if np.isfinite(info["lo"]) and np.isfinite(info["hi"]):
+            ax.axhspan(info["lo"], info["hi"], color="k", alpha=0.08, gid="b_crit_band")
+    elif info["kind"] in ("above", "below"):
+        # beside the prediction's diamond (x = 0.94), clear of the note in the upper left
+        ax.plot([0.85], [info["value"]], marker="^" if info["kind"] == "above" else "v", ms=9, color="k",
+                transform=ax.get_yaxis_transform(), ls="none", gid="b_crit_bound")
+    panel_note(ax, f"{info['text']}\n(tuned curve, {target})", "upper left", width=36)
+
+
+def _annotation_values(info: dict | None, prediction: pd.Series | None) -> list[float]:
+    values = []
+    if info is not None and info["kind"] != "none":
+        values += [info["value"]] + ([info["lo"], info["hi"]] if info["kind"] == "ok" else [])
+    if prediction is not None:
+        values += [number(prediction, k) for k in ("b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high")]
+    return values
+
+
+def _draw_prediction(ax: plt.Axes, fit: pd.Series | None) -> bool:
+    """McCandlish's prediction of B_crit from the noise scale, at the right edge with its
+    interval; whether there was one to draw."""
+    if fit is None or not np.isfinite(number(fit, "b_noise_predicted")):
+        return False
+    trans = ax.get_yaxis_transform()
+    lo, hi = number(fit, "b_noise_ci_low"), number(fit, "b_noise_ci_high")
+    if np.isfinite(lo) and np.isfinite(hi):
+        ax.plot([0.94, 0.94], [lo, hi], color=PREDICTION_COLOR, lw=2, transform=trans)
+    ax.plot([0.94], [number(fit, "b_noise_predicted")], marker="D", ms=7, color=PREDICTION_COLOR, transform=trans,
+            ls="none", gid="b_noise_predicted")
+    return True
+
+
+def figure_noise_scale(runs: pd.DataFrame, sharpness: pd.DataFrame, critical: pd.DataFrame) -> plt.Figure:
+    """McCandlish's B_simple along training (log-log), one line per healthy run measured along
+    training, beside the measured B_crit of the tuned curve and its noise-scale prediction."""
+    data = noise_scale_runs(runs, sharpness)
+    if data.empty:
+        return no_data_figure("no noise scale was measured along training on a healthy run")
+    colors = batch_colors(data["batch_size"])
+    rules = ordered_rules(data["lr_rule"])
+    styles = dict(zip(rules, ["-", "--", ":", "-."] * 3))
+    panels = [p for p in dict.fromkeys(panel_key(runs)) if p in set(data["panel"])]  # the runs table's order
+    fig, axes = wrapped_grid(len(panels), panel=(3.8, 2.9))
+    drawn = set()
+    for ax, panel in zip(axes, panels):
+        part = data[data["panel"] == panel]
+        study, model = part["study"].iloc[0], part["model"].iloc[0]
+        target = first_target(critical, study)
+        fit = fit_row(critical, study, model, target)
+        info = describe_b_crit(fit)
+        lo, hi = _y_range(part, _annotation_values(info, fit))
+        for _, run in part.groupby("run_id", sort=False):
+            _draw_noise_run(ax, run, colors[run["batch_size"].iloc[0]], styles[run["lr_rule"].iloc[0]], lo)
+        ax.set(xscale="log", yscale="log", ylim=(lo, hi), title=panel, xlabel="training step", ylabel="B_simple")
+        plain_log_axis(ax)
+        if target is None:
+            panel_note(ax, NO_TARGETS, "upper left")
+        else:
+            annotate_b_crit_on_noise_axis(ax, info, target_label(*target))
+            drawn |= {info["kind"] if info else "none"} | ({"prediction"} if _draw_prediction(ax, fit) else set())
+    figure_legend(fig, *_noise_legend(colors, rules if len(rules) > 1 else [], styles, drawn))
+    set_title(fig, "Gradient noise scale B_simple along training (bands: 95% intervals), beside the critical batch "
+                   "size measured for the first target")
+    return fig
+
+
+def _noise_legend(colors: dict, rules: list[str], styles: dict, drawn: set[str]) -> tuple[list, list[str]]:
+    """Legend entries for the batch sizes, the rules (when several) and the annotations drawn."""
+    handles = [Line2D([], [], color=c, lw=2) for c in colors.values()]
+    labels = [f"B = {b:g}" for b in colors]
+    handles += [Line2D([], [], color="0.3", ls=styles[r]) for r in rules]
+    labels += [f"{r} rule" for r in rules]
+    if "ok" in drawn:
+        handles += [Line2D([], [], color="k", ls="--"), Patch(color="k", alpha=0.08)]
+        labels += ["measured B_crit\n(tuned curve)", "its 95% interval"]
+    if drawn & {"above", "below"}:
+        handles.append(Line2D([], [], color="k", marker="^", ls="none"))
+        labels.append("a bound on B_crit\n(▲: above, ▼: below)")
+    if "prediction" in drawn:
+        handles.append(Line2D([], [], color=PREDICTION_COLOR, marker="D", ls="none"))
+        labels.append("B_crit predicted from\nthe noise scale (95%)")
+    return handles, labels
+
+
+def _y_range(part: pd.DataFrame, extra: list[float]) -> tuple[float, float]:
+    """Log y limits that hold the runs' values and intervals and every annotation."""
+    values = np.concatenate([part["value"].astype(float).to_numpy(), part["ci_low"].astype(float).to_numpy(),
+                             part["ci_high"].astype(float).to_numpy(), np.asarray(extra, dtype=float)])
+    values = values[np.isfinite(values) & (values > 0)]
+    return values.min() / 1.6, values.max() * 1.6
