@@ -212,6 +212,28 @@ def unhealthy_display(runs: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def converged_studies(config: dict) -> set[str]:
+    """Studies trained under a convergence budget (`budget.stop`): Keskar's protocol."""
+    return {name for name, study in config.get("studies", {}).items() if study.get("budget", {}).get("stop")}
+
+
+def sharpness_section_tables(ratios: pd.DataFrame, config: dict) -> str:
+    """Keskar's LB / SB ratios, the studies trained to convergence (his protocol) first: at equal
+    epochs a large batch stops far from any minimum, and its ratio means something else."""
+    converged = ratios["study"].isin(converged_studies(config))
+    parts = ["<p>Keskar's comparison at the final checkpoint: SB and LB are the smallest and largest batch among "
+             "healthy measured runs, paired by LR rule, base LR and seed; the ratio is the geometric mean over "
+             "pairs with a 95% t-interval over them. The train loss each end reached stands beside it.</p>"]
+    for title, rows in (("Trained to convergence (Keskar's protocol, <code>budget.stop</code>)", ratios[converged]),
+                        ("Trained for equal epochs (not Keskar's protocol: large batches stop far from a minimum)",
+                         ratios[~converged])):
+        if len(rows):
+            parts += [f"<h3>{title}</h3>", html_table(ratios_display(rows), "ratios")]
+    if len(parts) == 1:
+        parts.append(html_table(ratios_display(ratios), "ratios"))
+    return "".join(parts)
+
+
 def html_table(frame: pd.DataFrame, css_class: str = "") -> str:
     if frame.empty:
         return "<p><em>none</em></p>"
@@ -293,9 +315,7 @@ def build_report(tables: dict[str, pd.DataFrame], summary: pd.DataFrame, figures
         "</section>",
     ]
     section_tables = {
-        "2": ("<p>Keskar's comparison at the final checkpoint: SB and LB are the smallest and largest batch among "
-              "healthy measured runs, paired by LR rule, base LR and seed; the ratio is the geometric mean over "
-              "pairs with a 95% t-interval over them.</p>" + html_table(ratios_display(tables["ratios"]), "ratios")),
+        "2": sharpness_section_tables(tables["ratios"], config),
         "3": ("<p>The critical batch size per LR rule and target (<code>best</code>: tuned over every rule and "
               "LR).</p>" + html_table(critical_display(tables["critical"]), "critical")),
     }

@@ -94,7 +94,8 @@ def report_page(tmp_path, figures) -> str:
     runs = runs_with_lrs(extra_lr_status="stalled")
     ratios = sharpness_ratios(runs, fake_sharpness(runs))
     summary = summary_table(runs, critical_rows(), ratios, SETTINGS)
-    config = {"studies": {"k": {"dataset": "mnist1d", "batch_sizes": [32, 128, 400]}}}
+    config = {"studies": {"k": {"dataset": "mnist1d", "batch_sizes": [32, 128, 400],
+                                "budget": {"epochs": 800, "stop": {"train_loss": 0.01}}}}}
     page = build_report({"runs": runs, "critical": critical_rows(), "ratios": ratios}, summary, figures, config,
                         {"commit": "abc123", "dirty": True}, {"torch": "2.14.1"})
     path = tmp_path / "report.html"
@@ -111,7 +112,7 @@ def test_report_page_holds_summary_tables_figures_and_provenance_in_a_browser(tm
     text = seen["text"]
     for expected in ("Summary", "40 [20, 80]", "60 [50, 70]", "Runs that did not train", "k/mlp/bs32/constant/lr1/seed0",
                      "ε-sharpness, full space (%)", "Provenance", "abc123", "uncommitted", "torch 2.14.1",
-                     "cpu (x86_64, 1 threads)"):
+                     "cpu (x86_64, 1 threads)", "Trained to convergence (Keskar's protocol"):
         assert expected in text, expected
     assert [img["alt"] for img in seen["images"]] == ["fig0", "fig1", "fig2"]
     width, height = seen["viewport"]
@@ -119,6 +120,7 @@ def test_report_page_holds_summary_tables_figures_and_provenance_in_a_browser(tm
         assert img["complete"] and img["natural_width"] > 0
         assert img["width"] <= width and img["height"] <= 0.9 * height  # seen whole at 1400x900
     assert seen["zoomed_class"] == "whole"
+    assert "Trained for equal epochs" not in text
 
 
 def test_the_browser_check_catches_a_broken_figure(tmp_path):

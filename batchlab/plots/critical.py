@@ -179,11 +179,11 @@ def figure_steps_to_target(speedup: pd.DataFrame, critical: pd.DataFrame) -> plt
         return no_data_figure("no batch size reached any target")
     rules = ordered_rules(reached["lr_rule"])
     palette = rule_palette(rules)
-    batch_sizes = np.array(sorted(data["batch_size"].astype(float).unique()))
     fig, cells = target_grid(data)
     for ax, panel, target, bottom, left in cells:
         part = reached[(reached["panel"] == panel) & (reached["target"] == target)]
-        batch_axis(ax, batch_sizes)
+        batch_sizes = np.array(sorted(data.loc[data["panel"] == panel, "batch_size"].astype(float).unique()))
+        batch_axis(ax, batch_sizes)  # each study its own grid
         ax.set(title=f"{panel} · {target}", xlabel="batch size" if bottom else "", ylabel="steps to target" if left else "")
         best = part[part["lr_rule"] == BEST_RULE].sort_values("batch_size")
         if best.empty:
@@ -219,11 +219,11 @@ def figure_speedup(speedup: pd.DataFrame) -> plt.Figure:
         return no_data_figure("no speed-up: the smallest batch never reached a target")
     rules = ordered_rules(reached["lr_rule"])
     palette = rule_palette(rules)
-    batch_sizes = np.array(sorted(data["batch_size"].astype(float).unique()))
     fig, cells = target_grid(data)
     for ax, panel, target, bottom, left in cells:
         part = reached[(reached["panel"] == panel) & (reached["target"] == target)]
-        batch_axis(ax, batch_sizes)
+        batch_sizes = np.array(sorted(data.loc[data["panel"] == panel, "batch_size"].astype(float).unique()))
+        batch_axis(ax, batch_sizes)  # each study its own grid
         ax.set(title=f"{panel} · {target}", xlabel="batch size" if bottom else "",
                ylabel="speed-up over\nthe smallest batch" if left else "")
         if part.empty:
@@ -288,7 +288,7 @@ def figure_best_lr(speedup: pd.DataFrame, runs: pd.DataFrame) -> plt.Figure:
         ax.plot(bs, lr0 * np.sqrt(bs / b0), color="0.4", ls=":", lw=0.9)
         ax.set_yscale("log")
         plain_log_axis(ax)
-        batch_axis(ax, best["batch_size"])
+        batch_axis(ax, part["batch_size"])
         ax.set(title=panel, xlabel="batch size", ylabel="best learning rate")
     handles = [Line2D([], [], color=c, marker="o") for c in colors.values()] + [
         Line2D([], [], color="0.3", marker="o", mfc="white", ls="none"), Patch(color="0.85"),

@@ -121,7 +121,7 @@ def figure_accuracy_vs_batch(runs: pd.DataFrame) -> plt.Figure:
         part = chosen[chosen["panel"] == panel]
         draw_rule_medians(ax, part, "final_test_acc", rules, palette)
         mark_unhealthy_runs(ax, part, "final_test_acc", rules)
-        batch_axis(ax, chosen["batch_size"])
+        batch_axis(ax, part["batch_size"])
         ax.set(title=panel, ylabel="final test accuracy", xlabel="batch size")
     handles, labels = unhealthy_handles(status_series(chosen), UNHEALTHY_NOTES)
     figure_legend(fig, rule_handles(rules, palette) + handles, rules + labels, title="LR rule")
@@ -177,7 +177,7 @@ def figure_generalization_gap(runs: pd.DataFrame) -> plt.Figure:
             ax = axes[r, c]
             draw_rule_medians(ax, part, column, rules, palette)
             mark_unhealthy_runs(ax, part, column, rules)
-            batch_axis(ax, chosen["batch_size"])
+            batch_axis(ax, part["batch_size"])
             ax.set(title=f"{panel} · {label}", ylabel=label, xlabel="batch size" if r == len(panels) - 1 else "")
     handles, labels = unhealthy_handles(status_series(chosen), {"diverged": ",\nno value: on the bottom edge"})
     figure_legend(fig, rule_handles(rules, palette) + handles, rules + labels, title="LR rule")

@@ -128,7 +128,7 @@ def figure_sharpness_vs_batch(runs: pd.DataFrame, sharpness: pd.DataFrame) -> pl
                 measured = part[column].notna().sum()
                 if measured < len(part):
                     panel_note(ax, f"analysed: {measured} of {len(part)} runs", corner="upper left")
-            batch_axis(ax, chosen["batch_size"])
+            batch_axis(ax, part["batch_size"])
             ax.set(title=f"{panel} · {title}", ylabel=label, xlabel="batch size" if r == len(panels) - 1 else "")
     handles, labels = unhealthy_handles(status_series(chosen), UNHEALTHY_NOTES)
     handles, labels = rule_handles(rules, palette) + handles, list(rules) + labels
