@@ -1,0 +1,260 @@
+"""One optimizer for K stacked runs: torch.optim.SGD / Adam, member by member, in one pass.
+
+Every parameter is a tensor of shape (K, *plain_shape) in a dict `name -> tensor` whose
+names and order are those of the plain module's `named_parameters()`. Member k has its own
+learning rate (a (K,) tensor given to every `step`) and its own optimizer state; all the
+arithmetic is elementwise along the member axis, so a member's update reads only its own
+gradient, weights, lr and state (a NaN in one member stays in that member).
+
+The hyperparameters come from the torch optimizer that batchlab.train.build_optimizer makes
+of the study's optimizer config, so a stacked member is configured exactly like a single
+run, and `member_state_dict` / `load_member` speak that optimizer's state_dict format: the
+bridge to the single-run checkpoints in both directions.
+
+The update follows torch's own formulas op for op (torch/optim/sgd.py, adam.py); only the
+per-member learning rate turns torch's scalar `alpha=-lr` into a multiplication by a
+(K, 1, ..., 1) tensor, so results agree with torch.optim to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from batchlab.train import build_optimizer
+
+# Hyperparameters that change the update: a state_dict to be loaded into a member must agree
+# on them, because all members share one setting (lr, foreach, fused... do not count).
+UPDATE_HYPERPARAMETERS = (
+    "momentum",
+    "dampening",
+    "nesterov",
+    "weight_decay",
+    "maximize",
+    "betas",
+    "eps",
+    "amsgrad",
+    "decoupled_weight_decay",
+)
+# Options torch.optim offers but the study's config never sets; refused rather than half-done.
+UNSUPPORTED_SETTINGS = {"dampening": 0, "maximize": False, "amsgrad": False, "decoupled_weight_decay": False}
+NO_LR_YET = 0.0  # a member's lr in its state_dict before any step
+
+
+class StackedOptimizer:
+    """torch.optim.SGD or Adam, as build_optimizer configures it, for K stacked members at once."""
+
+    def __init__(self, params: dict[str, Tensor], cfg: dict):
+        self.params = params
+        self.cfg = cfg
+        self.num_members = _num_members(params)
+        self.device = next(iter(params.values())).device
+        template = build_optimizer([torch.empty(0)], cfg, NO_LR_YET)
+        self.is_adam = isinstance(template, torch.optim.Adam)
+        self.group = {key: value for key, value in template.param_groups[0].items() if key != "params"}
+        _refuse_unsupported(self.group)
+        self.state = {name: self._fresh_state(p) for name, p in params.items()}
+        # Host-side, so a step never waits for the device: whether torch would hold state for
+        # (param, member), i.e. it has been updated since it started fresh.
+        self.has_state = {name: [False] * self.num_members for name in params}
+        self.last_lr = torch.full((self.num_members,), NO_LR_YET, dtype=torch.float64, device=self.device)
+
+    # --- the update ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, lr: Tensor) -> None:
+        """One update of every member, member k with learning rate lr[k]; params without a grad are skipped."""
+        lr = self._checked_lr(lr)
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue  # like torch.optim: no grad, no update and no state change
+            if self.is_adam:
+                self._adam_update(p, p.grad, self.state[name], lr)
+            else:
+                self._sgd_update(p, p.grad, self.state[name], lr)
+            self.has_state[name] = [True] * self.num_members
+        self.last_lr = lr.clone()
+
+    def _sgd_update(self, p: Tensor, grad: Tensor, state: dict, lr: Tensor) -> None:
+        momentum, weight_decay = self.group["momentum"], self.group["weight_decay"]
+        if weight_decay != 0:
+            grad = grad.add(p, alpha=weight_decay)
+        if momentum != 0:
+            buf = state["momentum_buffer"]
+            # A fresh member's buffer is zeros, so this gives buf = grad on its first step just
+            # like torch's `buf = grad.clone()` (exact with dampening 0), without a per-member branch.
+            buf.mul_(momentum).add_(grad)
+            grad = grad.add(buf, alpha=momentum) if self.group["nesterov"] else buf
+        p.add_(grad * _per_member(-lr, p))
+
+    def _adam_update(self, p: Tensor, grad: Tensor, state: dict, lr: Tensor) -> None:
+        beta1, beta2 = self.group["betas"]
+        weight_decay, eps = self.group["weight_decay"], self.group["eps"]
+        if weight_decay != 0:
+            grad = grad.add(p, alpha=weight_decay)
+        state["step"] += 1
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        # torch computes the bias corrections and the step size in double precision (Python
+        # floats) and casts them to the parameter's dtype only inside the final kernels.
+        step = state["step"].to(torch.float64)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        neg_step_size = -(lr / bias_correction1)
+        denom = (state["exp_avg_sq"].sqrt() / _per_member(bias_correction2_sqrt, p)).add_(eps)
+        p.addcdiv_(state["exp_avg"] * _per_member(neg_step_size, p), denom)
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    # --- one member in torch.optim's format -------------------------------------------------
+
+    def member_state_dict(self, k: int) -> dict:
+        """Member k alone, exactly as torch.optim.<Opt>(plain_module.parameters(), ...).state_dict() has it."""
+        self._check_member(k)
+        state = {}
+        for index, name in enumerate(self.params):
+            if self.has_state[name][k] and self.state[name]:  # plain SGD keeps no state at all
+                state[index] = self._member_param_state(name, k)
+        group = {**self.group, "lr": float(self.last_lr[k]), "params": list(range(len(self.params)))}
+        return {"state": state, "param_groups": [group]}
+
+    def _member_param_state(self, name: str, k: int) -> dict:
+        # Copies, not views: torch.save of a view would write the whole stacked storage.
+        state = self.state[name]
+        if self.is_adam:
+            return {
+                "step": state["step"][k].to("cpu", copy=True),  # torch keeps it on the CPU unless capturable or fused
+                "exp_avg": state["exp_avg"][k].clone(),
+                "exp_avg_sq": state["exp_avg_sq"][k].clone(),
+            }
+        return {"momentum_buffer": state["momentum_buffer"][k].clone()}
+
+    def load_member(self, k: int, state_dict: dict) -> None:
+        """Member k continues from a torch.optim state_dict, e.g. one a single-run checkpoint holds."""
+        self._check_member(k)
+        group = self._checked_group(state_dict)
+        for position, name in enumerate(self.params):
+            # As torch's load_state_dict: the group's params list maps saved indices to positions.
+            saved = state_dict["state"].get(group["params"][position])
+            self._load_member_param_state(name, k, saved)
+        self.last_lr[k] = group["lr"]
+
+    def _load_member_param_state(self, name: str, k: int, saved: dict | None) -> None:
+        state, tensors = self.state[name], self._tensors_to_restore(saved)
+        if not tensors:
+            # Nothing saved: torch would start this parameter fresh for this member.
+            for tensor in state.values():
+                tensor[k].zero_()
+        for key, value in tensors.items():
+            state[key][k].copy_(_checked_shape(torch.as_tensor(value), state[key].shape[1:], f"{name}.{key}"))
+        self.has_state[name][k] = bool(tensors)
+
+    def _tensors_to_restore(self, saved: dict | None) -> dict:
+        """The saved tensors this optimizer keeps for one parameter; empty where torch would start fresh."""
+        if not saved:
+            return {}
+        if self.is_adam:
+            return {key: saved[key] for key in ("step", "exp_avg", "exp_avg_sq")}
+        buffer = saved.get("momentum_buffer")
+        return {"momentum_buffer": buffer} if self.group["momentum"] != 0 and buffer is not None else {}
+
+    # --- keeping some members ----------------------------------------------------------------
+
+    def select(self, keep: list[int], params: dict[str, Tensor]) -> StackedOptimizer:
+        """A new optimizer of `params` (the kept members, in `keep`'s order) carrying those members' state."""
+        for k in keep:
+            self._check_member(k)
+        _check_same_layout(self.params, params, len(keep))
+        selected = StackedOptimizer(params, self.cfg)
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        for name, state in self.state.items():
+            for key, tensor in state.items():
+                selected.state[name][key].copy_(tensor.index_select(0, index))
+            selected.has_state[name] = [self.has_state[name][k] for k in keep]
+        selected.last_lr = self.last_lr.index_select(0, index)
+        return selected
+
+    # --- pieces --------------------------------------------------------------------------------
+
+    def _fresh_state(self, p: Tensor) -> dict[str, Tensor]:
+        """A parameter's state before any step: zeros for every member (what torch starts from)."""
+        if self.is_adam:
+            step = torch.zeros(self.num_members, dtype=_torch_step_dtype(), device=p.device)
+            return {"step": step, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+        if self.group["momentum"] != 0:
+            return {"momentum_buffer": torch.zeros_like(p)}
+        return {}
+
+    def _checked_lr(self, lr: Tensor) -> Tensor:
+        if not isinstance(lr, Tensor) or lr.shape != (self.num_members,):
+            raise ValueError(f"lr must be a tensor of shape ({self.num_members},), one value per member; got {lr!r}")
+        if lr.device != self.device:
+            raise ValueError(f"lr is on {lr.device}, the parameters on {self.device}")
+        return lr.detach().to(torch.float64)
+
+    def _checked_group(self, state_dict: dict) -> dict:
+        groups = state_dict["param_groups"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
+            counts = [len(g["params"]) for g in groups]
+            raise ValueError(f"expected one param group of {len(self.params)} params, got groups of {counts}")
+        group = groups[0]
+        for key in UPDATE_HYPERPARAMETERS:
+            if key in self.group and _as_comparable(group.get(key, self.group[key])) != _as_comparable(self.group[key]):
+                raise ValueError(f"state_dict has {key}={group[key]!r}, this optimizer {self.group[key]!r}")
+        return group
+
+    def _check_member(self, k: int) -> None:
+        if not 0 <= k < self.num_members:
+            raise IndexError(f"member {k} out of range for {self.num_members} members")
+
+
+def _per_member(values: Tensor, like: Tensor) -> Tensor:
+    """(K,) values as (K, 1, ..., 1) in `like`'s dtype, to broadcast over a stacked tensor."""
+    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def _num_members(params: dict[str, Tensor]) -> int:
+    if not params:
+        raise ValueError("no parameters to optimize")
+    sizes = {p.shape[0] if p.dim() else None for p in params.values()}
+    devices = {p.device for p in params.values()}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"every parameter needs the same leading member axis; got sizes {sizes}")
+    if len(devices) != 1:
+        raise ValueError(f"all parameters must be on one device; got {devices}")
+    return sizes.pop()
+
+
+def _check_same_layout(old: dict[str, Tensor], new: dict[str, Tensor], num_members: int) -> None:
+    """The selected params must be the same parameters, with `num_members` members."""
+    if list(old) != list(new):
+        raise ValueError("the selected params must have the same names, in the same order")
+    for name in old:
+        expected = (num_members, *old[name].shape[1:])
+        if new[name].shape != expected:
+            raise ValueError(f"{name}: expected shape {expected}, got {tuple(new[name].shape)}")
+
+
+def _checked_shape(value: Tensor, plain_shape: torch.Size, what: str) -> Tensor:
+    # copy_ would broadcast a wrongly shaped tensor silently.
+    if value.shape != plain_shape:
+        raise ValueError(f"{what}: saved state has shape {tuple(value.shape)}, the parameter {tuple(plain_shape)}")
+    return value
+
+
+def _refuse_unsupported(group: dict) -> None:
+    for key, supported in UNSUPPORTED_SETTINGS.items():
+        if group.get(key, supported) != supported:
+            raise NotImplementedError(f"stacked optimizer does not support {key}={group[key]!r}")
+
+
+def _as_comparable(value):
+    # betas come back as a tuple from torch and as a list from YAML or JSON.
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _torch_step_dtype() -> torch.dtype:
+    # torch.optim.Adam's `step` dtype (optimizer._get_scalar_dtype), kept so state_dicts round-trip.
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
