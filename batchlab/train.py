@@ -1,4 +1,13 @@
-"""The training loop: one run of the grid, from a `RunSpec` to its run directory.
+"""The training loop: a stack of runs of one model and one batch size, each into its own run directory.
+
+A stack's members differ only in LR rule, base LR and seed. They train together: one
+stacked model (batchlab.stacked.models: every weight with a leading run dimension), one
+stacked optimizer (batchlab.stacked.optim: torch.optim's update per member, each with its
+own LR and state) and one step that updates all of them. Each member keeps its own
+initialisation, data order, augmentation draws, LR schedule, curve, evaluations,
+divergence check, checkpoints and resume; a member that diverges or meets its stop
+criterion writes its outputs at that evaluation and leaves the stack. A single run is a
+stack of one (`train_run`).
 
 Habits that keep it fast and safe:
 - the data set sits on the device as tensors; each epoch draws a permutation seeded by
@@ -62,7 +71,8 @@ from batchlab.data import Dataset, load_prepared
 from batchlab.data.augment import apply_augment
 from batchlab.health import stall_reason, stop_reason
 from batchlab.lr_rules import lr_factor
-from batchlab.models import build_model
+from batchlab.stacked.models import StackedModel, build_stacked_model
+from batchlab.stacked.optim import StackedOptimizer
 
 log = logging.getLogger(__name__)
 EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -113,16 +123,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(params, cfg: dict, lr: float) -> torch.optim.Optimizer:
-    if cfg["name"] == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"]
-        )
-    if cfg["name"] == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
-    raise ValueError(f"unknown optimizer {cfg['name']!r}; choose sgd or adam")
-
-
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of the training set in `epoch`: a pure function of (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -142,19 +142,6 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
         correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
     model.train(was_training)
     return loss_sum.item() / len(x), correct.item() / len(x)
-
-
-def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-    """One SGD update as a function of the batch; returns the batch loss as a device tensor."""
-
-    def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(model(xb), yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
 
 
 def first_bad_step(batch_loss: np.ndarray, start: int, stop: int, max_loss: float) -> int | None:
@@ -216,22 +203,6 @@ class Curve:
         return df
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, curve: Curve, chash: str, spec: RunSpec, wall: float) -> None:
-    io.save_torch(
-        {
-            "config_hash": chash,
-            "run_id": spec.run_id,
-            "spec": spec.to_dict(),
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "curve": curve.to_state(step),
-            "wall_time_s": wall,
-        },
-        path,
-    )
-
-
 def newest_checkpoint(ckpt_dir: Path, chash: str) -> dict | None:
     """The checkpoint with the highest step whose config hash matches, if any."""
     best = None
@@ -248,132 +219,286 @@ def newest_checkpoint(ckpt_dir: Path, chash: str) -> dict | None:
     return best
 
 
-# --- the run -------------------------------------------------------------------------------
+# --- the stack: K runs of one model and one batch size, trained together ---------------------
 
-def train_run(
-    spec: RunSpec,
-    data: Dataset | str | Path,
-    run_dir: str | Path,
-    device: str = "auto",
-    max_steps: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """Train one run into `run_dir` and return its summary (also written to run.json).
+SHARED_SPEC_KEYS = ("study", "dataset", "model", "batch_size", "bn_batch_size", "ref_batch_size", "optimizer", "budget",
+                    "schedule", "eval", "checkpoints", "divergence", "health")
 
-    `max_steps` stops early once that many updates are done, leaving a resume checkpoint
-    and no final outputs (for chunked jobs under a time limit, and for tests of resume).
-    """
-    run_dir = Path(run_dir)
+
+def check_stackable(specs: list[RunSpec]) -> None:
+    """Members of a stack differ only in LR rule, base LR and seed: one model, one batch size, one plan."""
+    if not specs:
+        raise ValueError("a stack needs at least one run")
+    first = specs[0].to_dict()
+    for spec in specs[1:]:
+        other = spec.to_dict()
+        differ = [k for k in SHARED_SPEC_KEYS if other[k] != first[k]]
+        if differ:
+            raise ValueError(f"{spec.run_id} cannot share a stack with {specs[0].run_id}: they differ in {', '.join(differ)}")
+    ids = [s.run_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"a run appears twice in one stack: {ids}")
+
+
+@dataclass
+class Member:
+    """One run of a stack: its spec, its directory, and its curve on the host."""
+
+    spec: RunSpec
+    run_dir: Path
+    chash: str
+    curve: Curve
+    start_step: int
+    wall_before: float
+    resumed: dict | None
+
+
+def open_member(spec: RunSpec, run_dir: Path, total_steps: int) -> Member:
+    """A member at its newest matching checkpoint, or at step 0."""
     ckpt_dir = run_dir / "checkpoints"
-    dev = resolve_device(device)
-    if not isinstance(data, Dataset):
-        data = load_prepared(data, dev)
-    if data.x_train.device.type != dev.type:
-        raise ValueError(f"data set is on {data.x_train.device}, the run on {dev}")
-    plan = make_plan(spec, data.n_train)
-    S, B = plan.total_steps, spec.batch_size
-    chash = provenance.config_hash(spec.to_dict())
-
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model, data.input_shape, data.num_classes, spec.bn_batch_size).to(dev)
-    peak_lr = spec.lr
-    optimizer = build_optimizer(model.parameters(), spec.optimizer, peak_lr)
-    step_fn = make_step(model, optimizer)
-
     if (ckpt_dir / COMPLETE_MARK).exists():
         # This run finished before and snakemake still asked for it again (its code or inputs
         # changed): start over rather than resume from checkpoints of the old code.
         log.info("%s finished before; retraining from scratch", spec.run_id)
         shutil.rmtree(ckpt_dir)
+    chash = provenance.config_hash(spec.to_dict())
     resumed = newest_checkpoint(ckpt_dir, chash)
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        curve = Curve.from_state(resumed["curve"], S)
-        step, wall_before = resumed["step"], resumed["wall_time_s"]
-        log.info("resuming %s from step %d of %d", spec.run_id, step, S)
-    else:
-        curve, step, wall_before = Curve.empty(S), 0, 0.0
+    if resumed is None:
+        return Member(spec, run_dir, chash, Curve.empty(total_steps), 0, 0.0, None)
+    log.info("resuming %s from step %d of %d", spec.run_id, resumed["step"], total_steps)
+    return Member(spec, run_dir, chash, Curve.from_state(resumed["curve"], total_steps), resumed["step"],
+                  resumed["wall_time_s"], resumed)
+
+
+@torch.no_grad()
+def evaluate_stack(model: StackedModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Every member's mean cross-entropy and accuracy over the whole of (x, y), with BN running statistics."""
+    k = model.k
+    batch_size = max(1, batch_size // k)  # the K members see each chunk at once: keep the memory of one batch
+    loss_sum = torch.zeros(k, device=x.device, dtype=torch.float64)
+    correct = torch.zeros(k, device=x.device, dtype=torch.int64)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        logits = model.forward(xb.unsqueeze(0).expand(k, *xb.shape), train=False)  # (K, b, C)
+        target = yb.unsqueeze(0).expand(k, -1)
+        loss_sum += F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(k, -1).double().sum(1)
+        correct += (logits.argmax(-1) == target).sum(1)
+    return (loss_sum / len(x)).cpu().numpy(), (correct.double() / len(x)).cpu().numpy()
+
+
+def stacked_step(model: StackedModel, optimizer: StackedOptimizer, xb: torch.Tensor, yb: torch.Tensor,
+                 lr: torch.Tensor) -> torch.Tensor:
+    """One update of every member; returns the (K,) batch losses as a device tensor.
+
+    The members share no parameters, so the gradient of the summed losses is each member's own.
+    """
+    logits = model.forward(xb, train=True)  # (K, B, C)
+    losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape).mean(1)
+    optimizer.zero_grad()
+    losses.sum().backward()
+    optimizer.step(lr)
+    return losses.detach()
+
+
+def save_member_checkpoint(path: Path, member: Member, model: StackedModel, optimizer: StackedOptimizer, k: int,
+                           step: int, wall: float) -> None:
+    io.save_torch(
+        {
+            "config_hash": member.chash,
+            "run_id": member.spec.run_id,
+            "spec": member.spec.to_dict(),
+            "step": step,
+            "model": model.member_state_dict(k),
+            "optimizer": optimizer.member_state_dict(k),
+            "curve": member.curve.to_state(step),
+            "wall_time_s": wall,
+        },
+        path,
+    )
+
+
+class Stack:
+    """The members still training, their stacked weights and optimizer state, and their host curves."""
+
+    def __init__(self, members: list[Member], data: Dataset, dev: torch.device):
+        spec = members[0].spec
+        self.members = members
+        self.model = build_stacked_model(spec.model, data.input_shape, data.num_classes, [m.spec.seed for m in members],
+                                         spec.bn_batch_size, device=dev, dtype=data.x_train.dtype)
+        self.optimizer = StackedOptimizer(self.model.params, spec.optimizer)
+        for k, m in enumerate(members):
+            if m.resumed is not None:
+                self.model.load_member(k, m.resumed["model"])
+                self.optimizer.load_member(k, m.resumed["optimizer"])
+        self.peak_lr = torch.tensor([m.spec.lr for m in members], device=dev, dtype=data.x_train.dtype)
+
+    def keep(self, keep: list[int]) -> None:
+        """Drop the members not in `keep`: a finished member stops costing compute."""
+        self.members = [self.members[k] for k in keep]
+        self.model = self.model.select(keep)
+        self.optimizer = self.optimizer.select(keep, self.model.params)
+        self.peak_lr = self.peak_lr[keep]
+
+
+def member_batches(data: Dataset, perms: torch.Tensor, seeds: list[int], step: int, pos: int, batch_size: int):
+    """(K, B, ...) inputs and (K, B) labels: each member's slice of its own permutation, with its own augmentation."""
+    idx = perms[:, pos * batch_size : (pos + 1) * batch_size]  # (K, B)
+    xb, yb = data.x_train[idx], data.y_train[idx]
+    if data.augment != "none":
+        dev = xb.device
+        xb = torch.stack([
+            apply_augment(data.augment, xb[k], torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step))
+            for k, seed in enumerate(seeds)
+        ])
+    return xb, yb
+
+
+def train_stack(
+    specs: list[RunSpec],
+    data: Dataset | str | Path,
+    run_dirs: list[str | Path],
+    device: str = "auto",
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train the runs of one stack together, each into its own run directory; their summaries, in order.
+
+    Members resume from their own newest checkpoints; members found at different steps train
+    as separate stacks, one after another. `max_steps` stops early once that many updates are
+    done, leaving resume checkpoints and no final outputs (for chunked jobs under a time
+    limit, and for tests of resume); those members' summaries say "interrupted".
+    """
+    check_stackable(specs)
+    dev = resolve_device(device)
+    if not isinstance(data, Dataset):
+        data = load_prepared(data, dev)
+    if data.x_train.device.type != dev.type:
+        raise ValueError(f"data set is on {data.x_train.device}, the runs on {dev}")
+    plan = make_plan(specs[0], data.n_train)
+    members = [open_member(spec, Path(d), plan.total_steps) for spec, d in zip(specs, run_dirs)]
+    summaries: dict[str, dict] = {}
+    for start in sorted({m.start_step for m in members}):
+        group = [m for m in members if m.start_step == start]
+        summaries.update(_train_from(group, data, plan, dev, max_steps, progress))
+    return [summaries[spec.run_id] for spec in specs]
+
+
+def train_run(spec: RunSpec, data: Dataset | str | Path, run_dir: str | Path, device: str = "auto",
+              max_steps: int | None = None, progress: bool = True) -> dict:
+    """Train one run: a stack of one (see `train_stack`)."""
+    return train_stack([spec], data, [run_dir], device, max_steps, progress)[0]
+
+
+def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.device, max_steps: int | None,
+                progress: bool) -> dict[str, dict]:
+    """Train members that all stand at the same step, until each has finished (or `max_steps`)."""
+    spec = members[0].spec
+    S, B, step = plan.total_steps, spec.batch_size, members[0].start_step
+    stack = Stack(members, data, dev)
+    t_start = time.perf_counter()
+
+    def wall(m: Member) -> float:
+        return m.wall_before + time.perf_counter() - t_start
 
     def evaluate_now(at: int) -> None:
         ev = spec.eval["batch_size"]
-        curve.evals[at] = (*evaluate(model, data.x_train, data.y_train, ev), *evaluate(model, data.x_test, data.y_test, ev))
+        train = evaluate_stack(stack.model, data.x_train, data.y_train, ev)
+        test = evaluate_stack(stack.model, data.x_test, data.y_test, ev)
+        for k, m in enumerate(stack.members):
+            m.curve.evals[at] = (float(train[0][k]), float(train[1][k]), float(test[0][k]), float(test[1][k]))
 
-    def wall() -> float:
-        return wall_before + time.perf_counter() - t_start
-
-    t_start = time.perf_counter()
     if step == 0:
         evaluate_now(0)
-        save_checkpoint(ckpt_dir / "step_0.pt", model, optimizer, 0, curve, chash, spec, wall())
+        for k, m in enumerate(stack.members):
+            save_member_checkpoint(m.run_dir / "checkpoints" / "step_0.pt", m, stack.model, stack.optimizer, k, 0, wall(m))
 
     sched = spec.schedule
     milestones = tuple(sched["decay_milestones"])
-    losses = torch.full((S + 1,), float("nan"), device=dev)
-    flushed = checked = step  # host copy of batch_loss is valid up to `flushed`
+    losses = torch.full((S + 1, len(members)), float("nan"), device=dev, dtype=data.x_train.dtype)
+    flushed = checked = step  # host copies of batch_loss are valid up to `flushed`
     last_resume_save = time.perf_counter()
-    stopped, diverged_step = None, None  # stopped: the stop_reason once divergence or `budget.stop` ends the run
-    perm_epoch, perm = -1, None
-    current_lr = None
-    bar = tqdm(total=S, initial=step, desc=spec.run_id, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 15)
+    perm_epoch, perms = -1, None
+    factor_now, lr = None, None
+    summaries: dict[str, dict] = {}
+    column = {m.spec.run_id: k for k, m in enumerate(members)}  # a member's column of `losses`, fixed for the whole loop
+    desc = spec.run_id if len(members) == 1 else f"{spec.study}/{spec.model}/bs{B} ×{len(members)}"
+    bar = tqdm(total=S, initial=step, desc=desc, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 15,
+               disable=not progress)
 
-    while step < S:
+    while stack.members and step < S:
         if max_steps is not None and step >= max_steps:
             break
-        # batch: slice of this epoch's permutation
         epoch, pos = divmod(step, plan.steps_per_epoch)
         if epoch != perm_epoch:
-            perm, perm_epoch = epoch_permutation(data.n_train, spec.seed, epoch).to(dev), epoch
-        idx = perm[pos * B : (pos + 1) * B]
-        xb, yb = data.x_train[idx], data.y_train[idx]
-        if data.augment != "none":
-            g = torch.Generator(device=dev).manual_seed(spec.seed * 1_000_003 + step)
-            xb = apply_augment(data.augment, xb, g)
-        # learning rate: a pure function of the step
-        lr = peak_lr * lr_factor(step, S, sched["warmup_steps"], sched["decay"], sched["decay_gamma"], milestones)
-        if lr != current_lr:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            current_lr = lr
-        # forward, backward, update; the loss stays on the device
-        losses[step + 1] = step_fn(xb, yb)
-        curve.lr[step + 1] = lr
+            perms = torch.stack([epoch_permutation(data.n_train, m.spec.seed, epoch) for m in stack.members]).to(dev)
+            perm_epoch = epoch
+        xb, yb = member_batches(data, perms, [m.spec.seed for m in stack.members], step, pos, B)
+        # learning rate: a pure function of the step, scaled by each member's peak
+        factor = lr_factor(step, S, sched["warmup_steps"], sched["decay"], sched["decay_gamma"], milestones)
+        if factor != factor_now:
+            lr, factor_now = stack.peak_lr * factor, factor
+        cols = [column[m.spec.run_id] for m in stack.members]
+        losses[step + 1, cols] = stacked_step(stack.model, stack.optimizer, xb, yb, lr)
+        for m in stack.members:
+            m.curve.lr[step + 1] = m.spec.lr * factor
         step += 1
         bar.update(1)
+        if step not in plan.eval_steps:
+            continue
 
-        if step in plan.eval_steps:
-            # evaluation point: read the losses back, check divergence, evaluate, checkpoint
-            curve.batch_loss[flushed + 1 : step + 1] = losses[flushed + 1 : step + 1].cpu().numpy()
-            flushed = step
-            bad = first_bad_step(curve.batch_loss, checked + 1, step, spec.divergence["max_loss"])
-            checked = step
-            evaluate_now(step)
+        # evaluation point: read the losses back, evaluate, then judge every member
+        host = losses[flushed + 1 : step + 1].cpu().numpy()
+        for m in stack.members:
+            m.curve.batch_loss[flushed + 1 : step + 1] = host[:, column[m.spec.run_id]]
+        flushed = step
+        evaluate_now(step)
+        finished, keep = [], []
+        for k, m in enumerate(stack.members):
+            bad = first_bad_step(m.curve.batch_loss, checked + 1, step, spec.divergence["max_loss"])
             if bad is not None:
-                stopped, diverged_step = "diverged", bad
-                log.warning("%s diverged at step %d (batch loss %s)", spec.run_id, bad, curve.batch_loss[bad])
-                break
-            train_loss, _, _, test_acc = curve.evals[step]
-            bar.set_postfix(train_loss=f"{train_loss:.4f}", test_acc=f"{test_acc:.3f}", refresh=False)
-            stopped = stop_reason(curve.evals, plan.steps_per_epoch, spec.budget.get("stop"))
+                log.warning("%s diverged at step %d (batch loss %s)", m.spec.run_id, bad, m.curve.batch_loss[bad])
+                finished.append((k, "diverged", bad))
+                continue
+            stopped = stop_reason(m.curve.evals, plan.steps_per_epoch, spec.budget.get("stop"))
             if stopped is not None:
-                # final.pt holds these weights, so no step checkpoint duplicates them
-                log.info("%s stops at step %d of %d: %s criterion met", spec.run_id, step, S, stopped)
-                break
-            if step in plan.checkpoint_steps:
-                save_checkpoint(ckpt_dir / f"step_{step}.pt", model, optimizer, step, curve, chash, spec, wall())
-            elif step < S and time.perf_counter() - last_resume_save > spec.checkpoints["resume_every_s"]:
-                save_checkpoint(ckpt_dir / "resume.pt", model, optimizer, step, curve, chash, spec, wall())
-                last_resume_save = time.perf_counter()
+                log.info("%s stops at step %d of %d: %s criterion met", m.spec.run_id, step, S, stopped)
+                finished.append((k, stopped, None))
+            elif step == S:
+                finished.append((k, "budget", None))
+            else:
+                keep.append(k)
+        checked = step
+        for k, stopped, diverged_step in finished:
+            m = stack.members[k]
+            status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, data.num_classes)
+            summaries[m.spec.run_id] = _write_outputs(m, stack.model.member_state_dict(k), plan, step, status, stopped,
+                                                      diverged_step, dev, wall(m))
+        if not keep:
+            stack.members = []
+            break
+        if finished:
+            stack.keep(keep)
+            factor_now = perm_epoch = None  # the LR vector and permutations follow the members left
+        first = stack.members[0].curve.evals[step]
+        bar.set_postfix(train_loss=f"{first[0]:.4f}", test_acc=f"{first[3]:.3f}", refresh=False)
+        if step in plan.checkpoint_steps:
+            for k, m in enumerate(stack.members):
+                save_member_checkpoint(m.run_dir / "checkpoints" / f"step_{step}.pt", m, stack.model, stack.optimizer, k,
+                                       step, wall(m))
+        elif step < S and time.perf_counter() - last_resume_save > spec.checkpoints["resume_every_s"]:
+            for k, m in enumerate(stack.members):
+                save_member_checkpoint(m.run_dir / "checkpoints" / "resume.pt", m, stack.model, stack.optimizer, k, step,
+                                       wall(m))
+            last_resume_save = time.perf_counter()
     bar.close()
 
-    if stopped is None and step < S:  # stopped by max_steps: keep what we have, finish later
-        curve.batch_loss[flushed + 1 : step + 1] = losses[flushed + 1 : step + 1].cpu().numpy()
-        save_checkpoint(ckpt_dir / "resume.pt", model, optimizer, step, curve, chash, spec, wall())
-        return {"run_id": spec.run_id, "status": "interrupted", "step": step}
-
-    stopped = stopped or "budget"
-    status = "diverged" if stopped == "diverged" else health_status(spec, curve, data.num_classes)
-    return _write_outputs(spec, run_dir, model, curve, plan, step, status, stopped, diverged_step, dev, wall(), resumed)
+    if stack.members and step < S:  # stopped by max_steps: keep what we have, finish later
+        host = losses[flushed + 1 : step + 1].cpu().numpy()
+        for k, m in enumerate(stack.members):
+            m.curve.batch_loss[flushed + 1 : step + 1] = host[:, column[m.spec.run_id]]
+            save_member_checkpoint(m.run_dir / "checkpoints" / "resume.pt", m, stack.model, stack.optimizer, k, step, wall(m))
+            summaries[m.spec.run_id] = {"run_id": m.spec.run_id, "status": "interrupted", "step": step}
+    return summaries
 
 
 def health_status(spec: RunSpec, curve: Curve, num_classes: int) -> str:
@@ -385,13 +510,13 @@ def health_status(spec: RunSpec, curve: Curve, num_classes: int) -> str:
     return "stalled"
 
 
-def _write_outputs(spec, run_dir, model, curve, plan, step, status, stopped, diverged_step, dev, wall_time, resumed) -> dict:
+def _write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, status: str, stopped: str,
+                   diverged_step: int | None, dev: torch.device, wall_time: float) -> dict:
+    spec, run_dir, curve = member.spec, member.run_dir, member.curve
     metrics = curve.frame(step, plan.steps_per_epoch, spec.batch_size)
     io.write_parquet(metrics, run_dir / "metrics.parquet")
-    io.save_torch(
-        {"run_id": spec.run_id, "spec": spec.to_dict(), "step": step, "status": status, "model": model.state_dict()},
-        run_dir / "final.pt",
-    )
+    io.save_torch({"run_id": spec.run_id, "spec": spec.to_dict(), "step": step, "status": status, "model": state_dict},
+                  run_dir / "final.pt")
     final = curve.evals[step]
     evaluated = metrics.dropna(subset=["test_acc"])
     summary = {
@@ -409,7 +534,7 @@ def _write_outputs(spec, run_dir, model, curve, plan, step, status, stopped, div
         **{f"final_{k}": v for k, v in zip(EVAL_COLUMNS, final)},
         "best_test_acc": float(evaluated["test_acc"].max()),
         "wall_time_s": wall_time,
-        "resumed_from_step": resumed["step"] if resumed is not None else None,
+        "resumed_from_step": member.resumed["step"] if member.resumed is not None else None,
         "device": provenance.device_name(dev),
         "versions": provenance.versions(),
         "git": provenance.git_commit(),

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from batchlab.stacked.optim import StackedOptimizer
-from batchlab.train import build_optimizer
+from batchlab.stacked.optim import build_optimizer, StackedOptimizer
 
 K = 3
 ATOL = 1e-12  # float64: the two sides differ only by rounding

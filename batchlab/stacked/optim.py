@@ -6,7 +6,7 @@ learning rate (a (K,) tensor given to every `step`) and its own optimizer state;
 arithmetic is elementwise along the member axis, so a member's update reads only its own
 gradient, weights, lr and state (a NaN in one member stays in that member).
 
-The hyperparameters come from the torch optimizer that batchlab.train.build_optimizer makes
+The hyperparameters come from the torch optimizer that build_optimizer makes
 of the study's optimizer config, so a stacked member is configured exactly like a single
 run, and `member_state_dict` / `load_member` speak that optimizer's state_dict format: the
 bridge to the single-run checkpoints in both directions.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from batchlab.train import build_optimizer
 
 # Hyperparameters that change the update: a state_dict to be loaded into a member must agree
 # on them, because all members share one setting (lr, foreach, fused... do not count).
@@ -37,6 +36,16 @@ UPDATE_HYPERPARAMETERS = (
     "decoupled_weight_decay",
 )
 # Options torch.optim offers but the study's config never sets; refused rather than half-done.
+def build_optimizer(params, cfg: dict, lr: float) -> torch.optim.Optimizer:
+    if cfg["name"] == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"]
+        )
+    if cfg["name"] == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    raise ValueError(f"unknown optimizer {cfg['name']!r}; choose sgd or adam")
+
+
 UNSUPPORTED_SETTINGS = {"dampening": 0, "maximize": False, "amsgrad": False, "decoupled_weight_decay": False}
 NO_LR_YET = 0.0  # a member's lr in its state_dict before any step
 

@@ -1,0 +1,156 @@
+"""The stacked trainer against today's way: a plain nn.Module trained alone with torch.optim."""
+
+import copy
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from batchlab import io
+from batchlab.config import build_grid, check_config
+from batchlab.data import Dataset
+from batchlab.data.augment import apply_augment
+from batchlab.lr_rules import lr_factor
+from batchlab.models import build_model
+from batchlab.stacked.optim import build_optimizer
+from batchlab.train import epoch_permutation, make_plan, train_stack
+
+STEPS = 56
+
+
+def stack_specs(model: str, n_train: int, batch_size: int = 8, bn=None, base_lrs=(0.05, 0.02), seeds=(0, 1),
+                optimizer=None, dataset="mnist1d") -> list:
+    study = {
+        "dataset": dataset, "models": [model], "batch_sizes": [batch_size], "bn_batch_sizes": [bn],
+        "lr_rules": ["constant", "sqrt"], "ref_batch_size": 4, "base_lrs": list(base_lrs), "seeds": list(seeds),
+        "optimizer": optimizer or {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+        "budget": {"steps": STEPS}, "schedule": {"decay": "cosine", "warmup_steps": 5},
+        "eval": {"regular_points": 4, "log_points": 2}, "checkpoints": {"log_points": 3},
+    }
+    datasets = {"mnist1d": {"n_train": n_train, "n_test": 16}}
+    if dataset == "cifar10":
+        datasets["cifar10"] = {"root": "/nonexistent"}
+    cfg = check_config({"device": "cpu", "datasets": datasets, "studies": {"s": study}})
+    return list(build_grid(cfg).values())
+
+
+def signals(n=48, seed=0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n + 16, 40, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (n + 16,), generator=g)
+    return Dataset("mnist1d", x[:n], y[:n], x[n:], y[n:], 10)
+
+
+def images(n=32, seed=0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n + 16, 3, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (n + 16,), generator=g)
+    return Dataset("cifar10", x[:n], y[:n], x[n:], y[n:], 10, augment="crop_flip")
+
+
+def reference_run(spec, data: Dataset) -> tuple[np.ndarray, dict]:
+    """Today's way, written out plainly: the batch losses of every step and the final weights."""
+    plan = make_plan(spec, data.n_train)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, data.input_shape, data.num_classes, spec.bn_batch_size).to(torch.float64)
+    optimizer = build_optimizer(model.parameters(), spec.optimizer, spec.lr)
+    sched, losses = spec.schedule, []
+    for step in range(plan.total_steps):
+        epoch, pos = divmod(step, plan.steps_per_epoch)
+        idx = epoch_permutation(data.n_train, spec.seed, epoch)[pos * spec.batch_size : (pos + 1) * spec.batch_size]
+        xb, yb = data.x_train[idx], data.y_train[idx]
+        if data.augment != "none":
+            xb = apply_augment(data.augment, xb, torch.Generator().manual_seed(spec.seed * 1_000_003 + step))
+        for group in optimizer.param_groups:
+            group["lr"] = spec.lr * lr_factor(step, plan.total_steps, sched["warmup_steps"], sched["decay"],
+                                              sched["decay_gamma"], tuple(sched["decay_milestones"]))
+        loss = F.cross_entropy(model(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return np.array(losses), model.state_dict()
+
+
+def stacked(specs, data, tmp_path, **kwargs):
+    dirs = [tmp_path / spec.run_id for spec in specs]
+    summaries = train_stack(specs, data, dirs, device="cpu", progress=False, **kwargs)
+    return summaries, dirs
+
+
+CASES = {
+    "mlp": dict(model="mlp", data=signals),
+    "cnn": dict(model="cnn", data=signals),
+    "gru": dict(model="gru", data=signals),
+    "resnet8": dict(model="resnet8", data=images, dataset="cifar10"),
+    "resnet8_bn-ghost": dict(model="resnet8_bn", data=images, dataset="cifar10", bn=4),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_member_of_a_stack_follows_its_run_trained_alone(case, tmp_path):
+    c = CASES[case]
+    data = c["data"]()
+    specs = stack_specs(c["model"], data.n_train, bn=c.get("bn"), dataset=c.get("dataset", "mnist1d"))
+    assert len(specs) == 8  # 2 rules x 2 base LRs x 2 seeds, in one stack
+    specs = specs[::2] if c["model"].startswith("resnet") else specs  # keep the ResNet cases quick
+    summaries, dirs = stacked(specs, data, tmp_path)
+    for spec, summary, run_dir in zip(specs, summaries, dirs):
+        losses, weights = reference_run(spec, data)
+        curve = pd.read_parquet(run_dir / "metrics.parquet")
+        assert summary["steps"] == STEPS and summary["status"] in ("completed", "stalled")
+        np.testing.assert_allclose(curve["batch_loss"].to_numpy()[1:], losses, rtol=1e-9, atol=1e-12)
+        final = io.load_torch(run_dir / "final.pt")["model"]
+        assert list(final) == list(weights)
+        for name, value in weights.items():
+            torch.testing.assert_close(final[name], value, rtol=1e-8, atol=1e-10, msg=f"{spec.run_id}: {name}")
+
+
+def test_a_stack_of_one_is_the_reference(tmp_path):
+    data = signals()
+    spec = stack_specs("mlp", data.n_train, optimizer={"name": "adam", "weight_decay": 1e-4})[0]
+    _, dirs = stacked([spec], data, tmp_path)
+    losses, weights = reference_run(spec, data)
+    np.testing.assert_allclose(pd.read_parquet(dirs[0] / "metrics.parquet")["batch_loss"].to_numpy()[1:], losses, rtol=1e-10)
+    final = io.load_torch(dirs[0] / "final.pt")["model"]
+    for name, value in weights.items():
+        torch.testing.assert_close(final[name], value, rtol=1e-9, atol=1e-12)
+
+
+def test_a_diverging_member_is_frozen_and_leaves_the_others_bit_identical(tmp_path):
+    data = signals()
+    healthy = stack_specs("mlp", data.n_train, base_lrs=(0.05,), seeds=(0,))  # constant and sqrt
+    wild = dataclasses.replace(healthy[0], base_lr=1e4)
+    with_wild, dirs = stacked([healthy[0], wild, healthy[1]], data, tmp_path / "a")
+    without, dirs_without = stacked(healthy, data, tmp_path / "b")
+    assert with_wild[1]["status"] == "diverged" and with_wild[1]["stop_reason"] == "diverged"
+    assert with_wild[1]["steps"] < STEPS and with_wild[1]["diverged_step"] <= with_wild[1]["steps"]
+    for a, b in ((dirs[0], dirs_without[0]), (dirs[2], dirs_without[1])):
+        pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet"))
+        wa, wb = io.load_torch(a / "final.pt")["model"], io.load_torch(b / "final.pt")["model"]
+        assert all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
+def test_a_killed_stack_resumes_every_member_to_identical_weights(tmp_path):
+    data = signals()
+    specs = stack_specs("cnn", data.n_train, seeds=(0, 1))[:4]
+    _, whole = stacked(specs, data, tmp_path / "whole")
+    interrupted, dirs = stacked(specs, data, tmp_path / "cut", max_steps=23)
+    assert {s["status"] for s in interrupted} == {"interrupted"}
+    resumed, dirs = stacked(specs, data, tmp_path / "cut")
+    assert all(s["resumed_from_step"] is not None for s in resumed)
+    for a, b in zip(whole, dirs):
+        wa, wb = io.load_torch(a / "final.pt")["model"], io.load_torch(b / "final.pt")["model"]
+        assert all(torch.equal(wa[n], wb[n]) for n in wa)
+        pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet"))
+
+
+def test_runs_that_differ_in_more_than_lr_and_seed_do_not_stack():
+    data = signals()
+    specs = stack_specs("mlp", data.n_train)
+    other = dataclasses.replace(specs[0], batch_size=16)
+    with pytest.raises(ValueError, match="differ in batch_size"):
+        train_stack([specs[0], other], data, ["/tmp/a", "/tmp/b"], device="cpu")
