@@ -253,3 +253,30 @@ def build_pairs(config: dict, grid: dict[str, RunSpec]) -> dict[str, Pair]:
                   else _automatic_pairs(name, interp["select"], grid))
         pairs.update((pair.pair_id, pair) for pair in chosen)
     return pairs
+
+
+# --- stacks: the unit of training work -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stack:
+    """Runs of one study that share model, batch size and BN batch size, trained in one job."""
+
+    stack_id: str
+    runs: tuple[str, ...]
+
+
+def build_stacks(config: dict, grid: dict[str, RunSpec]) -> dict[str, Stack]:
+    """The training jobs: each (study, model, batch size, BN batch size) group of runs, in grid
+    order, cut into stacks of at most the study's `max_stack` runs. The stacks follow from the
+    config alone, so every process that reads it (a cluster job too) sees the same ones."""
+    groups: dict[str, list[str]] = {}
+    for run_id, run in grid.items():
+        bn = f"/bn{run.bn_batch_size}" if run.bn_batch_size is not None else ""
+        groups.setdefault(f"{run.study}/{run.model}/bs{run.batch_size}{bn}", []).append(run_id)
+    stacks = {}
+    for group, runs in groups.items():
+        size = config["studies"][grid[runs[0]].study]["max_stack"]
+        for i in range(0, len(runs), size):
+            stack = Stack(f"{group}/stack{i // size}", tuple(runs[i : i + size]))
+            stacks[stack.stack_id] = stack
+    return stacks

@@ -253,13 +253,28 @@ class Member:
     resumed: dict | None
 
 
+def finished_summary(spec: RunSpec, run_dir: Path) -> dict | None:
+    """The summary of a run that already finished with this config and this library code, else None.
+
+    A stack's job runs again when a run joins it (a new seed or LR); its finished members are
+    kept as they are. One finished under another config or other code is trained again.
+    """
+    summary_path = run_dir / "run.json"
+    outputs = (run_dir / "checkpoints" / COMPLETE_MARK, summary_path, run_dir / "final.pt", run_dir / "metrics.parquet")
+    if not all(path.exists() for path in outputs):
+        return None
+    summary = io.read_json(summary_path)
+    same_config = provenance.config_hash(summary.get("spec", {})) == provenance.config_hash(spec.to_dict())
+    return summary if same_config and summary.get("code_hash") == provenance.code_hash() else None
+
+
 def open_member(spec: RunSpec, run_dir: Path, total_steps: int) -> Member:
     """A member at its newest matching checkpoint, or at step 0."""
     ckpt_dir = run_dir / "checkpoints"
     if (ckpt_dir / COMPLETE_MARK).exists():
-        # This run finished before and snakemake still asked for it again (its code or inputs
-        # changed): start over rather than resume from checkpoints of the old code.
-        log.info("%s finished before; retraining from scratch", spec.run_id)
+        # It finished under another config or other code: start over rather than resume
+        # from checkpoints of the old code.
+        log.info("%s finished before under other code or config; retraining from scratch", spec.run_id)
         shutil.rmtree(ckpt_dir)
     chash = provenance.config_hash(spec.to_dict())
     resumed = newest_checkpoint(ckpt_dir, chash)
@@ -375,8 +390,15 @@ def train_stack(
     if data.x_train.device.type != dev.type:
         raise ValueError(f"data set is on {data.x_train.device}, the runs on {dev}")
     plan = make_plan(specs[0], data.n_train)
-    members = [open_member(spec, Path(d), plan.total_steps) for spec, d in zip(specs, run_dirs)]
     summaries: dict[str, dict] = {}
+    members = []
+    for spec, run_dir in zip(specs, map(Path, run_dirs)):
+        done = finished_summary(spec, run_dir)
+        if done is not None:
+            log.info("%s finished before with this config and code; kept", spec.run_id)
+            summaries[spec.run_id] = done
+        else:
+            members.append(open_member(spec, run_dir, plan.total_steps))
     for start in sorted({m.start_step for m in members}):
         group = [m for m in members if m.start_step == start]
         summaries.update(_train_from(group, data, plan, dev, max_steps, progress))
@@ -395,6 +417,7 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     spec = members[0].spec
     S, B, step = plan.total_steps, spec.batch_size, members[0].start_step
     stack = Stack(members, data, dev)
+    log.info("training %d run(s) together from step %d: %s", len(members), step, ", ".join(m.spec.run_id for m in members))
     t_start = time.perf_counter()
 
     def wall(m: Member) -> float:
@@ -538,6 +561,7 @@ def _write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, stat
         "device": provenance.device_name(dev),
         "versions": provenance.versions(),
         "git": provenance.git_commit(),
+        "code_hash": provenance.code_hash(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     io.write_json(summary, run_dir / "run.json")

@@ -13,7 +13,7 @@ from batchlab.train import resolve_device  # noqa: E402
 
 data = load_prepared(snakemake.input.data, resolve_device(snakemake.params.device))
 table = analyse_run(
-    Path(snakemake.input.summary).parent, RunSpec.from_dict(snakemake.params.spec), data, snakemake.params.cfg,
+    Path(snakemake.params.run_dir), RunSpec.from_dict(snakemake.params.spec), data, snakemake.params.cfg,
     along_training=snakemake.params.along_training,
 )
 io.write_parquet(table, snakemake.output[0])

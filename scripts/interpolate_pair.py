@@ -12,7 +12,7 @@ from batchlab.data import load_prepared  # noqa: E402
 from batchlab.train import resolve_device  # noqa: E402
 
 pair = Pair(**{**snakemake.params.pair, "candidates": tuple(snakemake.params.pair["candidates"])})
-run_dirs = {run_id: Path(summary).parent for run_id, summary in zip(pair.candidates, snakemake.input.summaries)}
+run_dirs = {run_id: Path(d) for run_id, d in zip(pair.candidates, snakemake.params.run_dirs)}
 data = load_prepared(snakemake.input.data, resolve_device(snakemake.params.device))
 table = interpolate_run_pair(pair, RunSpec.from_dict(snakemake.params.spec), run_dirs, data, snakemake.params.cfg)
 io.write_parquet(table, snakemake.output[0])

@@ -263,9 +263,16 @@ def test_device_resolution():
         resolve_device("tpu")
 
 
-def test_a_finished_run_asked_for_again_retrains_from_scratch(tmp_path, tiny_data):
+def test_a_finished_run_is_kept_unless_its_code_or_config_changed(tmp_path, tiny_data):
     spec = make_spec(run="tiny/mlp/bs16/constant/lr0.05/seed0")
     first = train_run(spec, tiny_data, tmp_path, device="cpu")
+    stamp = (tmp_path / "final.pt").stat().st_mtime_ns
     again = train_run(spec, tiny_data, tmp_path, device="cpu")
-    assert again["resumed_from_step"] is None and again["steps"] == first["steps"]
+    assert again == first and (tmp_path / "final.pt").stat().st_mtime_ns == stamp  # kept, not retrained
+    # trained by other library code: retrained from scratch
+    summary = io.read_json(tmp_path / "run.json")
+    io.write_json({**summary, "code_hash": "another"}, tmp_path / "run.json")
+    retrained = train_run(spec, tiny_data, tmp_path, device="cpu")
+    assert retrained["resumed_from_step"] is None and retrained["steps"] == first["steps"]
+    assert retrained["code_hash"] == first["code_hash"] and (tmp_path / "final.pt").stat().st_mtime_ns != stamp
     assert (tmp_path / "checkpoints" / "COMPLETE").exists() and (tmp_path / "checkpoints" / "step_0.pt").exists()

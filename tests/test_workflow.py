@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from batchlab.config import build_grid, check_config
+from batchlab.config import build_grid, build_stacks, check_config
 from batchlab.plots import FIGURES as FIGURE_NAMES
 from tests.browser import render
 from tests.conftest import REPO, TINY_CONFIG
@@ -58,7 +58,8 @@ def test_end_to_end_writes_tables_and_figures(workflow_dir):
         assert c["test_acc"].notna().sum() >= 3
         run_dir = workflow_dir / "results/runs" / run.run_id
         assert (run_dir / "final.pt").exists() and (run_dir / "checkpoints/step_0.pt").exists()
-        assert (workflow_dir / "results/logs/train" / f"{run.run_id}.log").read_text().strip()
+        stack_log = workflow_dir / f"results/logs/train/tiny/mlp/bs{run.batch_size}/stack0.log"  # one job per stack
+        assert run.run_id in stack_log.read_text()
     for name in ("training_curves", "accuracy_vs_batch", "accuracy_vs_base_lr", "generalization_gap", "sharpness_vs_batch",
                  "sharpness_along_training", "interpolation", "steps_to_target", "speedup", "best_lr"):
         assert (workflow_dir / f"results/figures/{name}.png").stat().st_size > 10_000
@@ -179,7 +180,7 @@ def test_adding_a_batch_size_trains_only_the_new_runs(workflow_dir):
     dry = snakemake(workflow_dir, config, "-n")
     assert dry.returncode == 0, dry.stderr[-2000:]
     counts = job_counts(dry.stdout + dry.stderr)
-    assert counts["train"] == 2 and counts["analyse_checkpoints"] == 2 and counts["gather_tables"] == 1
+    assert counts["train_stack"] == 1 and counts["analyse_checkpoints"] == 2 and counts["gather_tables"] == 1  # one new stack
     # the pairs read every candidate's status, so they run again, between the same ends
     assert "prepare_data" not in counts and counts["interpolate_pair"] == 2
     result = snakemake(workflow_dir, config)
@@ -189,6 +190,28 @@ def test_adding_a_batch_size_trains_only_the_new_runs(workflow_dir):
     assert len(runs) == 6 and sorted(runs["batch_size"].unique()) == [16, 32, 64]
     interp = pd.read_parquet(workflow_dir / "results/tables/interpolation.parquet")
     assert set(interp["run_id_small"].str.split("/").str[2]) == {"bs16"} and set(interp["run_id_large"].str.split("/").str[2]) == {"bs64"}
+
+
+def test_adding_a_seed_trains_only_the_new_runs_inside_the_old_stacks(workflow_dir):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["studies"]["tiny"].update(batch_sizes=[16, 32, 64], seeds=[0, 1])
+    old = {p: p.stat().st_mtime_ns for p in (workflow_dir / "results/runs").rglob("*") if p.is_file()}
+    result = snakemake(workflow_dir, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout + result.stderr)["train_stack"] == 3  # each stack gains two runs
+    assert {p: p.stat().st_mtime_ns for p in old} == old  # the finished runs were kept, file for file
+    runs = pd.read_parquet(workflow_dir / "results/tables/runs.parquet")
+    assert len(runs) == 12 and set(runs["status"]) == {"completed"}
+    for log in (workflow_dir / "results/logs/train").rglob("stack0.log"):
+        assert "finished before with this config and code; kept" in log.read_text()
+
+
+def test_max_stack_one_gives_one_job_per_run(tmp_path):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["studies"]["tiny"]["max_stack"] = 1
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert job_counts(result.stdout + result.stderr)["train_stack"] == 4
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):
@@ -205,11 +228,12 @@ def test_another_configfile_replaces_the_default_rather_than_merging(tmp_path):
     (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
     result = snakemake(tmp_path, TINY_CONFIG, "-n", name="tiny.yaml")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert job_counts(result.stdout + result.stderr)["train"] == 4
-    demo_runs = len(build_grid(check_config(yaml.safe_load((REPO / "config.yaml").read_text()))))
+    assert job_counts(result.stdout + result.stderr)["train_stack"] == 2  # bs16 and bs64, two runs each
+    demo = check_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    demo_stacks = len(build_stacks(demo, build_grid(demo)))
     # without --configfile: the demo, also when --config overrides (as profiles give) are set
     for extra in ([], ["--config", "gpus_per_run=1"]):
         default = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n", *extra],
                                  capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert default.returncode == 0, default.stderr[-2000:]
-        assert job_counts(default.stdout + default.stderr)["train"] == demo_runs
+        assert job_counts(default.stdout + default.stderr)["train_stack"] == demo_stacks

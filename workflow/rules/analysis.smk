@@ -5,12 +5,12 @@
 rule analyse_checkpoints:
     input:
         data=get_train_data,
-        summary=rules.train.output.summary,
-        final=rules.train.output.final,
+        trained=lambda wildcards: run_marker(wildcards.run),
     output:
         "results/analysis/{run}/sharpness.parquet",
     params:
         spec=get_spec,
+        run_dir=lambda wildcards: run_dir(wildcards.run),
         cfg=get_analysis_cfg,
         along_training=lambda wildcards: ANALYSED[wildcards.run],
         device=config["device"],

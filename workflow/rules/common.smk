@@ -2,6 +2,7 @@
 
 wildcard_constraints:
     run=r".+",
+    stack=r".+",
     pair=r".+",
     dataset=r"mnist1d|cifar10|cifar100",
 
@@ -18,6 +19,19 @@ def get_train_data(wildcards):
     return data_file(RUNS[wildcards.run].dataset)
 
 
+def stack_marker(stack_id):
+    """Written when a stack's job has finished every member; what depends on a run waits for it."""
+    return f"results/stacks/{stack_id}.json"
+
+
+def run_marker(run_id):
+    return stack_marker(RUN_STACK[run_id])
+
+
+def all_stack_markers():
+    return [stack_marker(stack_id) for stack_id in STACKS]
+
+
 def get_spec(wildcards):
     return RUNS[wildcards.run].to_dict()
 
@@ -30,8 +44,12 @@ def get_analysis_cfg(wildcards):
     return config["studies"][RUNS[wildcards.run].study]["analysis"]
 
 
-def pair_files(wildcards, name):
-    return [f"{run_dir(run_id)}/{name}" for run_id in PAIRS[wildcards.pair].candidates]
+def pair_run_dirs(wildcards):
+    return [run_dir(run_id) for run_id in PAIRS[wildcards.pair].candidates]
+
+
+def pair_markers(wildcards):
+    return sorted({run_marker(run_id) for run_id in PAIRS[wildcards.pair].candidates})
 
 
 def get_pair_data(wildcards):

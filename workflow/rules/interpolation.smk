@@ -6,12 +6,12 @@
 rule interpolate_pair:
     input:
         data=get_pair_data,
-        summaries=lambda wildcards: pair_files(wildcards, "run.json"),
-        finals=lambda wildcards: pair_files(wildcards, "final.pt"),
+        trained=pair_markers,
     output:
         "results/interpolation/{pair}.parquet",
     params:
         pair=lambda wildcards: vars(PAIRS[wildcards.pair]),
+        run_dirs=pair_run_dirs,
         spec=lambda wildcards: RUNS[PAIRS[wildcards.pair].candidates[0]].to_dict(),
         cfg=lambda wildcards: config["studies"][PAIRS[wildcards.pair].study]["interpolation"],
         device=config["device"],

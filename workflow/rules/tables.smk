@@ -3,11 +3,13 @@
 
 rule gather_tables:
     input:
-        summaries=all_run_files("run.json"),
-        metrics=all_run_files("metrics.parquet"),
+        all_stack_markers(),
     output:
         runs="results/tables/runs.parquet",
         curves="results/tables/curves.parquet",
+    params:
+        summaries=all_run_files("run.json"),
+        metrics=all_run_files("metrics.parquet"),
     log:
         "results/logs/gather_tables.log",
     script:
