@@ -443,7 +443,16 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     perm_epoch, perms = -1, None
     factor_now, lr = None, None
     summaries: dict[str, dict] = {}
+    factors = np.full(S + 1, np.nan)  # the LR factor of every step; a member's LR is its peak times it
     column = {m.spec.run_id: k for k, m in enumerate(members)}  # a member's column of `losses`, fixed for the whole loop
+    cols, seeds = list(range(len(members))), [m.spec.seed for m in members]  # of the members still training
+
+    def flush(upto: int) -> None:
+        """Copy the losses and LRs since the last flush into the members' host curves."""
+        host = losses[flushed + 1 : upto + 1].cpu().numpy()
+        for m in stack.members:
+            m.curve.batch_loss[flushed + 1 : upto + 1] = host[:, column[m.spec.run_id]]
+            m.curve.lr[flushed + 1 : upto + 1] = m.spec.lr * factors[flushed + 1 : upto + 1]
     desc = spec.run_id if len(members) == 1 else f"{spec.study}/{spec.model}/bs{B} ×{len(members)}"
     bar = tqdm(total=S, initial=step, desc=desc, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 15,
                disable=not progress)
@@ -455,24 +464,20 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         if epoch != perm_epoch:
             perms = torch.stack([epoch_permutation(data.n_train, m.spec.seed, epoch) for m in stack.members]).to(dev)
             perm_epoch = epoch
-        xb, yb = member_batches(data, perms, [m.spec.seed for m in stack.members], step, pos, B)
+        xb, yb = member_batches(data, perms, seeds, step, pos, B)
         # learning rate: a pure function of the step, scaled by each member's peak
         factor = lr_factor(step, S, sched["warmup_steps"], sched["decay"], sched["decay_gamma"], milestones)
         if factor != factor_now:
             lr, factor_now = stack.peak_lr * factor, factor
-        cols = [column[m.spec.run_id] for m in stack.members]
         losses[step + 1, cols] = stacked_step(stack.model, stack.optimizer, xb, yb, lr)
-        for m in stack.members:
-            m.curve.lr[step + 1] = m.spec.lr * factor
+        factors[step + 1] = factor
         step += 1
         bar.update(1)
         if step not in plan.eval_steps:
             continue
 
         # evaluation point: read the losses back, evaluate, then judge every member
-        host = losses[flushed + 1 : step + 1].cpu().numpy()
-        for m in stack.members:
-            m.curve.batch_loss[flushed + 1 : step + 1] = host[:, column[m.spec.run_id]]
+        flush(step)
         flushed = step
         evaluate_now(step)
         finished, keep = [], []
@@ -502,6 +507,7 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         if finished:
             stack.keep(keep)
             factor_now = perm_epoch = None  # the LR vector and permutations follow the members left
+            cols, seeds = [column[m.spec.run_id] for m in stack.members], [m.spec.seed for m in stack.members]
         first = stack.members[0].curve.evals[step]
         bar.set_postfix(train_loss=f"{first[0]:.4f}", test_acc=f"{first[3]:.3f}", refresh=False)
         if step in plan.checkpoint_steps:
@@ -516,9 +522,8 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     bar.close()
 
     if stack.members and step < S:  # stopped by max_steps: keep what we have, finish later
-        host = losses[flushed + 1 : step + 1].cpu().numpy()
+        flush(step)
         for k, m in enumerate(stack.members):
-            m.curve.batch_loss[flushed + 1 : step + 1] = host[:, column[m.spec.run_id]]
             save_member_checkpoint(m.run_dir / "checkpoints" / "resume.pt", m, stack.model, stack.optimizer, k, step, wall(m))
             summaries[m.spec.run_id] = {"run_id": m.spec.run_id, "status": "interrupted", "step": step}
     return summaries

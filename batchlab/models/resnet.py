@@ -65,30 +65,10 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         self._check_input_dim(x)
         if not self.training and self.running_mean is not None:
             return super().forward(x)
-        b, c, h, w = x.shape
-        m = self.ghost_batch_size
-        if b % m != 0:
-            raise ValueError(
-                f"batch of {b} samples is not divisible by the ghost BatchNorm batch size {m}; "
-                f"choose an SGD batch size that is a multiple of bn_batch_size"
-            )
-        n = m * h * w
-        if n < 2:
-            raise ValueError(f"ghost BatchNorm needs more than 1 value per channel, got m={m} of {h}x{w}")
-        # Statistics in float32 even under autocast, as BatchNorm2d does.
-        xg = x.float().reshape(b // m, m, c, h, w)  # (G, m, C, H, W)
-        var, mean = torch.var_mean(xg, dim=(1, 3, 4), correction=0)  # (G, C) each
-        scale = torch.rsqrt(var + self.eps)  # (G, C)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        out = xg * scale[:, None, :, None, None] + shift[:, None, :, None, None]
-
+        out, mean, unbiased_var = ghost_batch_norm(x, self.weight, self.bias, self.ghost_batch_size, self.eps)
         if self.training and self.running_mean is not None:
-            self._update_running_stats(mean.detach().mean(0), var.detach().mean(0) * (n / (n - 1)))
-        return out.reshape(b, c, h, w).to(x.dtype)
+            self._update_running_stats(mean, unbiased_var)
+        return out
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
@@ -97,6 +77,34 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
+
+
+def ghost_batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, m: int,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalise each sub-batch of m samples of x (B, C, H, W) with its own statistics, then scale
+    and shift; also returns the mean over sub-batches of their means and unbiased variances
+    (detached), which feed the running statistics. See GhostBatchNorm2d."""
+    b, c, h, w = x.shape
+    if b % m != 0:
+        raise ValueError(
+            f"batch of {b} samples is not divisible by the ghost BatchNorm batch size {m}; "
+            f"choose an SGD batch size that is a multiple of bn_batch_size"
+        )
+    n = m * h * w
+    if n < 2:
+        raise ValueError(f"ghost BatchNorm needs more than 1 value per channel, got m={m} of {h}x{w}")
+    # Statistics in float32 even under autocast, as BatchNorm2d does.
+    xg = x.float().reshape(b // m, m, c, h, w)  # (G, m, C, H, W)
+    var, mean = torch.var_mean(xg, dim=(1, 3, 4), correction=0)  # (G, C) each
+    scale = torch.rsqrt(var + eps)  # (G, C)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    out = xg * scale[:, None, :, None, None] + shift[:, None, :, None, None]
+    stats = mean.detach().mean(0), var.detach().mean(0) * (n / (n - 1))
+    return out.reshape(b, c, h, w).to(x.dtype), *stats
 
 
 def norm_factory(batchnorm: bool, bn_batch_size: int | None = None) -> NormFactory:

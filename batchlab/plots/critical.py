@@ -168,6 +168,20 @@ def _empty_panel(ax: plt.Axes, text: str) -> None:
     panel_note(ax, text, "upper right")
 
 
+def _target_panels(data: pd.DataFrame, reached: pd.DataFrame, ylabel: str) -> tuple[plt.Figure, list]:
+    """The (model, target) grid with titles and batch axes set: the figure and, per panel,
+    (axes, its reached rows, its study's batch sizes)."""
+    fig, cells = target_grid(data)
+    panels = []
+    for ax, panel, target, bottom, left in cells:
+        part = reached[(reached["panel"] == panel) & (reached["target"] == target)]
+        batch_sizes = np.array(sorted(data.loc[data["panel"] == panel, "batch_size"].astype(float).unique()))
+        batch_axis(ax, batch_sizes)  # each study its own grid
+        ax.set(title=f"{panel} · {target}", xlabel="batch size" if bottom else "", ylabel=ylabel if left else "")
+        panels.append((ax, part, batch_sizes))
+    return fig, panels
+
+
 def figure_steps_to_target(speedup: pd.DataFrame, critical: pd.DataFrame) -> plt.Figure:
     """Steps to target against batch size (log-log), one line per LR rule, the perfect-scaling
     line from the smallest batch of the tuned (`best`) curve, and what the fit says of B_crit."""
@@ -179,12 +193,8 @@ def figure_steps_to_target(speedup: pd.DataFrame, critical: pd.DataFrame) -> plt
         return no_data_figure("no batch size reached any target")
     rules = ordered_rules(reached["lr_rule"])
     palette = rule_palette(rules)
-    fig, cells = target_grid(data)
-    for ax, panel, target, bottom, left in cells:
-        part = reached[(reached["panel"] == panel) & (reached["target"] == target)]
-        batch_sizes = np.array(sorted(data.loc[data["panel"] == panel, "batch_size"].astype(float).unique()))
-        batch_axis(ax, batch_sizes)  # each study its own grid
-        ax.set(title=f"{panel} · {target}", xlabel="batch size" if bottom else "", ylabel="steps to target" if left else "")
+    fig, panels = _target_panels(data, reached, "steps to target")
+    for ax, part, batch_sizes in panels:
         best = part[part["lr_rule"] == BEST_RULE].sort_values("batch_size")
         if best.empty:
             _empty_panel(ax, "no batch size reached this target")
@@ -219,13 +229,8 @@ def figure_speedup(speedup: pd.DataFrame) -> plt.Figure:
         return no_data_figure("no speed-up: the smallest batch never reached a target")
     rules = ordered_rules(reached["lr_rule"])
     palette = rule_palette(rules)
-    fig, cells = target_grid(data)
-    for ax, panel, target, bottom, left in cells:
-        part = reached[(reached["panel"] == panel) & (reached["target"] == target)]
-        batch_sizes = np.array(sorted(data.loc[data["panel"] == panel, "batch_size"].astype(float).unique()))
-        batch_axis(ax, batch_sizes)  # each study its own grid
-        ax.set(title=f"{panel} · {target}", xlabel="batch size" if bottom else "",
-               ylabel="speed-up over\nthe smallest batch" if left else "")
+    fig, panels = _target_panels(data, reached, "speed-up over\nthe smallest batch")
+    for ax, part, batch_sizes in panels:
         if part.empty:
             _empty_panel(ax, "no speed-up for this target")
             continue

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from batchlab.models import MODEL_NAMES, build_model, has_batchnorm
 from batchlab.models.mnist1d import CNN, GRU, MLP
-from batchlab.models.resnet import BasicBlock, CifarResNet
+from batchlab.models.resnet import BasicBlock, CifarResNet, ghost_batch_norm
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -229,30 +229,13 @@ def _batch_norm(
 def _ghost_batch_norm(
     h: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor, norm: NormArch
 ) -> Tensor:
-    """GhostBatchNorm2d's training forward, step for step, with a member axis after the
-    sub-batch axis: statistics of (G, K, C), affine parameters and running stats of (K, C)."""
-    b, kc, height, width = h.shape
-    k, c = weight.shape
-    m = norm.ghost_batch_size
-    if b % m != 0:
-        raise ValueError(
-            f"batch of {b} samples is not divisible by the ghost BatchNorm batch size {m}; "
-            f"choose an SGD batch size that is a multiple of bn_batch_size"
-        )
-    n = m * height * width
-    if n < 2:
-        raise ValueError(f"ghost BatchNorm needs more than 1 value per channel, got m={m} of {height}x{width}")
-    # float32 statistics, as GhostBatchNorm2d computes them (even for float64 inputs).
-    hg = h.float().reshape(b // m, m, k, c, height, width)
-    var, mean = torch.var_mean(hg, dim=(1, 4, 5), correction=0)  # (G, K, C) each
-    scale = torch.rsqrt(var + norm.eps) * weight
-    shift = -mean * scale + bias
-    out = hg * scale[:, None, :, :, None, None] + shift[:, None, :, :, None, None]
+    """GhostBatchNorm2d's training forward over K*C channels: each member's channels keep their
+    own statistics; affine parameters and running stats are (K, C), updated through flat views."""
+    out, mean, unbiased_var = ghost_batch_norm(h, weight.flatten(), bias.flatten(), norm.ghost_batch_size, norm.eps)
     with torch.no_grad():
-        unbiased_var = var.mean(0) * (n / (n - 1))
-        running_mean.lerp_(mean.mean(0).to(running_mean.dtype), norm.momentum)
-        running_var.lerp_(unbiased_var.to(running_var.dtype), norm.momentum)
-    return out.reshape(b, kc, height, width).to(h.dtype)
+        running_mean.view(-1).lerp_(mean.to(running_mean.dtype), norm.momentum)
+        running_var.view(-1).lerp_(unbiased_var.to(running_var.dtype), norm.momentum)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
