@@ -26,6 +26,7 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+@functools.lru_cache  # one job, one commit: a stack's members need not ask git each
 def git_commit(repo: Path = REPO_ROOT) -> dict[str, str | bool | None]:
     """The commit of the code that ran, and whether the work tree had uncommitted changes."""
     def git(*args: str) -> str | None:
