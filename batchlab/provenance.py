@@ -17,13 +17,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def versions() -> dict[str, str | None]:
+    return dict(_versions())
+
+
+@functools.lru_cache  # reading package metadata costs milliseconds; one process has one set of versions
+def _versions() -> tuple[tuple[str, str | None], ...]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in PACKAGES:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
-    return out
+    return tuple(out.items())
 
 
 @functools.lru_cache  # one job, one commit: a stack's members need not ask git each

@@ -185,22 +185,20 @@ class Curve:
 
     def frame(self, upto: int, steps_per_epoch: int, batch_size: int) -> pd.DataFrame:
         steps = np.arange(upto + 1)
-        df = pd.DataFrame(
+        values = np.full((upto + 1, 4), np.nan)
+        for s, v in self.evals.items():
+            if s <= upto:
+                values[s] = v
+        return pd.DataFrame(
             {
                 "step": steps,
                 "epoch": steps / steps_per_epoch,
                 "examples_seen": steps * batch_size,
                 "lr": self.lr[: upto + 1],
                 "batch_loss": self.batch_loss[: upto + 1],
+                **{col: values[:, i] for i, col in enumerate(EVAL_COLUMNS)},
             }
         )
-        values = np.full((upto + 1, 4), np.nan)
-        for s, v in self.evals.items():
-            if s <= upto:
-                values[s] = v
-        for i, col in enumerate(EVAL_COLUMNS):
-            df[col] = values[:, i]
-        return df
 
 
 def newest_checkpoint(ckpt_dir: Path, chash: str) -> dict | None:
@@ -445,7 +443,8 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     summaries: dict[str, dict] = {}
     factors = np.full(S + 1, np.nan)  # the LR factor of every step; a member's LR is its peak times it
     column = {m.spec.run_id: k for k, m in enumerate(members)}  # a member's column of `losses`, fixed for the whole loop
-    cols, seeds = list(range(len(members))), [m.spec.seed for m in members]  # of the members still training
+    cols = torch.arange(len(members), device=dev)  # the columns of the members still training
+    seeds = [m.spec.seed for m in members]
 
     def flush(upto: int) -> None:
         """Copy the losses and LRs since the last flush into the members' host curves."""
@@ -469,7 +468,7 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         factor = lr_factor(step, S, sched["warmup_steps"], sched["decay"], sched["decay_gamma"], milestones)
         if factor != factor_now:
             lr, factor_now = stack.peak_lr * factor, factor
-        losses[step + 1, cols] = stacked_step(stack.model, stack.optimizer, xb, yb, lr)
+        losses[step + 1].index_copy_(0, cols, stacked_step(stack.model, stack.optimizer, xb, yb, lr))
         factors[step + 1] = factor
         step += 1
         bar.update(1)
@@ -507,7 +506,8 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         if finished:
             stack.keep(keep)
             factor_now = perm_epoch = None  # the LR vector and permutations follow the members left
-            cols, seeds = [column[m.spec.run_id] for m in stack.members], [m.spec.seed for m in stack.members]
+            cols = torch.tensor([column[m.spec.run_id] for m in stack.members], device=dev)
+            seeds = [m.spec.seed for m in stack.members]
         first = stack.members[0].curve.evals[step]
         bar.set_postfix(train_loss=f"{first[0]:.4f}", test_acc=f"{first[3]:.3f}", refresh=False)
         if step in plan.checkpoint_steps:
@@ -546,7 +546,6 @@ def _write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, stat
     io.save_torch({"run_id": spec.run_id, "spec": spec.to_dict(), "step": step, "status": status, "model": state_dict},
                   run_dir / "final.pt")
     final = curve.evals[step]
-    evaluated = metrics.dropna(subset=["test_acc"])
     summary = {
         "run_id": spec.run_id,
         "spec": spec.to_dict(),
@@ -560,7 +559,7 @@ def _write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, stat
         "steps_per_epoch": plan.steps_per_epoch,
         "epochs": step / plan.steps_per_epoch,
         **{f"final_{k}": v for k, v in zip(EVAL_COLUMNS, final)},
-        "best_test_acc": float(evaluated["test_acc"].max()),
+        "best_test_acc": float(np.nanmax([v[3] for s, v in curve.evals.items() if s <= step])),
         "wall_time_s": wall_time,
         "resumed_from_step": member.resumed["step"] if member.resumed is not None else None,
         "device": provenance.device_name(dev),

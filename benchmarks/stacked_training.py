@@ -7,9 +7,10 @@ For each model and batch size, on MNIST-1D-shaped data (or CIFAR-shaped for resn
   first and last step, outputs), but no evaluation points or checkpoints in between, so that the
   figures show the training step;
 and prints run-steps/s (updates of one run per second, summed over the stack), examples/s, and
-the ratio to the plain loop. Usage:
+the ratio to the plain loop. Each case runs `--repeats` times, interleaved with the others, and the
+fastest counts (as `timeit` does: on a shared machine the slower ones measure the neighbours). Usage:
 
-    .venv/bin/python benchmarks/stacked_training.py [--steps 300] [--threads 2] [--quick]
+    .venv/bin/python benchmarks/stacked_training.py [--steps 300] [--threads 2] [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
@@ -85,22 +86,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="mlp at batch 32 only, K = 1 and 12")
+    parser.add_argument("--repeats", type=int, default=3, help="time each case this often and keep the fastest")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("batchlab").setLevel(logging.ERROR)  # short random-data runs stall; that is not news here
     cases = [("mlp", 32)] if args.quick else [(m, b) for m in ("mlp", "cnn") for b in (8, 32, 128)] + [("resnet8", 8), ("resnet8", 32)]
     ks = (1, 12) if args.quick else (1, 4, 12, 48)
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps per run (resnet8: a fifth, K <= 4)")
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps per run (resnet8: a fifth, K <= 4), "
+          f"fastest of {args.repeats}")
     print(f"{'model':8} {'batch':>5} {'how':>12} {'run-steps/s':>12} {'examples/s':>11} {'vs plain':>9}")
     for model, batch in cases:
         steps = args.steps // 5 if model.startswith("resnet") else args.steps
         data = fake_data(model)
-        plain = steps / plain_loop(model, data, batch, steps)
-        print(f"{model:8} {batch:5d} {'plain loop':>12} {plain:12.0f} {plain * batch:11.0f} {1.0:9.2f}", flush=True)
+        how = {"plain loop": lambda: plain_loop(model, data, batch, steps)}
         for k in ks if not model.startswith("resnet") else [k for k in ks if k <= 4]:  # larger ResNet stacks take minutes on a CPU
-            rate = k * steps / stacked(model, data, batch, k, steps)
-            print(f"{model:8} {batch:5d} {f'stack K={k}':>12} {rate:12.0f} {rate * batch:11.0f} {rate / plain:9.2f}", flush=True)
-
+            how[f"stack K={k}"] = lambda k=k: stacked(model, data, batch, k, steps) / k
+        # Interleaved, so that a busy spell on a shared machine slows every contender alike.
+        seconds = {name: min(times) for name, times in zip(how, zip(*([f() for f in how.values()] for _ in range(args.repeats))))}
+        for name, s in seconds.items():
+            rate = steps / s
+            print(f"{model:8} {batch:5d} {name:>12} {rate:12.0f} {rate * batch:11.0f} {seconds['plain loop'] / s:9.2f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -263,3 +263,25 @@ def test_lr_needs_one_value_per_member():
     opt = StackedOptimizer(params, CONFIGS["sgd"])
     with pytest.raises(ValueError, match="one value per member"):
         opt.step(torch.tensor(0.1))
+
+
+@pytest.mark.parametrize("cfg", [CONFIGS["sgd-momentum"], CONFIGS["adam"]], ids=["sgd-momentum", "adam"])
+def test_one_lr_tensor_reused_and_changed_in_place_is_read_afresh(cfg):
+    # The trainer passes the same lr tensor step after step; the optimizer converts it once,
+    # so an in-place change, or a member loaded in between, must still be seen.
+    models = plain_models(range(K))
+    params = stack(models)
+    optimizers, stacked = torch_optimizers(models, cfg), StackedOptimizer(params, cfg)
+    gen = torch.Generator().manual_seed(0)
+    lr = torch.tensor([0.05, 0.01, 0.02], dtype=torch.float64)
+    for t in range(12):
+        if t == 4:
+            lr.mul_(0.5)
+        if t == 8:  # member 1 reloads its own state: its lr in the state_dict must not leak into the step
+            stacked.load_member(1, {**stacked.member_state_dict(1), "param_groups": [
+                {**stacked.member_state_dict(1)["param_groups"][0], "lr": 123.0}]})
+        grads = random_grads(params, gen)
+        step_plain(models, optimizers, grads, lr, range(K))
+        step_stacked(params, stacked, grads, lr)
+        assert_members_match(params, models, range(K))
+    assert stacked.member_state_dict(0)["param_groups"][0]["lr"] == pytest.approx(0.025)

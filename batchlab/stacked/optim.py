@@ -67,51 +67,74 @@ class StackedOptimizer:
         # (param, member), i.e. it has been updated since it started fresh.
         self.has_state = {name: [False] * self.num_members for name in params}
         self.last_lr = torch.full((self.num_members,), NO_LR_YET, dtype=torch.float64, device=self.device)
+        self._lr_given, self._lr_given_version = None, None  # the lr tensor last passed to step, and its version
+        self._neg_lr_for, self._neg_lr_names, self._neg_lr = None, None, []
 
     # --- the update ---------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, lr: Tensor) -> None:
-        """One update of every member, member k with learning rate lr[k]; params without a grad are skipped."""
-        lr = self._checked_lr(lr)
-        for name, p in self.params.items():
-            if p.grad is None:
-                continue  # like torch.optim: no grad, no update and no state change
-            if self.is_adam:
-                self._adam_update(p, p.grad, self.state[name], lr)
-            else:
-                self._sgd_update(p, p.grad, self.state[name], lr)
-            self.has_state[name] = [True] * self.num_members
-        self.last_lr = lr.clone()
+        """One update of every member, member k with learning rate lr[k]; params without a grad are skipped.
 
-    def _sgd_update(self, p: Tensor, grad: Tensor, state: dict, lr: Tensor) -> None:
+        The parameters are updated together with torch's `_foreach` ops: the same elementwise
+        arithmetic as one parameter at a time, in a handful of calls instead of a few per parameter.
+        """
+        lr = self._checked_lr(lr)
+        names = [name for name, p in self.params.items() if p.grad is not None]  # like torch.optim: no grad, no update
+        if names:
+            params = [self.params[name] for name in names]
+            grads = [p.grad for p in params]
+            states = [self.state[name] for name in names]
+            if self.is_adam:
+                self._adam_update(params, grads, states, lr)
+            else:
+                self._sgd_update(params, grads, states, self._neg_lr_views(lr, names))
+            for name in names:
+                self.has_state[name] = [True] * self.num_members
+        self.last_lr = lr
+
+    def _neg_lr_views(self, lr: Tensor, names: list[str]) -> list[Tensor]:
+        """-lr broadcastable over each named parameter, built again only when the LR changes (seldom, by schedule)."""
+        if self._neg_lr_for is not lr or self._neg_lr_names != names:  # holding lr, `is` cannot match a reused id
+            self._neg_lr = _per_member_each(-lr, [self.params[name] for name in names])
+            self._neg_lr_for, self._neg_lr_names = lr, names
+        return self._neg_lr
+
+    def _sgd_update(self, params: list[Tensor], grads: list[Tensor], states: list[dict], neg_lr: list[Tensor]) -> None:
         momentum, weight_decay = self.group["momentum"], self.group["weight_decay"]
         if weight_decay != 0:
-            grad = grad.add(p, alpha=weight_decay)
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
         if momentum != 0:
-            buf = state["momentum_buffer"]
+            bufs = [state["momentum_buffer"] for state in states]
             # A fresh member's buffer is zeros, so this gives buf = grad on its first step just
             # like torch's `buf = grad.clone()` (exact with dampening 0), without a per-member branch.
-            buf.mul_(momentum).add_(grad)
-            grad = grad.add(buf, alpha=momentum) if self.group["nesterov"] else buf
-        p.add_(grad * _per_member(-lr, p))
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads)
+            grads = torch._foreach_add(grads, bufs, alpha=momentum) if self.group["nesterov"] else bufs
+        torch._foreach_addcmul_(params, grads, neg_lr)
 
-    def _adam_update(self, p: Tensor, grad: Tensor, state: dict, lr: Tensor) -> None:
+    def _adam_update(self, params: list[Tensor], grads: list[Tensor], states: list[dict], lr: Tensor) -> None:
         beta1, beta2 = self.group["betas"]
         weight_decay, eps = self.group["weight_decay"], self.group["eps"]
         if weight_decay != 0:
-            grad = grad.add(p, alpha=weight_decay)
-        state["step"] += 1
-        state["exp_avg"].lerp_(grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        steps = [state["step"] for state in states]
+        exp_avgs = [state["exp_avg"] for state in states]
+        exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+        torch._foreach_add_(steps, 1)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
         # torch computes the bias corrections and the step size in double precision (Python
         # floats) and casts them to the parameter's dtype only inside the final kernels.
-        step = state["step"].to(torch.float64)
+        step = torch.stack(steps).to(torch.float64)  # (P, K): each parameter's step count, member by member
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         neg_step_size = -(lr / bias_correction1)
-        denom = (state["exp_avg_sq"].sqrt() / _per_member(bias_correction2_sqrt, p)).add_(eps)
-        p.addcdiv_(state["exp_avg"] * _per_member(neg_step_size, p), denom)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, _per_member_each(bias_correction2_sqrt, params))
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, torch._foreach_mul(exp_avgs, _per_member_each(neg_step_size, params)), denom)
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -148,7 +171,9 @@ class StackedOptimizer:
             # As torch's load_state_dict: the group's params list maps saved indices to positions.
             saved = state_dict["state"].get(group["params"][position])
             self._load_member_param_state(name, k, saved)
+        self.last_lr = self.last_lr.clone()  # step may hold the old one as the LR it converted last
         self.last_lr[k] = group["lr"]
+        self._lr_given = None
 
     def _load_member_param_state(self, name: str, k: int, saved: dict | None) -> None:
         state, tensors = self.state[name], self._tensors_to_restore(saved)
@@ -197,11 +222,15 @@ class StackedOptimizer:
         return {}
 
     def _checked_lr(self, lr: Tensor) -> Tensor:
+        """lr as a float64 copy of its own, converted again only when a new tensor comes or this one changed in place."""
         if not isinstance(lr, Tensor) or lr.shape != (self.num_members,):
             raise ValueError(f"lr must be a tensor of shape ({self.num_members},), one value per member; got {lr!r}")
         if lr.device != self.device:
             raise ValueError(f"lr is on {lr.device}, the parameters on {self.device}")
-        return lr.detach().to(torch.float64)
+        if lr is self._lr_given and lr._version == self._lr_given_version:
+            return self.last_lr
+        self._lr_given, self._lr_given_version = lr, lr._version
+        return lr.detach().to(torch.float64, copy=True)
 
     def _checked_group(self, state_dict: dict) -> dict:
         groups = state_dict["param_groups"]
@@ -219,9 +248,14 @@ class StackedOptimizer:
             raise IndexError(f"member {k} out of range for {self.num_members} members")
 
 
-def _per_member(values: Tensor, like: Tensor) -> Tensor:
-    """(K,) values as (K, 1, ..., 1) in `like`'s dtype, to broadcast over a stacked tensor."""
-    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+def _per_member_each(values: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """Per-member values as (K, 1, ..., 1) in the parameters' dtype, one to broadcast over each tensor of `like`.
+
+    `values` is (K,), the same for every tensor, or (len(like), K), a row for each.
+    """
+    values = values.to(like[0].dtype)
+    rows = values.unbind(0) if values.dim() == 2 else [values] * len(like)
+    return [row.view(-1, *([1] * (p.dim() - 1))) for row, p in zip(rows, like)]
 
 
 def _num_members(params: dict[str, Tensor]) -> int:
