@@ -18,7 +18,13 @@ RUNS = build_grid(config)  # run_id -> RunSpec
 STACKS = build_stacks(config, RUNS)  # stack_id -> Stack: the runs trained together in one job
 RUN_STACK = {run_id: stack.stack_id for stack in STACKS.values() for run_id in stack.runs}
 ANALYSED = analysed_runs(config, RUNS)  # run_id -> measure every checkpoint (or only the final one)
+ANALYSED_STACKS = {  # stack_id -> its analysed runs, for the stacks that have any
+    stack_id: runs for stack_id, stack in STACKS.items() if (runs := [run_id for run_id in stack.runs if run_id in ANALYSED])
+}
 PAIRS = build_pairs(config, RUNS)  # pair_id -> Pair: the runs whose healthy ends are interpolated
+STUDY_PAIRS = {}  # study -> its pairs, for the studies that have any
+for pair in PAIRS.values():
+    STUDY_PAIRS.setdefault(pair.study, []).append(pair)
 
 
 include: "workflow/rules/common.smk"
@@ -39,6 +45,7 @@ rule all:
         rules.gather_interpolation.output,
         rules.speedup_tables.output,
         rules.sharpness_ratios.output,
-        all_figures(),
+        all_figures("png"),
+        all_figures("pdf"),
         rules.report.output,
     default_target: True

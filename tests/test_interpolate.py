@@ -145,6 +145,7 @@ def trained_pair(tiny_data_path, tmp_path_factory):
         final = io.load_torch(root / name / "final.pt")
         assert summary["status"] == "completed" and final["spec"]["batch_size"] == b
         out[name] = (final["model"], io.read_json(root / name / "run.json"))
+    out["dirs"] = {out[name][1]["run_id"]: root / name for name in ("small", "large")}
     return data, out
 
 
@@ -336,3 +337,21 @@ def test_ghost_bn_recompute_uses_ghost_batches_and_checks_divisibility(bn_data):
     with pytest.raises(ValueError, match="ghost"):
         interpolate_pair(model, small, large, bn_data, [0.0], bn_batch_size=12, progress=False)
     assert all(m.momentum == 0.3 for m in bns)
+
+
+def test_a_studys_pairs_interpolate_into_one_table(trained_pair):
+    from batchlab.analysis.interpolate import PAIR_COLUMNS, interpolate_run_pair, interpolate_run_pairs
+    from batchlab.config import Pair
+
+    data, runs = trained_pair
+    small, large = runs["dirs"]
+    spec = make_spec(run=small)
+    cfg = {"alphas": 5, "bn_mode": "recompute", "bn_batch_size": 64}
+    pairs = [(Pair("a", "tiny", (small, large)), spec, runs["dirs"]),
+             (Pair("b", "tiny", (small,)), spec, {small: runs["dirs"][small]}),  # one healthy end: no rows
+             (Pair("c", "tiny", (large, small)), spec, runs["dirs"])]
+    table = interpolate_run_pairs(pairs, data, cfg)
+    alone = [interpolate_run_pair(*pairs[i], data, cfg) for i in (0, 2)]
+    pd.testing.assert_frame_equal(table, pd.concat(alone, ignore_index=True))
+    assert list(table["pair_id"].unique()) == ["a", "c"] and list(table.columns) == list(PAIR_COLUMNS)
+    assert interpolate_run_pairs([pairs[1]], data, cfg).empty

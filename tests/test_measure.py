@@ -83,3 +83,23 @@ def test_non_finite_weights_still_name_their_methods(tiny_data, analysis_cfg):
     assert df["value"].isna().all() and df[["ci_low", "ci_high"]].isna().all().all()
     assert df.loc["noise_scale", "method"] == "exact" and df.loc["hessian_trace", "method"] == "hutchinson"
     assert np.all(df["method"].notna())
+
+
+def test_analyse_runs_is_analyse_run_for_each_run_in_one_table(tiny_data, analysis_cfg, tmp_path):
+    from batchlab.analysis.measure import analyse_run, analyse_runs
+    from batchlab.config import build_grid
+    from batchlab.train import train_stack
+
+    analysis_cfg["sharpness"].update(full_space=False)
+    cfg = copy.deepcopy(TINY_CONFIG)
+    cfg["studies"]["tiny"].update(batch_sizes=[16], budget={"epochs": 1})
+    specs = list(build_grid(check_config(cfg)).values())  # the constant and the linear rule: one stack
+    dirs = [tmp_path / str(i) for i in range(len(specs))]
+    train_stack(specs, tiny_data, dirs, device="cpu", progress=False)
+    table = analyse_runs([(dirs[0], specs[0], True), (dirs[1], specs[1], False)], tiny_data, analysis_cfg)
+    alone = [analyse_run(dirs[0], specs[0], tiny_data, analysis_cfg, True),
+             analyse_run(dirs[1], specs[1], tiny_data, analysis_cfg, False)]
+    pd.testing.assert_frame_equal(table, pd.concat(alone, ignore_index=True))
+    steps = table.groupby("run_id")["step"].nunique()
+    assert steps[specs[0].run_id] > 1 and steps[specs[1].run_id] == 1  # along training, and the final weights only
+    assert list(analyse_runs([], tiny_data, analysis_cfg).columns) == list(SHARPNESS_COLUMNS)

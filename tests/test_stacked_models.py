@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from batchlab.models import BN_MODELS, MODEL_NAMES, build_model
+from batchlab.stacked import models
 from batchlab.stacked.models import StackedModel, build_stacked_model, stack_modules
 
 SEEDS = [3, 0, 7]
@@ -29,6 +30,14 @@ CASES = [
 ]
 CASE_IDS = [f"{name}-ghost{bn}" if bn else name for name, _, bn in CASES]
 CASE = dict(zip(CASE_IDS, CASES))
+
+
+@pytest.fixture(autouse=True, params=["grouped", "member-loop"])
+def layout(request, monkeypatch):
+    """Every test twice: the conv nets as grouped convolutions, and (as on a CPU at large
+    batches) member by member through the plain module."""
+    monkeypatch.setattr(models, "CPU_MEMBER_LOOP_MIN_BATCH", 10**9 if request.param == "grouped" else 1)
+    return request.param
 
 
 def _perturbed_stack(name, input_shape, bn_batch_size) -> StackedModel:
@@ -264,3 +273,18 @@ def test_input_errors_are_explicit():
         stacked.forward(torch.randn(3, 6, 3, 8, 8), train=True)
     with pytest.raises(IndexError, match="member 3 out of range"):
         stacked.member_state_dict(3)
+
+
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_evaluate_stack_gives_each_members_plain_evaluation(case):
+    from batchlab.train import evaluate, evaluate_stack
+
+    name, input_shape, bn = CASE[case]
+    stacked = _perturbed_stack(name, input_shape, bn)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(10, *input_shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, NUM_CLASSES, (10,), generator=gen)
+    loss, acc = evaluate_stack(stacked, x, y, batch_size=8)  # chunks of 8 and 2
+    for k, reference in enumerate(_plain_members(stacked, input_shape, bn)):
+        ref_loss, ref_acc = evaluate(reference, x, y)
+        assert loss[k] == pytest.approx(ref_loss, rel=1e-10) and acc[k] == ref_acc

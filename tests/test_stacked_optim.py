@@ -285,3 +285,13 @@ def test_one_lr_tensor_reused_and_changed_in_place_is_read_afresh(cfg):
         step_stacked(params, stacked, grads, lr)
         assert_members_match(params, models, range(K))
     assert stacked.member_state_dict(0)["param_groups"][0]["lr"] == pytest.approx(0.025)
+
+
+@each_config
+def test_param_group_read_from_the_signature_is_torchs(cfg):
+    from batchlab.stacked.optim import optimizer_group
+
+    cls, group = optimizer_group(cfg, 0.1)
+    built = build_optimizer([torch.zeros(2)], cfg, 0.1)
+    assert type(built) is cls
+    assert group == {key: value for key, value in built.param_groups[0].items() if key != "params"}

@@ -180,9 +180,9 @@ def test_adding_a_batch_size_trains_only_the_new_runs(workflow_dir):
     dry = snakemake(workflow_dir, config, "-n")
     assert dry.returncode == 0, dry.stderr[-2000:]
     counts = job_counts(dry.stdout + dry.stderr)
-    assert counts["train_stack"] == 1 and counts["analyse_checkpoints"] == 2 and counts["gather_tables"] == 1  # one new stack
-    # the pairs read every candidate's status, so they run again, between the same ends
-    assert "prepare_data" not in counts and counts["interpolate_pair"] == 2
+    assert counts["train_stack"] == 1 and counts["analyse_stack"] == 1 and counts["gather_tables"] == 1  # one new stack
+    # the pairs read every candidate's status, so the study's interpolation runs again, between the same ends
+    assert "prepare_data" not in counts and counts["interpolate_study"] == 1
     result = snakemake(workflow_dir, config)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in old} == old  # the old runs were not touched

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 BN_MODES = ("recompute", "interpolate")
 BUFFER_MODES = ("small", "interpolate")
 COLUMNS = ("alpha", "split", "loss", "accuracy", "bn_mode")
+PAIR_COLUMNS = ("pair_id", "run_id_small", "run_id_large", *COLUMNS)
 _BN_FLOAT_BUFFERS = ("running_mean", "running_var")  # recognised by name when parameter names are not given
 
 
@@ -272,7 +273,7 @@ def interpolate_run_pair(pair, spec, run_dirs: Mapping[str, str | Path], data: D
     ends = pair_ends(pair, statuses)
     if ends is None:
         log.warning("%s: fewer than two healthy runs among %s; no interpolation", pair.pair_id, statuses)
-        return pd.DataFrame(columns=["pair_id", "run_id_small", "run_id_large", *COLUMNS])
+        return pd.DataFrame(columns=list(PAIR_COLUMNS))
     device = data.x_train.device
     model = build_model(spec.model, data.input_shape, data.num_classes, spec.bn_batch_size)
     small, large = (io.load_torch(Path(run_dirs[r]) / "final.pt", map_location=device)["model"] for r in ends)
@@ -285,3 +286,11 @@ def interpolate_run_pair(pair, spec, run_dirs: Mapping[str, str | Path], data: D
     table.insert(0, "run_id_small", ends[0])
     table.insert(0, "pair_id", pair.pair_id)
     return table
+
+
+def interpolate_run_pairs(pairs: list[tuple], data: Dataset, cfg: dict) -> pd.DataFrame:
+    """`interpolate_run_pair` for each (pair, spec, run_dirs), as one table: one job interpolates a
+    study's pairs, so Python and torch start once for all of them."""
+    tables = [interpolate_run_pair(pair, spec, run_dirs, data, cfg) for pair, spec, run_dirs in pairs]
+    tables = [t for t in tables if len(t)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(PAIR_COLUMNS))

@@ -136,3 +136,10 @@ def analyse_run(run_dir: str | Path, spec: RunSpec, data: Dataset, cfg: dict, al
             rows.append(dict(run_id=spec.run_id, step=step, train_loss=train_loss, bn_mode=cfg["bn_mode"],
                              n_examples=len(x), **row))
     return pd.DataFrame(rows, columns=list(SHARPNESS_COLUMNS))
+
+
+def analyse_runs(runs: list[tuple[str | Path, RunSpec, bool]], data: Dataset, cfg: dict) -> pd.DataFrame:
+    """`analyse_run` for each (run_dir, spec, along_training), as one table: one job measures a stack's runs,
+    so the interpreter, torch and torch.func start once for all of them."""
+    tables = [analyse_run(run_dir, spec, data, cfg, along_training) for run_dir, spec, along_training in runs]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(SHARPNESS_COLUMNS))

@@ -18,6 +18,8 @@ per-member learning rate turns torch's scalar `alpha=-lr` into a multiplication 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -36,14 +38,27 @@ UPDATE_HYPERPARAMETERS = (
     "decoupled_weight_decay",
 )
 # Options torch.optim offers but the study's config never sets; refused rather than half-done.
-def build_optimizer(params, cfg: dict, lr: float) -> torch.optim.Optimizer:
+def _optimizer_class(cfg: dict, lr: float) -> tuple[type[torch.optim.Optimizer], dict]:
+    """The torch optimizer of a study's optimizer config, and its keyword arguments."""
     if cfg["name"] == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"]
-        )
+        return torch.optim.SGD, dict(lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
     if cfg["name"] == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+        return torch.optim.Adam, dict(lr=lr, betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
     raise ValueError(f"unknown optimizer {cfg['name']!r}; choose sgd or adam")
+
+
+def build_optimizer(params, cfg: dict, lr: float) -> torch.optim.Optimizer:
+    cls, kwargs = _optimizer_class(cfg, lr)
+    return cls(params, **kwargs)
+
+
+def optimizer_group(cfg: dict, lr: float) -> tuple[type[torch.optim.Optimizer], dict]:
+    """build_optimizer's class and the hyperparameters its param group holds (all but "params"),
+    read from the constructor's signature: building a torch optimizer imports torch._dynamo,
+    about a second of every training job."""
+    cls, kwargs = _optimizer_class(cfg, lr)
+    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items() if name != "params"}
+    return cls, {**defaults, **kwargs}
 
 
 UNSUPPORTED_SETTINGS = {"dampening": 0, "maximize": False, "amsgrad": False, "decoupled_weight_decay": False}
@@ -58,9 +73,8 @@ class StackedOptimizer:
         self.cfg = cfg
         self.num_members = _num_members(params)
         self.device = next(iter(params.values())).device
-        template = build_optimizer([torch.empty(0)], cfg, NO_LR_YET)
-        self.is_adam = isinstance(template, torch.optim.Adam)
-        self.group = {key: value for key, value in template.param_groups[0].items() if key != "params"}
+        cls, self.group = optimizer_group(cfg, NO_LR_YET)
+        self.is_adam = cls is torch.optim.Adam
         _refuse_unsupported(self.group)
         self.state = {name: self._fresh_state(p) for name, p in params.items()}
         # Host-side, so a step never waits for the device: whether torch would hold state for

@@ -1,23 +1,29 @@
 # Per-checkpoint measurements: epsilon-sharpness, Hessian spectrum, gradient noise scale.
-# One job per analysed run: its final checkpoint, and every log-spaced one if selected.
+# One job per stack with analysed runs, once the stack has trained: each analysed run's final
+# checkpoint, and every log-spaced one if selected. One process for the stack's runs, because
+# starting Python, torch and torch.func costs more than measuring one small run.
 
 
-rule analyse_checkpoints:
+def stack_analysed_runs(wildcards):
+    return ANALYSED_STACKS[wildcards.stack]
+
+
+rule analyse_stack:
     input:
-        data=get_train_data,
-        trained=lambda wildcards: run_marker(wildcards.run),
+        data=lambda wildcards: data_file(RUNS[ANALYSED_STACKS[wildcards.stack][0]].dataset),
+        trained=lambda wildcards: stack_marker(wildcards.stack),
     output:
-        "results/analysis/{run}/sharpness.parquet",
+        "results/analysis/{stack}.parquet",
     params:
-        spec=get_spec,
-        run_dir=lambda wildcards: run_dir(wildcards.run),
-        cfg=get_analysis_cfg,
-        along_training=lambda wildcards: ANALYSED[wildcards.run],
+        specs=lambda wildcards: [RUNS[run_id].to_dict() for run_id in stack_analysed_runs(wildcards)],
+        run_dirs=lambda wildcards: [run_dir(run_id) for run_id in stack_analysed_runs(wildcards)],
+        along_training=lambda wildcards: [ANALYSED[run_id] for run_id in stack_analysed_runs(wildcards)],
+        cfg=lambda wildcards: config["studies"][RUNS[stack_analysed_runs(wildcards)[0]].study]["analysis"],
         device=config["device"],
     threads: config["threads_per_run"]
     resources:
         gpu=config["gpus_per_run"],
     log:
-        "results/logs/analyse_checkpoints/{run}.log",
+        "results/logs/analyse_stack/{stack}.log",
     script:
-        "../../scripts/analyse_checkpoints.py"
+        "../../scripts/analyse_stack.py"

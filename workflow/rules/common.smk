@@ -1,9 +1,8 @@
 # Shared helpers: where things live, and what each run needs.
 
 wildcard_constraints:
-    run=r".+",
     stack=r".+",
-    pair=r".+",
+    study=r"[^/]+",
     dataset=r"mnist1d|cifar10|cifar100",
 
 
@@ -13,10 +12,6 @@ def run_dir(run_id):
 
 def data_file(dataset):
     return f"results/data/{dataset}.npz"
-
-
-def get_train_data(wildcards):
-    return data_file(RUNS[wildcards.run].dataset)
 
 
 def stack_marker(stack_id):
@@ -32,25 +27,9 @@ def all_stack_markers():
     return [stack_marker(stack_id) for stack_id in STACKS]
 
 
-def get_spec(wildcards):
-    return RUNS[wildcards.run].to_dict()
-
-
 def all_run_files(name):
     return [f"{run_dir(run_id)}/{name}" for run_id in RUNS]
 
 
-def get_analysis_cfg(wildcards):
-    return config["studies"][RUNS[wildcards.run].study]["analysis"]
-
-
-def pair_run_dirs(wildcards):
-    return [run_dir(run_id) for run_id in PAIRS[wildcards.pair].candidates]
-
-
-def pair_markers(wildcards):
-    return sorted({run_marker(run_id) for run_id in PAIRS[wildcards.pair].candidates})
-
-
-def get_pair_data(wildcards):
-    return data_file(RUNS[PAIRS[wildcards.pair].candidates[0]].dataset)
+def study_pair_markers(wildcards):
+    return sorted({run_marker(run_id) for pair in STUDY_PAIRS[wildcards.study] for run_id in pair.candidates})

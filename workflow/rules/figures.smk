@@ -1,5 +1,5 @@
-# Figures, PNG and PDF, drawn from the tables by scripts/figure.py (batchlab.plots), one rule
-# per figure. The PNGs go into the HTML report with the captions in workflow/report/.
+# Figures, PNG and PDF, drawn from the tables by scripts/figures.py (batchlab.plots). The PNGs
+# go into the HTML report with the captions in workflow/report/.
 
 TABLES = {
     "runs": rules.gather_tables.output.runs,
@@ -26,23 +26,29 @@ FIGURES = {
     "noise_scale": (["runs", "sharpness", "critical"], "3 Critical batch size (Golmant, Shallue)"),
 }
 
-for figure, (tables, category) in FIGURES.items():
+# One job per report section, drawing its figures as soon as their tables exist: a figure is a
+# second or two of work, starting Python with pandas and matplotlib about three.
+SECTIONS = {}  # section -> its figures, in FIGURES' order
+for figure, (_, section) in FIGURES.items():
+    SECTIONS.setdefault(section, []).append(figure)
+
+for number, (section, figures) in enumerate(SECTIONS.items(), start=1):
 
     rule:
         name:
-            f"figure_{figure}"
+            f"figures_{number}"
         input:
-            **{table: TABLES[table] for table in tables},
+            **{table: TABLES[table] for figure in figures for table in FIGURES[figure][0]},
         output:
-            png=f"results/figures/{figure}.png",
-            pdf=f"results/figures/{figure}.pdf",
+            png=[f"results/figures/{figure}.png" for figure in figures],
+            pdf=[f"results/figures/{figure}.pdf" for figure in figures],
         params:
-            figure=figure,
+            tables={figure: FIGURES[figure][0] for figure in figures},
         log:
-            f"results/logs/figures/{figure}.log",
+            f"results/logs/figures/section{number}.log",
         script:
-            "../../scripts/figure.py"
+            "../../scripts/figures.py"
 
 
-def all_figures():
-    return [getattr(rules, f"figure_{figure}").output for figure in FIGURES]
+def all_figures(kind="png"):
+    return [f"results/figures/{figure}.{kind}" for figure in FIGURES]

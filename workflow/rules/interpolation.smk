@@ -1,24 +1,24 @@
-# Keskar's 1-D interpolation between the small- and large-batch solutions of each pair. The
-# job reads every candidate's status and interpolates between the healthy ends, so a
-# diverged or stalled run is never one of them.
+# Keskar's 1-D interpolation between the small- and large-batch solutions of each pair, one job
+# per study for all its pairs. The job reads every candidate's status and interpolates between
+# the healthy ends, so a diverged or stalled run is never one of them.
 
 
-rule interpolate_pair:
+rule interpolate_study:
     input:
-        data=get_pair_data,
-        trained=pair_markers,
+        data=lambda wildcards: data_file(config["studies"][wildcards.study]["dataset"]),
+        trained=study_pair_markers,
     output:
-        "results/interpolation/{pair}.parquet",
+        "results/interpolation/{study}.parquet",
     params:
-        pair=lambda wildcards: vars(PAIRS[wildcards.pair]),
-        run_dirs=pair_run_dirs,
-        spec=lambda wildcards: RUNS[PAIRS[wildcards.pair].candidates[0]].to_dict(),
-        cfg=lambda wildcards: config["studies"][PAIRS[wildcards.pair].study]["interpolation"],
+        pairs=lambda wildcards: [vars(pair) for pair in STUDY_PAIRS[wildcards.study]],
+        run_dirs=lambda wildcards: [[run_dir(r) for r in pair.candidates] for pair in STUDY_PAIRS[wildcards.study]],
+        specs=lambda wildcards: [RUNS[pair.candidates[0]].to_dict() for pair in STUDY_PAIRS[wildcards.study]],
+        cfg=lambda wildcards: config["studies"][wildcards.study]["interpolation"],
         device=config["device"],
     threads: config["threads_per_run"]
     resources:
         gpu=config["gpus_per_run"],
     log:
-        "results/logs/interpolate_pair/{pair}.log",
+        "results/logs/interpolate/{study}.log",
     script:
-        "../../scripts/interpolate_pair.py"
+        "../../scripts/interpolate_study.py"

@@ -23,7 +23,7 @@ rule report:
         critical=rules.speedup_tables.output.critical,
         ratios=rules.sharpness_ratios.output[0],
         summary=rules.report_summary.output[0],
-        figures=[getattr(rules, f"figure_{figure}").output.png for figure in FIGURES],
+        figures=all_figures("png"),
         captions=[str(Path(workflow.basedir) / "workflow" / "report" / f"{figure}.rst") for figure in FIGURES],
     output:
         "results/report.html",

@@ -18,7 +18,7 @@ rule gather_tables:
 
 rule gather_sharpness:
     input:
-        expand("results/analysis/{run}/sharpness.parquet", run=ANALYSED),
+        expand("results/analysis/{stack}.parquet", stack=ANALYSED_STACKS),
     output:
         "results/tables/sharpness.parquet",
     params:
@@ -31,7 +31,7 @@ rule gather_sharpness:
 
 rule gather_interpolation:
     input:
-        expand("results/interpolation/{pair}.parquet", pair=PAIRS),
+        expand("results/interpolation/{study}.parquet", study=STUDY_PAIRS),
     output:
         "results/tables/interpolation.parquet",
     params:
