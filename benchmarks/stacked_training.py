@@ -101,8 +101,11 @@ def main() -> None:
         how = {"plain loop": lambda: plain_loop(model, data, batch, steps)}
         for k in ks if not model.startswith("resnet") else [k for k in ks if k <= 4]:  # larger ResNet stacks take minutes on a CPU
             how[f"stack K={k}"] = lambda k=k: stacked(model, data, batch, k, steps) / k
-        # Interleaved, so that a busy spell on a shared machine slows every contender alike.
-        seconds = {name: min(times) for name, times in zip(how, zip(*([f() for f in how.values()] for _ in range(args.repeats))))}
+        times = {name: [] for name in how}
+        for _ in range(args.repeats):  # interleaved, so that a busy spell on a shared machine slows every contender alike
+            for name, run in how.items():
+                times[name].append(run())
+        seconds = {name: min(t) for name, t in times.items()}
         for name, s in seconds.items():
             rate = steps / s
             print(f"{model:8} {batch:5d} {name:>12} {rate:12.0f} {rate * batch:11.0f} {seconds['plain loop'] / s:9.2f}", flush=True)

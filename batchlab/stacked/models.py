@@ -438,7 +438,8 @@ class StackedModel:
         with torch.no_grad():
             params = {key: convert(p.detach()).requires_grad_(True) for key, p in self.params.items()}
             buffers = {key: convert(b) for key, b in self.buffers.items()}
-        return StackedModel(self.name, self.arch, params, buffers, self.state_keys, plain or copy.deepcopy(self._plain))
+        plain = copy.deepcopy(self._plain) if plain is None else plain
+        return StackedModel(self.name, self.arch, params, buffers, self.state_keys, plain)
 
     def _check_member(self, k: int) -> None:
         if not 0 <= k < self.k:

@@ -82,7 +82,7 @@ class StackedOptimizer:
         self.has_state = {name: [False] * self.num_members for name in params}
         self.last_lr = torch.full((self.num_members,), NO_LR_YET, dtype=torch.float64, device=self.device)
         self._lr_given, self._lr_given_version = None, None  # the lr tensor last passed to step, and its version
-        self._neg_lr_for, self._neg_lr_names, self._neg_lr = None, None, []
+        self._neg_lr: dict[tuple[str, ...], list[Tensor]] = {}  # -last_lr shaped for the updated parameters
 
     # --- the update ---------------------------------------------------------------------------
 
@@ -102,17 +102,16 @@ class StackedOptimizer:
             if self.is_adam:
                 self._adam_update(params, grads, states, lr)
             else:
-                self._sgd_update(params, grads, states, self._neg_lr_views(lr, names))
+                self._sgd_update(params, grads, states, self._neg_lr_views(names))
             for name in names:
                 self.has_state[name] = [True] * self.num_members
-        self.last_lr = lr
 
-    def _neg_lr_views(self, lr: Tensor, names: list[str]) -> list[Tensor]:
-        """-lr broadcastable over each named parameter, built again only when the LR changes (seldom, by schedule)."""
-        if self._neg_lr_for is not lr or self._neg_lr_names != names:  # holding lr, `is` cannot match a reused id
-            self._neg_lr = _per_member_each(-lr, [self.params[name] for name in names])
-            self._neg_lr_for, self._neg_lr_names = lr, names
-        return self._neg_lr
+    def _neg_lr_views(self, names: list[str]) -> list[Tensor]:
+        """-last_lr broadcastable over each named parameter, kept until the LR changes (seldom, by schedule)."""
+        key = tuple(names)
+        if key not in self._neg_lr:
+            self._neg_lr = {key: _per_member_each(-self.last_lr, [self.params[name] for name in names])}
+        return self._neg_lr[key]
 
     def _sgd_update(self, params: list[Tensor], grads: list[Tensor], states: list[dict], neg_lr: list[Tensor]) -> None:
         momentum, weight_decay = self.group["momentum"], self.group["weight_decay"]
@@ -185,9 +184,8 @@ class StackedOptimizer:
             # As torch's load_state_dict: the group's params list maps saved indices to positions.
             saved = state_dict["state"].get(group["params"][position])
             self._load_member_param_state(name, k, saved)
-        self.last_lr = self.last_lr.clone()  # step may hold the old one as the LR it converted last
         self.last_lr[k] = group["lr"]
-        self._lr_given = None
+        self._lr_given = None  # the next step converts its lr afresh
 
     def _load_member_param_state(self, name: str, k: int, saved: dict | None) -> None:
         state, tensors = self.state[name], self._tensors_to_restore(saved)
@@ -236,15 +234,16 @@ class StackedOptimizer:
         return {}
 
     def _checked_lr(self, lr: Tensor) -> Tensor:
-        """lr as a float64 copy of its own, converted again only when a new tensor comes or this one changed in place."""
+        """lr as `last_lr`, a float64 copy of its own, converted again only when a new tensor comes
+        or this one changed in place (the trainer passes one tensor until the schedule moves)."""
         if not isinstance(lr, Tensor) or lr.shape != (self.num_members,):
             raise ValueError(f"lr must be a tensor of shape ({self.num_members},), one value per member; got {lr!r}")
         if lr.device != self.device:
             raise ValueError(f"lr is on {lr.device}, the parameters on {self.device}")
-        if lr is self._lr_given and lr._version == self._lr_given_version:
-            return self.last_lr
-        self._lr_given, self._lr_given_version = lr, lr._version
-        return lr.detach().to(torch.float64, copy=True)
+        if lr is not self._lr_given or lr._version != self._lr_given_version:
+            self._lr_given, self._lr_given_version = lr, lr._version
+            self.last_lr, self._neg_lr = lr.detach().to(torch.float64, copy=True), {}
+        return self.last_lr
 
     def _checked_group(self, state_dict: dict) -> dict:
         groups = state_dict["param_groups"]
