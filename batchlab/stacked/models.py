@@ -374,7 +374,7 @@ class StackedModel:
         """
         if x.shape[0] != self.k:
             raise ValueError(f"input has {x.shape[0]} members on its leading dimension, the model {self.k}")
-        if self.has_convolutions and x.device.type == "cpu" and x.shape[1] >= CPU_MEMBER_LOOP_MIN_BATCH:
+        if self.runs_member_by_member(x.shape[1], x.device):
             return self._forward_member_by_member(x, train)
         return FAMILIES[self.name].forward(self.arch, self.params, self.buffers, x, train)
 
@@ -396,9 +396,10 @@ class StackedModel:
         stacked = {**self.params, **self.buffers}
         return {key: stacked[key][k].detach().clone() for key in self.state_keys}
 
-    @property
-    def has_convolutions(self) -> bool:
-        return isinstance(self.arch, (CNNArch, ResNetArch))
+    def runs_member_by_member(self, batch_size: int, device: torch.device) -> bool:
+        """Whether `forward` runs the members one by one at this many examples per member (see
+        CPU_MEMBER_LOOP_MIN_BATCH), rather than all at once."""
+        return isinstance(self.arch, (CNNArch, ResNetArch)) and device.type == "cpu" and batch_size >= CPU_MEMBER_LOOP_MIN_BATCH
 
     @torch.no_grad()
     def load_member(self, k: int, state_dict: dict[str, Tensor]) -> None:

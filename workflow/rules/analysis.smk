@@ -23,6 +23,9 @@ rule analyse_stack:
     threads: config["threads_per_run"]
     resources:
         gpu=config["gpus_per_run"],
+    # Last among the jobs ready to run: training, tables and figures wait for nothing here,
+    # so they go first and the analyses fill the cores around them.
+    priority: -1
     log:
         "results/logs/analyse_stack/{stack}.log",
     script:

@@ -18,8 +18,6 @@ rule train_stack:
     threads: config["threads_per_run"]
     resources:
         gpu=config["gpus_per_run"],
-    # Everything else waits for training: while a stack is left to train, it goes first.
-    priority: 1
     log:
         "results/logs/train/{stack}.log",
     script:
