@@ -2,7 +2,7 @@
 
 `check_config` fills the schema's defaults in place (through `snakemake.utils.validate`)
 and stops on the first problem with a message that names the offending key. `build_grid`
-turns every study into its runs: the product of models x batch sizes x BN batch sizes x
+turns every study into its runs: the product of training fractions x models x batch sizes x BN batch sizes x
 LR rules x base LRs x seeds. Each run's `run_id` is its readable directory under
 `results/runs/`, e.g. `demo/cnn/bs64/linear/lr0.1/seed0`.
 """
@@ -15,16 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchlab.data.catalog import DatasetInfo, dataset_info
 from batchlab.lr_rules import scaled_lr
-from batchlab.models import has_batchnorm
+from batchlab.models import MODEL_INPUTS, check_bn_batch_size
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-MNIST1D_MODELS = ("mlp", "cnn", "gru")
-CIFAR_TRAIN_SIZE = 50_000
+GENERATED_DATASETS = ("mnist1d", "shapes", "pydoc_text")  # made or shipped locally: no datasets entry needed
 
 
 # run filter key -> the study's list it selects from
-FILTER_KEYS = {"models": "models", "batch_sizes": "batch_sizes", "lr_rules": "lr_rules", "base_lrs": "base_lrs", "seeds": "seeds"}
+FILTER_KEYS = {"models": "models", "batch_sizes": "batch_sizes", "lr_rules": "lr_rules", "base_lrs": "base_lrs", "seeds": "seeds",
+               "train_fractions": "train_fractions"}
 
 
 class ConfigError(ValueError):
@@ -56,27 +57,33 @@ def check_config(config: dict, schema_path: str | os.PathLike = SCHEMA_PATH) -> 
     return config
 
 
+def study_dataset_info(dataset: str, datasets: dict) -> DatasetInfo:
+    """What a study's data set looks like (batchlab.data.catalog), before any file is read."""
+    return dataset_info(dataset, datasets.get(dataset, {}))
+
+
 def dataset_train_size(dataset: str, datasets: dict) -> int:
-    if dataset == "mnist1d":
-        return datasets["mnist1d"]["n_train"]
-    return CIFAR_TRAIN_SIZE
+    return study_dataset_info(dataset, datasets).n_train
 
 
 def _check_study(name: str, study: dict, datasets: dict) -> None:
     where = f"studies.{name}"
     dataset = study["dataset"]
-    if dataset != "mnist1d" and dataset not in datasets:
+    if dataset not in GENERATED_DATASETS and dataset not in datasets:
         raise ConfigError(f"invalid config at '{where}.dataset': {dataset} needs a 'datasets.{dataset}' entry with its root")
+    info = study_dataset_info(dataset, datasets)
     for model in study["models"]:
-        if (model in MNIST1D_MODELS) != (dataset == "mnist1d"):
-            raise ConfigError(f"invalid config at '{where}.models': model {model!r} does not take {dataset} inputs")
+        if MODEL_INPUTS[model] != info.inputs:
+            raise ConfigError(f"invalid config at '{where}.models': model {model!r} takes {MODEL_INPUTS[model]} inputs, "
+                              f"but {dataset} holds {info.inputs} data")
     opt = study["optimizer"]
     if opt["nesterov"] and (opt["name"] != "sgd" or opt["momentum"] == 0):
         raise ConfigError(f"invalid config at '{where}.optimizer.nesterov': Nesterov needs SGD with momentum > 0")
-    n_train = dataset_train_size(dataset, datasets)
+    n_train = max(1, round(min(study["train_fractions"]) * info.n_train))  # as Dataset.train_fraction keeps
     for b in study["batch_sizes"]:
         if b > n_train:
-            raise ConfigError(f"invalid config at '{where}.batch_sizes': {b} is larger than the {n_train} training examples")
+            raise ConfigError(f"invalid config at '{where}.batch_sizes': {b} is larger than the {n_train} training examples"
+                              + (" of the smallest training fraction" if n_train < info.n_train else ""))
     for section in ("analysis", "interpolation"):
         for key, flt in study[section].items():
             if isinstance(flt, dict) and key in ("runs", "along_training", "select"):
@@ -91,9 +98,11 @@ def _check_study(name: str, study: dict, datasets: dict) -> None:
         raise ConfigError(f"invalid config at '{where}.analysis.noise_scale': max_draws ({ns['max_draws']}) must be at least n_draws ({ns['n_draws']})")
     bn_sizes = [m for m in study["bn_batch_sizes"] if m is not None]
     if bn_sizes:
-        no_bn = [m for m in study["models"] if not has_batchnorm(m)]
-        if no_bn:
-            raise ConfigError(f"invalid config at '{where}.bn_batch_sizes': models {no_bn} have no BatchNorm")
+        for model in study["models"]:
+            try:
+                check_bn_batch_size(model, bn_sizes[0])
+            except ValueError as exc:
+                raise ConfigError(f"invalid config at '{where}.bn_batch_sizes': {exc}") from None
         for m, b in itertools.product(bn_sizes, study["batch_sizes"]):
             if m <= b and b % m:
                 raise ConfigError(f"invalid config at '{where}.bn_batch_sizes': {m} does not divide batch size {b}")
@@ -112,6 +121,7 @@ class RunSpec:
     base_lr: float
     ref_batch_size: int
     seed: int
+    train_fraction: float = 1.0  # of the data set's training examples (Golmant et al. 2018: 100%, 50%, 25%)
     optimizer: dict = field(default_factory=dict)
     budget: dict = field(default_factory=dict)
     schedule: dict = field(default_factory=dict)
@@ -127,8 +137,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        bn = f"/bn{self.bn_batch_size}" if self.bn_batch_size is not None else ""
-        return f"{self.study}/{self.model}/bs{self.batch_size}{bn}/{self.lr_rule}/lr{self.base_lr:g}/seed{self.seed}"
+        return f"{self.study}/{self.model}/bs{self.batch_size}{_group_suffix(self)}/{self.lr_rule}/lr{self.base_lr:g}/seed{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,18 +147,27 @@ class RunSpec:
         return cls(**d)
 
 
+def _group_suffix(run: RunSpec) -> str:
+    """The path parts beyond model and batch size that set a run's stack: BN batch size and training fraction."""
+    bn = f"/bn{run.bn_batch_size}" if run.bn_batch_size is not None else ""
+    fraction = f"/frac{run.train_fraction:g}" if run.train_fraction != 1 else ""
+    return bn + fraction
+
+
 def study_runs(name: str, study: dict) -> list[RunSpec]:
     shared = {k: study[k] for k in ("optimizer", "budget", "schedule", "eval", "checkpoints", "divergence", "health")}
     runs = []
-    for model, b, m, rule, lr, seed in itertools.product(
-        study["models"], study["batch_sizes"], study["bn_batch_sizes"], study["lr_rules"], study["base_lrs"], study["seeds"]
+    for fraction, model, b, m, rule, lr, seed in itertools.product(
+        study["train_fractions"], study["models"], study["batch_sizes"], study["bn_batch_sizes"], study["lr_rules"],
+        study["base_lrs"], study["seeds"],
     ):
         if m is not None and m > b:
             continue  # a BN sub-batch larger than the SGD batch does not exist
         runs.append(
             RunSpec(
                 study=name, dataset=study["dataset"], model=model, batch_size=b, bn_batch_size=m, lr_rule=rule,
-                base_lr=float(lr), ref_batch_size=study["ref_batch_size"], seed=seed, **shared,
+                base_lr=float(lr), ref_batch_size=study["ref_batch_size"], seed=seed, train_fraction=float(fraction),
+                **shared,
             )
         )
     return runs
@@ -171,7 +189,7 @@ def build_grid(config: dict) -> dict[str, RunSpec]:
 def run_matches(run: RunSpec, run_filter: dict) -> bool:
     """Whether `run` passes a run filter (each listed coordinate must be among the values)."""
     coords = {"models": run.model, "batch_sizes": run.batch_size, "lr_rules": run.lr_rule,
-              "base_lrs": run.base_lr, "seeds": run.seed}
+              "base_lrs": run.base_lr, "seeds": run.seed, "train_fractions": run.train_fraction}
     return all(coords[key] in values for key, values in run_filter.items())
 
 
@@ -208,8 +226,7 @@ def pair_ends(pair: Pair, statuses: dict[str, str]) -> tuple[str, str] | None:
 
 
 def _auto_pair_id(run: RunSpec) -> str:
-    bn = f"/bn{run.bn_batch_size}" if run.bn_batch_size is not None else ""
-    return f"{run.study}/{run.model}{bn}/{run.lr_rule}/lr{run.base_lr:g}/seed{run.seed}"
+    return f"{run.study}/{run.model}{_group_suffix(run)}/{run.lr_rule}/lr{run.base_lr:g}/seed{run.seed}"
 
 
 def _explicit_pair_id(small: RunSpec, large: RunSpec) -> str:
@@ -225,7 +242,7 @@ def _explicit_pairs(name: str, pairs: list[dict], grid: dict[str, RunSpec]) -> l
                 raise ConfigError(f"invalid config at 'studies.{name}.interpolation.pairs[{i}].{role}': "
                                   f"{p[role]!r} is not a run of this study")
         small, large = grid[p["small"]], grid[p["large"]]
-        if (small.model, small.bn_batch_size) != (large.model, large.bn_batch_size):
+        if (small.model, small.bn_batch_size, small.train_fraction) != (large.model, large.bn_batch_size, large.train_fraction):
             raise ConfigError(f"invalid config at 'studies.{name}.interpolation.pairs[{i}]': the two runs must share "
                               f"one architecture, got {small.model} and {large.model}")
         out.append(Pair(_explicit_pair_id(small, large), name, (small.run_id, large.run_id)))
@@ -259,20 +276,19 @@ def build_pairs(config: dict, grid: dict[str, RunSpec]) -> dict[str, Pair]:
 
 @dataclass(frozen=True)
 class Stack:
-    """Runs of one study that share model, batch size and BN batch size, trained in one job."""
+    """Runs of one study that share model, batch size, BN batch size and training fraction, trained in one job."""
 
     stack_id: str
     runs: tuple[str, ...]
 
 
 def build_stacks(config: dict, grid: dict[str, RunSpec]) -> dict[str, Stack]:
-    """The training jobs: each (study, model, batch size, BN batch size) group of runs, in grid
+    """The training jobs: each (study, model, batch size, BN batch size, training fraction) group of runs, in grid
     order, cut into stacks of at most the study's `max_stack` runs. The stacks follow from the
     config alone, so every process that reads it (a cluster job too) sees the same ones."""
     groups: dict[str, list[str]] = {}
     for run_id, run in grid.items():
-        bn = f"/bn{run.bn_batch_size}" if run.bn_batch_size is not None else ""
-        groups.setdefault(f"{run.study}/{run.model}/bs{run.batch_size}{bn}", []).append(run_id)
+        groups.setdefault(f"{run.study}/{run.model}/bs{run.batch_size}{_group_suffix(run)}", []).append(run_id)
     stacks = {}
     for group, runs in groups.items():
         size = config["studies"][grid[runs[0]].study]["max_stack"]

@@ -3,9 +3,11 @@
 Top to bottom:
 - provenance: the git commit, package versions, the devices the runs trained on, and the
   full resolved config;
-- the summary, one row per (study, model): run health, the best batch size, B_crit (or the
-  bound the data allow, or why there is none) beside the noise-scale prediction, and the
-  large- over small-batch sharpness ratio, each with its interval;
+- the summary, one row per (study, model, training fraction): run health, the best batch
+  size by the task's own quality (test accuracy; test perplexity for a language model, test
+  mean IoU for segmentation), B_crit (or the bound the data allow, or why there is none)
+  beside the noise-scale prediction, and the large- over small-batch sharpness ratio, each
+  with its interval;
 - one section per paper, each opening with its table and then its figures with captions.
   The sharpness section opens with Keskar's LB / SB ratios at every epsilon and for the
   Hessian, with their intervals over seeds and the train loss both ends reached.
@@ -27,13 +29,18 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from batchlab.plots import best_base_lr_runs
+from batchlab.plots.common import model_label
+from batchlab.plots.critical import Target, fit_row, resolved_label, target_label
+from batchlab.plots.generalization import (
+    CLASSIFICATION, QUALITY, best_base_lr_runs, quality_scores, run_scores, run_tasks, with_fraction,
+)
 from batchlab.sharpness_ratio import headline_ratio
-from batchlab.speedup import BEST_RULE, TARGET_METRICS
+from batchlab.speedup import TARGET_FIXED, TARGET_METRICS, train_fractions
 
 SUMMARY_COLUMNS = (
-    "study", "model", "n_runs", "n_completed", "n_diverged", "n_stalled", "best_batch_size", "best_lr_rule",
-    "best_test_acc", "target", "b_crit", "b_crit_ci_low", "b_crit_ci_high", "fit_status", "b_crit_bound",
+    "study", "model", "train_fraction", "task", "n_runs", "n_completed", "n_diverged", "n_stalled", "best_batch_size",
+    "best_lr_rule", "best_test_acc", "best_test_perplexity", "best_test_miou", "target", "b_crit", "b_crit_ci_low",
+    "b_crit_ci_high", "fit_status", "b_crit_bound",
     "b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high", "sharpness_epsilon", "sharpness_sb_batch_size",
     "sharpness_lb_batch_size", "sharpness_ratio", "sharpness_ratio_ci_low", "sharpness_ratio_ci_high", "sharpness_n_pairs",
 )
@@ -59,37 +66,44 @@ FIT_STATUS_TEXT = {
 
 # --- the summary table ---------------------------------------------------------------------
 
-def headline_target(targets: dict) -> tuple[str, float] | None:
-    """The first configured target, in the order train_loss, test_loss, test_error."""
+def headline_target(targets: dict) -> Target | None:
+    """The first configured target, in the order train_loss, test_loss, test_error: (metric, rule, value),
+    the value None for a rule (`largest_batch_q25`), which each model resolves for itself."""
     for metric in TARGET_METRICS:
         if targets.get(metric):
-            return metric, float(targets[metric][0])
+            target = targets[metric][0]
+            return (metric, target, None) if isinstance(target, str) else (metric, TARGET_FIXED, float(target))
     return None
 
 
 def _best_cell(runs: pd.DataFrame) -> dict:
-    """The (batch size, rule) whose best base LR gives the highest median final test accuracy;
-    a diverged or stalled seed scores 0, so an LR that fails does not win."""
+    """The (batch size, rule) whose best base LR gives the best median final test quality (`quality_scores`:
+    accuracy, 1 / perplexity or mean IoU); a diverged or stalled seed scores 0, so an LR that fails does not win.
+    Beside the median test accuracy, the task's own measure at that median: for a language model the
+    perplexity of the median score (infinite when most seeds failed), for segmentation the mean IoU."""
     chosen = best_base_lr_runs(runs)
-    scored = chosen.assign(score=chosen["final_test_acc"].where(chosen["status"] == "completed", 0.0).fillna(0.0))
-    cells = scored.groupby(["lr_rule", "batch_size"], as_index=False)["score"].median()
+    scored = chosen.assign(score=quality_scores(chosen), acc=run_scores(chosen))
+    cells = scored.groupby(["lr_rule", "batch_size"], as_index=False)[["score", "acc"]].median()
     best = cells.loc[cells["score"].idxmax()]
-    return dict(best_batch_size=int(best["batch_size"]), best_lr_rule=best["lr_rule"], best_test_acc=float(best["score"]))
+    score, task = float(best["score"]), run_tasks(runs).iloc[0]
+    return dict(best_batch_size=int(best["batch_size"]), best_lr_rule=best["lr_rule"], best_test_acc=float(best["acc"]),
+                best_test_perplexity=(1.0 / score if score > 0 else np.inf) if task == "language_model" else np.nan,
+                best_test_miou=score if task == "segmentation" else np.nan)
 
 
-def _critical_row(critical: pd.DataFrame, study: str, model: str, target: tuple[str, float]) -> dict:
-    fit = critical[(critical["study"] == study) & (critical["model"] == model) & (critical["lr_rule"] == BEST_RULE)
-                   & (critical["target_metric"] == target[0]) & (critical["target_value"] == target[1])]
-    if fit.empty:
+def _critical_row(f: pd.Series | None) -> dict:
+    """The summary's columns from the tuned curve's fit (`plots.critical.fit_row`) for the headline target."""
+    if f is None:
         return {}
-    f = fit.iloc[0]
     return dict(b_crit=f["b_crit"], b_crit_ci_low=f["ci_low"], b_crit_ci_high=f["ci_high"], fit_status=f["fit_status"],
                 b_crit_bound=f["b_crit_bound"], b_noise_predicted=f["b_noise_predicted"],
                 b_noise_ci_low=f["b_noise_ci_low"], b_noise_ci_high=f["b_noise_ci_high"])
 
 
-def _sharpness_row(headline: pd.DataFrame, study: str, model: str) -> dict:
+def _sharpness_row(headline: pd.DataFrame, study: str, model: str, fraction: float) -> dict:
     mine = headline[(headline["study"] == study) & (headline["model"] == model)]
+    if "train_fraction" in mine:  # a ratios table that keeps the training fractions apart
+        mine = mine[np.isclose(train_fractions(mine), fraction)]
     if mine.empty:
         return {}
     r = mine.iloc[0]
@@ -100,21 +114,26 @@ def _sharpness_row(headline: pd.DataFrame, study: str, model: str) -> dict:
 
 
 def summary_table(runs: pd.DataFrame, critical: pd.DataFrame, ratios: pd.DataFrame, settings: dict) -> pd.DataFrame:
-    """One row per (study, model); `settings` maps study -> its `speedup` config."""
+    """One row per (study, model, training fraction); `settings` maps study -> its `speedup` config."""
     headline = headline_ratio(ratios)
     rows = []
-    for (study, model), group in runs.groupby(["study", "model"]):
+    runs = with_fraction(runs)
+    for (study, model, fraction), group in runs.groupby(["study", "model", "train_fraction"]):
         counts = group["status"].value_counts()
-        row = dict(study=study, model=model, n_runs=len(group), n_completed=int(counts.get("completed", 0)),
-                   n_diverged=int(counts.get("diverged", 0)), n_stalled=int(counts.get("stalled", 0)))
+        row = dict(study=study, model=model, train_fraction=fraction, task=run_tasks(group).iloc[0], n_runs=len(group),
+                   n_completed=int(counts.get("completed", 0)), n_diverged=int(counts.get("diverged", 0)),
+                   n_stalled=int(counts.get("stalled", 0)))
         row.update(_best_cell(group))
         target = headline_target(settings.get(study, {}).get("targets", {}))
         if target is not None:
-            row["target"] = f"{target[0].replace('_', ' ')} ≤ {target[1]:g}"
-            row.update(_critical_row(critical, study, model, target))
-        row.update(_sharpness_row(headline, study, model))
+            fit = fit_row(critical, study, model, target, fraction)
+            row["target"] = resolved_label(fit) if fit is not None else target_label(*target)
+            row.update(_critical_row(fit))
+        row.update(_sharpness_row(headline, study, model, fraction))
         rows.append(row)
-    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    # the whole training set first, as in the critical-batch table
+    return table.sort_values(["study", "model", "train_fraction"], ascending=[True, True, False], ignore_index=True)
 
 
 # --- formatting ----------------------------------------------------------------------------
@@ -147,15 +166,26 @@ def b_crit_text(b_crit, low, high, status, bound) -> str:
     return "–"
 
 
+def best_quality_text(row) -> str:
+    """The best cell's median test quality: the accuracy, or the task's own measure named."""
+    if row.task == "language_model":
+        return f"test perplexity {fmt(row.best_test_perplexity, '{:.4g}')}"
+    if row.task == "segmentation":
+        return f"test mean IoU {fmt(row.best_test_miou, '{:.3f}')}"
+    return f"{row.best_test_acc:.3f}"
+
+
 def summary_display(table: pd.DataFrame) -> pd.DataFrame:
-    """The summary as the strings the report shows."""
+    """The summary as the strings the report shows; a study with several training fractions names each
+    row's ("resnet20 (50% of the data)")."""
+    best = "median test acc." if set(table["task"]) <= {CLASSIFICATION} else "median test accuracy, perplexity or mean IoU"
     out = pd.DataFrame({
         "study": table["study"],
-        "model": table["model"],
+        "model": model_label(table),
         "runs (completed / diverged / stalled)": [f"{r.n_runs} ({r.n_completed} / {r.n_diverged} / {r.n_stalled})"
                                                   for r in table.itertuples()],
-        "best batch size (rule, median test acc.)": [f"{r.best_batch_size} ({r.best_lr_rule}, {r.best_test_acc:.3f})"
-                                                     for r in table.itertuples()],
+        f"best batch size (rule, {best})": [f"{r.best_batch_size} ({r.best_lr_rule}, {best_quality_text(r)})"
+                                            for r in table.itertuples()],
         "target": table["target"].astype(object).fillna("none configured"),
         "B_crit [95% interval]": [b_crit_text(r.b_crit, r.b_crit_ci_low, r.b_crit_ci_high, r.fit_status, r.b_crit_bound)
                                   for r in table.itertuples()],
@@ -189,10 +219,13 @@ def ratios_display(ratios: pd.DataFrame) -> pd.DataFrame:
 
 
 def critical_display(critical: pd.DataFrame) -> pd.DataFrame:
-    critical = critical.sort_values(["study", "model", "target_metric", "target_value", "lr_rule"])
+    """One row per critical-batch fit; a target set by a rule shows each model's own resolved value."""
+    critical = critical.assign(train_fraction=train_fractions(critical)).sort_values(
+        ["study", "model", "train_fraction", "target_metric", "target_rule", "target_value", "lr_rule"],
+        ascending=[True, True, False, True, True, True, True])
     return pd.DataFrame({
-        "study": critical["study"], "model": critical["model"], "LR rule": critical["lr_rule"],
-        "target": critical["target_metric"].str.replace("_", " ") + " ≤ " + critical["target_value"].map("{:g}".format),
+        "study": critical["study"], "model": model_label(critical), "LR rule": critical["lr_rule"],
+        "target": [resolved_label(row) for _, row in critical.iterrows()],
         "points": critical["n_points"],
         "B_crit [95% interval]": [b_crit_text(r.b_crit, r.ci_low, r.ci_high, r.fit_status, r.b_crit_bound)
                                   for r in critical.itertuples()],
@@ -204,12 +237,18 @@ def critical_display(critical: pd.DataFrame) -> pd.DataFrame:
 
 
 def unhealthy_display(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that did not complete; beside the accuracy, the perplexity or mean IoU where a study has that task."""
     bad = runs[runs["status"] != "completed"]
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "run": bad["run_id"], "status": bad["status"], "stop reason": bad.get("stop_reason", pd.Series(index=bad.index)),
         "steps": bad["steps"], "final train loss": bad["final_train_loss"].map(fmt),
         "final test acc.": bad["final_test_acc"].map(fmt),
     })
+    tasks = set(run_tasks(runs))
+    for task in ("language_model", "segmentation"):
+        if task in tasks:
+            out[f"final {QUALITY[task].name}"] = bad[QUALITY[task].column].map(fmt)
+    return out
 
 
 def converged_studies(config: dict) -> set[str]:
@@ -303,9 +342,11 @@ def build_report(tables: dict[str, pd.DataFrame], summary: pd.DataFrame, figures
         "<nav>" + "".join(f'<a href="#section-{k}">{k} {html.escape(v)}</a>' for k, v in SECTIONS.items())
         + '<a href="#provenance">Provenance</a></nav>',
         "<section id='summary'><h2>Summary</h2>",
-        "<p>Per study and model: run health; the batch size whose best base LR gave the highest median final "
-        "test accuracy; the critical batch size B_crit of S(B) = S_min (1 + B_crit / B), fitted to the LR-tuned "
-        "steps to the first target (a bound where the data only bound it, and why when there is no number); "
+        "<p>Per study and model (and training fraction, where a study trained on several): run health; the batch "
+        "size whose best base LR gave the best median final test accuracy (test perplexity for a language model, "
+        "test mean IoU for segmentation); the critical batch size B_crit of S(B) = S_min (1 + B_crit / B), fitted "
+        "to the LR-tuned steps to the first target (a bound where the data only bound it, and why when there is no "
+        "number); "
         "McCandlish's noise-scale prediction from the runs that reached that target, at the checkpoint nearest "
         "it; and the large- over small-batch ε-sharpness ratio. Diverged and stalled runs enter none of these "
         "numbers.</p>",

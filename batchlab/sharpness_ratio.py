@@ -1,6 +1,6 @@
 """Keskar's comparison: how much sharper the large-batch (LB) solution is than the small-batch (SB) one.
 
-Per study and model, at the final checkpoint:
+Per study, model and training fraction, at the final checkpoint:
 - SB is the smallest and LB the largest batch size among the healthy (status "completed")
   runs whose final checkpoint was measured. A diverged or stalled run is never SB or LB:
   it is not a solution.
@@ -27,7 +27,7 @@ from scipy import stats
 MEASURES = ("eps_sharpness_full", "eps_sharpness_subspace", "hessian_lambda_max", "hessian_trace")
 PAIR_KEY = ["lr_rule", "base_lr", "seed", "bn_batch_size"]
 RATIO_COLUMNS = (
-    "study", "model", "metric", "epsilon", "sb_batch_size", "lb_batch_size", "n_pairs", "sb_value", "lb_value",
+    "study", "model", "train_fraction", "metric", "epsilon", "sb_batch_size", "lb_batch_size", "n_pairs", "sb_value", "lb_value",
     "ratio", "ratio_ci_low", "ratio_ci_high", "sb_train_loss", "lb_train_loss", "sb_test_acc", "lb_test_acc",
 )
 
@@ -35,8 +35,10 @@ RATIO_COLUMNS = (
 def final_measures(runs: pd.DataFrame, sharpness: pd.DataFrame) -> pd.DataFrame:
     """The measures at each healthy run's final checkpoint, joined to its run row."""
     healthy = runs[runs["status"] == "completed"]
+    if "train_fraction" not in healthy:  # a runs table from before training fractions: all data
+        healthy = healthy.assign(train_fraction=1.0)
     rows = sharpness[sharpness["metric"].isin(MEASURES)].merge(
-        healthy[["run_id", "study", "model", "batch_size", "steps", "final_train_loss", "final_test_acc", *PAIR_KEY]],
+        healthy[["run_id", "study", "model", "train_fraction", "batch_size", "steps", "final_train_loss", "final_test_acc", *PAIR_KEY]],
         on="run_id")
     rows = rows[rows["step"] == rows["steps"]]
     # NaN epsilon (non-epsilon measures) would never match itself in a merge or groupby
@@ -60,10 +62,10 @@ def _pair_ends(group: pd.DataFrame, sb: int, lb: int) -> pd.DataFrame:
 
 
 def sharpness_ratios(runs: pd.DataFrame, sharpness: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """One row per (study, model, metric, epsilon): the LB / SB ratio with its interval (module docstring)."""
+    """One row per (study, model, training fraction, metric, epsilon): the LB / SB ratio with its interval (module docstring)."""
     measured = final_measures(runs, sharpness)
     rows = []
-    for (study, model), model_rows in measured.groupby(["study", "model"]):
+    for (study, model, fraction), model_rows in measured.groupby(["study", "model", "train_fraction"]):
         sb, lb = model_rows["batch_size"].min(), model_rows["batch_size"].max()
         if sb == lb:
             continue
@@ -73,7 +75,7 @@ def sharpness_ratios(runs: pd.DataFrame, sharpness: pd.DataFrame, level: float =
             ratio, low, high = (geometric_mean_interval((positive["value_lb"] / positive["value_sb"]).to_numpy(), level)
                                 if len(positive) else (np.nan, np.nan, np.nan))
             rows.append(dict(
-                study=study, model=model, metric=metric, epsilon=eps if eps > 0 else np.nan,
+                study=study, model=model, train_fraction=fraction, metric=metric, epsilon=eps if eps > 0 else np.nan,
                 sb_batch_size=int(sb), lb_batch_size=int(lb), n_pairs=len(positive),
                 sb_value=pairs["value_sb"].median(), lb_value=pairs["value_lb"].median(),
                 ratio=ratio, ratio_ci_low=low, ratio_ci_high=high,
@@ -84,10 +86,10 @@ def sharpness_ratios(runs: pd.DataFrame, sharpness: pd.DataFrame, level: float =
 
 
 def headline_ratio(ratios: pd.DataFrame) -> pd.DataFrame:
-    """Per (study, model): full-space epsilon-sharpness at the largest epsilon (Keskar's 1e-3 by
+    """Per (study, model, training fraction): full-space epsilon-sharpness at the largest epsilon (Keskar's 1e-3 by
     default), or the subspace measure where the full one was not run."""
     for metric in ("eps_sharpness_full", "eps_sharpness_subspace"):
         rows = ratios[ratios["metric"] == metric]
         if len(rows):
-            return rows[rows["epsilon"] == rows.groupby(["study", "model"])["epsilon"].transform("max")]
+            return rows[rows["epsilon"] == rows.groupby(["study", "model", "train_fraction"])["epsilon"].transform("max")]
     return ratios.iloc[0:0]

@@ -4,13 +4,16 @@ Golmant et al. 2018 and Shallue et al. 2018 ask how many steps each batch size n
 reach a target, and where a larger batch stops paying. The rules, in order:
 
 1. A run's steps to target: the first *evaluated* step at which the metric reaches the
-   target (loss or error <= target). A run that did not complete (diverged or stalled),
-   or one that never gets there, has not reached it.
+   target (loss or error <= target; a fixed value, or one that rule 7 sets). A run that did
+   not complete (diverged or stalled), or one that never gets there, has not reached it.
 2. A (batch size, LR) cell: if more than half of its seeds did not reach the target,
    the cell did not; otherwise its steps are the median over the seeds that did.
 3. Per batch size, the minimum over the LR grid, with the LR that gave it (Shallue's
    tuning per batch size): per LR rule (`constant`, `linear`, `sqrt`, each over its own
-   base LRs), and over every rule and LR together as the rule `best`.
+   base LRs), and over every rule and LR together as the rule `best`. A curve is one
+   (study, model, training fraction, LR rule): runs trained on 100%, 50% or 25% of the
+   training set (Golmant et al. 2018's grid axis `train_fraction`; 1.0 for a runs table
+   without the column) give curves and fits of their own.
 4. Speed-up: steps at the smallest batch size of the curve over steps at B; perfect
    scaling is B over that smallest batch size. Its 95% interval is a bootstrap over
    seeds: each cell's seeds are resampled with replacement and rules 2-4 applied again.
@@ -51,34 +54,56 @@ reach a target, and where a larger batch stops paying. The rules, in order:
    the median over those runs, with a 95% interval from a percentile bootstrap of the
    median over runs when there are three or more, and otherwise from the smallest lower
    and the largest upper end of the runs' own intervals.
+7. Targets (Golmant et al. 2018: "for the speed-up curves, epsilon is the lowest-quartile
+   loss reached by the largest batch size"). A target in the config is a number, or the
+   string `largest_batch_q25`, which is resolved per (study, model, training fraction), since
+   the architectures and data set sizes differ in loss: the runs at the largest batch size of
+   that model and fraction that completed (not diverged or stalled) pool the metric at every
+   evaluated step but step 0 (for test_error the error 1 - test_acc, the same way), and the
+   target is the 25th percentile of those values (np.percentile, linear interpolation). So
+   some evaluation of the largest batch is at or below it. When no run of the largest batch completed (with an evaluation
+   past step 0), the largest batch size that has one sets it instead (`target_fallback`
+   true); when no batch size has one, the target is NaN and nothing reaches it. Rules 1-6
+   then apply as for a fixed value. Both tables keep the resolved number in `target_value`
+   and say where it came from: `target_rule` ("fixed" or "largest_batch_q25"),
+   `target_batch_size` (the batch whose runs set it; missing for a fixed value) and
+   `target_fallback`.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
 TARGET_METRICS = ("train_loss", "test_loss", "test_error")
-CELL = ["study", "model", "lr_rule", "base_lr", "batch_size"]
-CURVE = ["study", "model", "lr_rule"]
+CELL = ["study", "model", "train_fraction", "lr_rule", "base_lr", "batch_size"]
+CURVE = ["study", "model", "train_fraction", "lr_rule"]
 BEST_RULE = "best"
+TARGET_FIXED = "fixed"
+LARGEST_BATCH_Q25 = "largest_batch_q25"
+TARGET_RULES = (LARGEST_BATCH_Q25,)  # the strings a target list may hold beside numbers (rule 7)
+TARGET_QUANTILE = 25.0  # rule 7: Golmant's lowest quartile
+TARGET_COLUMNS = ("target_metric", "target_value", "target_rule", "target_batch_size", "target_fallback")
 SPEEDUP_COLUMNS = (
-    "study", "model", "lr_rule", "target_metric", "target_value", "batch_size", "steps_to_target", "best_lr",
+    "study", "model", "train_fraction", "lr_rule", *TARGET_COLUMNS, "batch_size", "steps_to_target", "best_lr",
     "best_base_lr", "reached", "n_seeds", "n_seeds_reached", "speedup", "speedup_ci_low", "speedup_ci_high",
     "perfect_speedup", "regime",
 )
 CRITICAL_COLUMNS = (
-    "study", "model", "lr_rule", "target_metric", "target_value", "b_crit", "s_min", "ci_low", "ci_high",
+    "study", "model", "train_fraction", "lr_rule", *TARGET_COLUMNS, "b_crit", "s_min", "ci_low", "ci_high",
     "n_points", "fit_status", "b_crit_bound", "b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high",
     "b_noise_n_runs",
 )
 NOISE_COLUMNS = ("b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high", "b_noise_n_runs")
 # dtypes of the tables, so that an empty table still filters by `reached` and sorts by number
-_STRING_COLUMNS = {"study", "model", "lr_rule", "target_metric", "regime", "fit_status", "b_crit_bound"}
+_STRING_COLUMNS = {"study", "model", "lr_rule", "target_metric", "target_rule", "regime", "fit_status", "b_crit_bound"}
 _INT_COLUMNS = {"batch_size", "n_seeds", "n_seeds_reached", "n_points", "b_noise_n_runs"}
+_NULLABLE_INT_COLUMNS = {"target_batch_size"}  # missing for a fixed target
+_BOOL_COLUMNS = {"reached", "target_fallback"}
 
 FIT_OK = "ok"
 SCAN_MARGIN = 100.0  # rule 5's scan reaches this factor beyond the smallest and largest batch
@@ -88,6 +113,31 @@ SCAN_POINTS = 400
 NEAREST_CHECKPOINT_FACTOR = 2.0  # rule 6: a checkpoint further from the target step measures another state
 
 
+def train_fractions(table: pd.DataFrame) -> pd.Series:
+    """Each row's training fraction, aligned with `table`: 1.0 where the table (an older runs table) has none."""
+    if "train_fraction" not in table:
+        return pd.Series(1.0, index=table.index, name="train_fraction")
+    return table["train_fraction"].astype(float).fillna(1.0)
+
+
+def target_text(metric: str, rule: str, value: float | None = None, batch_size=None, fallback: bool = False) -> str:
+    """A target as a reader sees it: "train loss ≤ 0.5"; for rule 7's quartile, the value resolved for one
+    model ("train loss ≤ 0.123 (lower quartile of the largest batch, per model)"), or without a value the
+    rule itself ("train loss ≤ lower quartile of the largest batch")."""
+    name = metric.replace("_", " ")
+    if rule == TARGET_FIXED:
+        return f"{name} ≤ {value:g}"
+    if rule != LARGEST_BATCH_Q25:
+        return f"{name} ≤ {rule}"
+    if value is None:
+        return f"{name} ≤ lower quartile of the largest batch"
+    if not np.isfinite(value):
+        return f"{name}: no target (no run completed to set the lower quartile)"
+    where = (f"batch {int(batch_size)}, the largest with a completed run" if fallback and not pd.isna(batch_size)
+             else "the largest batch")
+    return f"{name} ≤ {value:.3g} (lower quartile of {where}, per model)"
+
+
 def metric_values(curves: pd.DataFrame, metric: str) -> pd.Series:
     """The target metric at each curve row (NaN between evaluations); test_error = 1 - test_acc."""
     if metric == "test_error":
@@ -95,6 +145,53 @@ def metric_values(curves: pd.DataFrame, metric: str) -> pd.Series:
     if metric in ("train_loss", "test_loss"):
         return curves[metric]
     raise ValueError(f"unknown target metric {metric!r}; choose one of {', '.join(TARGET_METRICS)}")
+
+
+class ResolvedTarget(NamedTuple):
+    """Rule 7: a target as a number, with where it came from."""
+
+    value: float
+    rule: str  # TARGET_FIXED or one of TARGET_RULES
+    batch_size: int | None = None  # the batch whose runs set it; None for a fixed value
+    fallback: bool = False  # the largest batch had no completed run, a smaller one set it
+
+    def columns(self) -> dict:
+        """The target columns of the tables, but target_metric."""
+        return dict(target_value=self.value, target_rule=self.rule, target_batch_size=self.batch_size,
+                    target_fallback=self.fallback)
+
+
+def check_target(target: float | str) -> None:
+    """Rule 7's config check: a number, or one of TARGET_RULES (ValueError otherwise)."""
+    if isinstance(target, str):
+        if target not in TARGET_RULES:
+            raise ValueError(f"unknown speed-up target {target!r}; a target is a number or {', '.join(TARGET_RULES)!r}")
+    elif isinstance(target, bool) or not isinstance(target, (int, float, np.integer, np.floating)):
+        raise ValueError(f"a speed-up target is a number or {', '.join(TARGET_RULES)!r}, not {target!r}")
+
+
+def resolve_target(runs: pd.DataFrame, curves: pd.DataFrame, metric: str, target: float | str,
+                   model: str) -> ResolvedTarget:
+    """Rule 7 for one model of one study: `runs` (one study's, with model, batch_size, status) and their `curves`.
+
+    A number is returned as it is; `largest_batch_q25` becomes the lower quartile of the metric over the evaluated
+    steps (but step 0) of the completed runs at the model's largest batch size, or at the largest that has some.
+    """
+    check_target(target)
+    if not isinstance(target, str):
+        return ResolvedTarget(float(target), TARGET_FIXED)
+    model_runs = runs[runs["model"] == model]
+    largest = model_runs["batch_size"].max()
+    done = model_runs[model_runs["status"] == "completed"]
+    evaluated = curves[curves["run_id"].isin(done["run_id"]) & (curves["step"] > 0)]
+    evaluated = evaluated.assign(value=metric_values(evaluated, metric))
+    evaluated = evaluated[np.isfinite(evaluated["value"])]
+    if evaluated.empty:
+        return ResolvedTarget(np.nan, target)
+    batch_of = evaluated["run_id"].map(done.drop_duplicates("run_id").set_index("run_id")["batch_size"])
+    batch = batch_of.max()
+    pooled = evaluated.loc[batch_of == batch, "value"].to_numpy(dtype=float)
+    return ResolvedTarget(float(np.percentile(pooled, TARGET_QUANTILE)), target, int(batch), bool(batch != largest))
 
 
 def run_steps_to_target(runs: pd.DataFrame, curves: pd.DataFrame, metric: str, target: float) -> pd.Series:
@@ -281,6 +378,7 @@ def noise_at_target(sharpness: pd.DataFrame, curves: pd.DataFrame, runs: pd.Data
     One row per usable run, with run_id, study, model, lr_rule, step, target_step, value, ci_low, ci_high.
     """
     target_step = run_steps_to_target(runs, curves, metric, target)
+    runs = runs.assign(train_fraction=train_fractions(runs))
     reached = runs[[*CURVE, "run_id"]].assign(target_step=target_step.to_numpy())
     reached = reached[np.isfinite(reached["target_step"]) & (reached["target_step"] > 0)]
     noise = sharpness[(sharpness["metric"] == "noise_scale") & (sharpness["step"] > 0)]
@@ -311,7 +409,8 @@ def median_with_interval(values, ci_low, ci_high, level: float = 0.95, n_boot: i
 
 def noise_prediction(sharpness: pd.DataFrame, curves: pd.DataFrame, runs: pd.DataFrame, metric: str, target: float,
                      seed: int = 0) -> pd.DataFrame:
-    """Rule 6: the prediction per (study, model, lr_rule), and pooled over rules as `best`; indexed by CURVE.
+    """Rule 6: the prediction per (study, model, train_fraction, lr_rule), and pooled over rules as `best`;
+    indexed by CURVE.
 
     Columns NOISE_COLUMNS; a curve with no usable run has no row.
     """
@@ -326,44 +425,73 @@ def noise_prediction(sharpness: pd.DataFrame, curves: pd.DataFrame, runs: pd.Dat
 def _typed(rows, columns) -> pd.DataFrame:
     """A table with the given columns and their dtypes, whether or not it has rows."""
     table = pd.DataFrame(rows, columns=list(columns)) if len(rows) else pd.DataFrame(columns=list(columns))
-    dtypes = {c: object if c in _STRING_COLUMNS else "int64" if c in _INT_COLUMNS else bool if c == "reached" else float
-              for c in columns}
+    dtypes = {c: object if c in _STRING_COLUMNS else "int64" if c in _INT_COLUMNS
+              else "Int64" if c in _NULLABLE_INT_COLUMNS else bool if c in _BOOL_COLUMNS else float for c in columns}
     return table.astype(dtypes)
+
+
+def _per_model(study_runs: pd.DataFrame, study_curves: pd.DataFrame, metric: str, target: float | str,
+               sharpness: pd.DataFrame | None, seed: int) -> tuple[np.ndarray, dict, pd.DataFrame]:
+    """Rules 1, 6 and 7 for one target of one study, each (model, training fraction) at its own resolved target.
+
+    Steps to target aligned with `study_runs`, the resolved target per (model, train_fraction), and the noise
+    prediction (CURVE index).
+    """
+    steps = np.full(len(study_runs), np.nan)
+    resolved, noise = {}, []
+    for model, fraction in study_runs[["model", "train_fraction"]].drop_duplicates().itertuples(index=False):
+        mask = ((study_runs["model"] == model) & (study_runs["train_fraction"] == fraction)).to_numpy()
+        runs = study_runs[mask]
+        curves = study_curves[study_curves["run_id"].isin(runs["run_id"])]
+        key = (model, fraction)
+        resolved[key] = resolve_target(runs, curves, metric, target, model)
+        steps[mask] = run_steps_to_target(runs, curves, metric, resolved[key].value).to_numpy()
+        if sharpness is not None and len(sharpness):
+            noise.append(noise_prediction(sharpness, curves, runs, metric, resolved[key].value, seed=seed))
+    noise = pd.concat(noise) if noise else pd.DataFrame(columns=list(NOISE_COLUMNS))
+    return steps, resolved, noise
 
 
 def speedup_tables(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict, sharpness: pd.DataFrame | None = None,
                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """speedup.parquet and critical_batch.parquet for every study's targets.
 
-    `settings` maps study -> its `speedup` config: {"targets": {metric: [values]}, "n_bootstrap": n};
+    `settings` maps study -> its `speedup` config: {"targets": {metric: [values]}, "n_bootstrap": n}, each value
+    a number or one of TARGET_RULES (rule 7; anything else is a ValueError before any work);
     studies without targets give no rows, and with no rows at all both tables are empty but typed.
     """
+    for cfg in settings.values():
+        for metric, values in cfg["targets"].items():
+            if metric not in TARGET_METRICS:
+                raise ValueError(f"unknown target metric {metric!r}; choose one of {', '.join(TARGET_METRICS)}")
+            for target in values:
+                check_target(target)
     speed_parts, crit_rows = [], []
     no_noise = median_with_interval([], [], [])
+    runs = runs.assign(train_fraction=train_fractions(runs))
     for study, cfg in settings.items():
         study_targets, n_boot = cfg["targets"], cfg["n_bootstrap"]
         study_runs = runs[runs["study"] == study]
         study_curves = curves[curves["run_id"].isin(study_runs["run_id"])]
         for metric, values in study_targets.items():
             for target in values:
-                steps = run_steps_to_target(study_runs, study_curves, metric, target)
+                steps, resolved, noise = _per_model(study_runs, study_curves, metric, target, sharpness, seed)
                 # an LR setting is one base LR of one rule: the pooled `best` curve keeps rules apart,
                 # since at the reference batch all rules give the same LR and would count twice
                 setting = study_runs["lr_rule"] + ":" + study_runs["base_lr"].map("{:.6g}".format)
-                per_run = study_runs.assign(steps=steps.to_numpy(), setting=setting)
+                per_run = study_runs.assign(steps=steps, setting=setting)
                 pooled = per_run.assign(lr_rule=BEST_RULE)
-                noise = (noise_prediction(sharpness, study_curves, study_runs, metric, target, seed=seed)
-                         if sharpness is not None and len(sharpness) else pd.DataFrame(columns=list(NOISE_COLUMNS)))
-                for (s, model, rule), group in pd.concat([per_run, pooled]).groupby(CURVE, sort=False):
+                for key, group in pd.concat([per_run, pooled]).groupby(CURVE, sort=False):
+                    s, model, fraction, rule = key
                     curve = speedup_curve(group, n_boot=n_boot, seed=seed)
                     fit = fit_critical_batch(curve["batch_size"], curve["steps_to_target"])
                     accepted = fit["b_crit"] if fit["fit_status"] == FIT_OK else np.nan
-                    curve = curve.assign(study=s, model=model, lr_rule=rule, target_metric=metric, target_value=target,
-                                         regime=[regime(b, accepted) if reached else None
-                                                 for b, reached in zip(curve["batch_size"], curve["reached"])])
+                    names = dict(study=s, model=model, train_fraction=fraction, lr_rule=rule, target_metric=metric,
+                                 **resolved[(model, fraction)].columns())
+                    curve = curve.assign(**names, regime=[regime(b, accepted) if reached else None
+                                                          for b, reached in zip(curve["batch_size"], curve["reached"])])
                     speed_parts.append(curve)
-                    prediction = noise.loc[(s, model, rule)].to_dict() if (s, model, rule) in noise.index else no_noise
-                    crit_rows.append(dict(study=s, model=model, lr_rule=rule, target_metric=metric, target_value=target,
-                                          **fit, **prediction))
+                    prediction = noise.loc[key].to_dict() if key in noise.index else no_noise
+                    crit_rows.append(dict(**names, **fit, **prediction))
     speedup = pd.concat(speed_parts, ignore_index=True) if speed_parts else []
     return _typed(speedup, SPEEDUP_COLUMNS), _typed(crit_rows, CRITICAL_COLUMNS)

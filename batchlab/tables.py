@@ -16,10 +16,14 @@ import pandas as pd
 
 from batchlab.io import read_json
 
+# Losses and accuracies are per target: per example, per token (language models) or per labelled
+# pixel (segmentation). Perplexity is filled for language models and mean IoU for segmentation
+# only; elsewhere they are NaN.
 RUN_COLUMNS = (
-    "run_id", "study", "dataset", "model", "batch_size", "bn_batch_size", "lr_rule", "base_lr", "ref_batch_size",
-    "lr", "optimizer", "momentum", "nesterov", "weight_decay", "seed", "epochs", "steps", "planned_steps", "status",
-    "diverged_step", "stop_reason", "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "best_test_acc",
+    "run_id", "study", "dataset", "task", "train_fraction", "model", "batch_size", "bn_batch_size", "lr_rule", "base_lr",
+    "ref_batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "seed", "epochs", "steps", "planned_steps",
+    "status", "diverged_step", "stop_reason", "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc",
+    "best_test_acc", "final_train_perplexity", "final_test_perplexity", "final_train_miou", "final_test_miou",
     "wall_time_s", "device",
 )
 SHARPNESS_COLUMNS = (
@@ -30,6 +34,7 @@ INTERPOLATION_COLUMNS = ("pair_id", "run_id_small", "run_id_large", "alpha", "sp
 TABLE_COLUMNS = {"sharpness": SHARPNESS_COLUMNS, "interpolation": INTERPOLATION_COLUMNS}
 CURVE_COLUMNS = (
     "run_id", "step", "epoch", "examples_seen", "lr", "batch_loss", "train_loss", "train_acc", "test_loss", "test_acc",
+    "train_miou", "test_miou",
 )
 
 
@@ -39,6 +44,8 @@ def run_row(summary: dict) -> dict:
     return {
         "run_id": summary["run_id"],
         **{k: spec[k] for k in ("study", "dataset", "model", "batch_size", "bn_batch_size", "lr_rule", "base_lr", "ref_batch_size", "seed")},
+        "task": summary.get("task", "classification"),
+        "train_fraction": spec.get("train_fraction", 1.0),
         "lr": summary["lr"],
         "optimizer": opt["name"],
         "momentum": opt["momentum"],
@@ -66,7 +73,8 @@ def curves_table(summary_paths: Sequence[str | os.PathLike], metrics_paths: Sequ
         df = pd.read_parquet(metrics_path)
         df.insert(0, "run_id", read_json(summary_path)["run_id"])
         parts.append(df)
-    return pd.concat(parts, ignore_index=True)[list(CURVE_COLUMNS)]
+    # a segmentation run adds mean IoU columns; every other run gets them as NaN
+    return pd.concat(parts, ignore_index=True).reindex(columns=list(CURVE_COLUMNS))
 
 
 def concat_tables(paths: Sequence[str | os.PathLike], table: str) -> pd.DataFrame:

@@ -62,7 +62,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from batchlab import io, provenance
@@ -71,11 +70,18 @@ from batchlab.data import Dataset, load_prepared
 from batchlab.data.augment import apply_augment
 from batchlab.health import stall_reason, stop_reason
 from batchlab.lr_rules import lr_factor
+from batchlab.metrics import member_confusion, member_losses, member_sums, mean_iou, perplexity
 from batchlab.stacked.models import StackedModel, build_stacked_model
 from batchlab.stacked.optim import StackedOptimizer
 
 log = logging.getLogger(__name__)
 EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
+SEGMENTATION_COLUMNS = ("train_miou", "test_miou")
+
+
+def eval_columns(task: str) -> tuple[str, ...]:
+    """What an evaluation measures: loss and accuracy per target on both splits, and mean IoU for segmentation."""
+    return EVAL_COLUMNS + SEGMENTATION_COLUMNS if task == "segmentation" else EVAL_COLUMNS
 COMPLETE_MARK = "COMPLETE"  # in checkpoints/: the run behind these checkpoints finished
 
 
@@ -131,17 +137,16 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over the whole of (x, y), in eval mode (BN running stats)."""
+    """Mean cross-entropy and accuracy per target over the whole of (x, y), in eval mode (BN running stats)."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    totals = torch.zeros(3, device=x.device, dtype=torch.float64)  # loss, correct, targets
     for i in range(0, len(x), batch_size):
-        logits = model(x[i : i + batch_size])
-        loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum").double()
-        correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
+        sums = member_sums(model(x[i : i + batch_size])[None], y[i : i + batch_size][None])
+        totals += torch.cat(sums).double()
     model.train(was_training)
-    return loss_sum.item() / len(x), correct.item() / len(x)
+    loss_sum, correct, count = totals.tolist()
+    return loss_sum / count, correct / count
 
 
 def first_bad_step(batch_loss: np.ndarray, start: int, stop: int, max_loss: float) -> int | None:
@@ -159,11 +164,12 @@ class Curve:
 
     batch_loss: np.ndarray  # (S+1,)
     lr: np.ndarray  # (S+1,)
-    evals: dict[int, tuple[float, float, float, float]]
+    evals: dict[int, tuple[float, ...]]  # step -> one value per column
+    columns: tuple[str, ...] = EVAL_COLUMNS
 
     @classmethod
-    def empty(cls, total_steps: int) -> "Curve":
-        return cls(np.full(total_steps + 1, np.nan), np.full(total_steps + 1, np.nan), {})
+    def empty(cls, total_steps: int, columns: tuple[str, ...] = EVAL_COLUMNS) -> "Curve":
+        return cls(np.full(total_steps + 1, np.nan), np.full(total_steps + 1, np.nan), {}, columns)
 
     def to_state(self, upto: int) -> dict:
         steps = sorted(self.evals)
@@ -171,12 +177,12 @@ class Curve:
             "batch_loss": torch.from_numpy(self.batch_loss[: upto + 1].copy()),
             "lr": torch.from_numpy(self.lr[: upto + 1].copy()),
             "eval_steps": torch.tensor(steps, dtype=torch.int64),
-            "eval_values": torch.tensor([self.evals[s] for s in steps], dtype=torch.float64).reshape(-1, 4),
+            "eval_values": torch.tensor([self.evals[s] for s in steps], dtype=torch.float64).reshape(-1, len(self.columns)),
         }
 
     @classmethod
-    def from_state(cls, state: dict, total_steps: int) -> "Curve":
-        curve = cls.empty(total_steps)
+    def from_state(cls, state: dict, total_steps: int, columns: tuple[str, ...] = EVAL_COLUMNS) -> "Curve":
+        curve = cls.empty(total_steps, columns)
         n = len(state["batch_loss"])
         curve.batch_loss[:n] = state["batch_loss"].numpy()
         curve.lr[:n] = state["lr"].numpy()
@@ -185,7 +191,7 @@ class Curve:
 
     def frame(self, upto: int, steps_per_epoch: int, batch_size: int) -> pd.DataFrame:
         steps = np.arange(upto + 1)
-        values = np.full((upto + 1, 4), np.nan)
+        values = np.full((upto + 1, len(self.columns)), np.nan)
         for s, v in self.evals.items():
             if s <= upto:
                 values[s] = v
@@ -196,7 +202,7 @@ class Curve:
                 "examples_seen": steps * batch_size,
                 "lr": self.lr[: upto + 1],
                 "batch_loss": self.batch_loss[: upto + 1],
-                **{col: values[:, i] for i, col in enumerate(EVAL_COLUMNS)},
+                **{col: values[:, i] for i, col in enumerate(self.columns)},
             }
         )
 
@@ -219,8 +225,8 @@ def newest_checkpoint(ckpt_dir: Path, chash: str) -> dict | None:
 
 # --- the stack: K runs of one model and one batch size, trained together ---------------------
 
-SHARED_SPEC_KEYS = ("study", "dataset", "model", "batch_size", "bn_batch_size", "ref_batch_size", "optimizer", "budget",
-                    "schedule", "eval", "checkpoints", "divergence", "health")
+SHARED_SPEC_KEYS = ("study", "dataset", "train_fraction", "model", "batch_size", "bn_batch_size", "ref_batch_size",
+                    "optimizer", "budget", "schedule", "eval", "checkpoints", "divergence", "health")
 
 
 def check_stackable(specs: list[RunSpec]) -> None:
@@ -266,7 +272,7 @@ def finished_summary(spec: RunSpec, run_dir: Path) -> dict | None:
     return summary if same_config and summary.get("code_hash") == provenance.code_hash() else None
 
 
-def open_member(spec: RunSpec, run_dir: Path, total_steps: int) -> Member:
+def open_member(spec: RunSpec, run_dir: Path, total_steps: int, columns: tuple[str, ...]) -> Member:
     """A member at its newest matching checkpoint, or at step 0."""
     ckpt_dir = run_dir / "checkpoints"
     if (ckpt_dir / COMPLETE_MARK).exists():
@@ -277,33 +283,47 @@ def open_member(spec: RunSpec, run_dir: Path, total_steps: int) -> Member:
     chash = provenance.config_hash(spec.to_dict())
     resumed = newest_checkpoint(ckpt_dir, chash)
     if resumed is None:
-        return Member(spec, run_dir, chash, Curve.empty(total_steps), 0, 0.0, None)
+        return Member(spec, run_dir, chash, Curve.empty(total_steps, columns), 0, 0.0, None)
     log.info("resuming %s from step %d of %d", spec.run_id, resumed["step"], total_steps)
-    return Member(spec, run_dir, chash, Curve.from_state(resumed["curve"], total_steps), resumed["step"],
+    return Member(spec, run_dir, chash, Curve.from_state(resumed["curve"], total_steps, columns), resumed["step"],
                   resumed["wall_time_s"], resumed)
 
 
 CPU_EVAL_CHUNK = 1024
+# The most logits one evaluation chunk holds (K x examples x positions x classes): a language
+# model's are vocabulary x tokens per example, 2.4 GB for 512 WikiText-2 windows of one run.
+EVAL_LOGITS = {"cpu": 2**22, "cuda": 2**28}
 
 
 @torch.no_grad()
-def evaluate_stack(model: StackedModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Every member's mean cross-entropy and accuracy over the whole of (x, y), with BN running statistics."""
+def evaluate_stack(model: StackedModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096,
+                   num_classes: int | None = None, miou: bool = False) -> tuple[np.ndarray, ...]:
+    """Every member's mean cross-entropy and accuracy per target over the whole of (x, y), with BN
+    running statistics; with `miou`, its mean IoU over the `num_classes` classes as a third array.
+    `num_classes` also bounds each chunk's logits to EVAL_LOGITS elements."""
+    if miou and num_classes is None:
+        raise ValueError("mean IoU needs num_classes")
     k = model.k
     # All at once, the K members see each chunk together: keep the memory of one batch. One by
     # one, only one member's activations live at a time, and on a CPU a chunk of 1024 stays in
     # cache (a CNN evaluation of 12 members: 128 ms in chunks of 1024, 160 in chunks of 341).
     member_chunk = min(batch_size, CPU_EVAL_CHUNK)
     batch_size = member_chunk if model.runs_member_by_member(member_chunk, x.device) else max(1, batch_size // k)
-    loss_sum = torch.zeros(k, device=x.device, dtype=torch.float64)
-    correct = torch.zeros(k, device=x.device, dtype=torch.int64)
+    if num_classes is not None:
+        logits_per_example = k * num_classes * y[0].numel()
+        batch_size = max(1, min(batch_size, EVAL_LOGITS.get(x.device.type, EVAL_LOGITS["cuda"]) // logits_per_example))
+    totals = torch.zeros(3, k, device=x.device, dtype=torch.float64)  # loss, correct, targets
+    confusion = 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        logits = model.forward(xb.unsqueeze(0).expand(k, *xb.shape), train=False)  # (K, b, C)
-        target = yb.unsqueeze(0).expand(k, -1)
-        loss_sum += F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(k, -1).double().sum(1)
-        correct += (logits.argmax(-1) == target).sum(1)
-    return (loss_sum / len(x)).cpu().numpy(), (correct.double() / len(x)).cpu().numpy()
+        logits = model.forward(xb.unsqueeze(0).expand(k, *xb.shape), train=False)  # (K, b, C, *positions)
+        target = yb.unsqueeze(0).expand(k, *yb.shape)
+        totals += torch.stack(member_sums(logits, target)).double()
+        if miou:
+            confusion = confusion + member_confusion(logits, target, num_classes)
+    loss_sum, correct, count = totals.cpu().numpy()
+    scores = (loss_sum / count, correct / count)
+    return (*scores, mean_iou(confusion).cpu().numpy()) if miou else scores
 
 
 def stacked_step(model: StackedModel, optimizer: StackedOptimizer, xb: torch.Tensor, yb: torch.Tensor,
@@ -312,8 +332,7 @@ def stacked_step(model: StackedModel, optimizer: StackedOptimizer, xb: torch.Ten
 
     The members share no parameters, so the gradient of the summed losses is each member's own.
     """
-    logits = model.forward(xb, train=True)  # (K, B, C)
-    losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape).mean(1)
+    losses = member_losses(model.forward(xb, train=True), yb)  # logits (K, B, C, *positions)
     optimizer.zero_grad()
     losses.sum().backward()
     optimizer.step(lr)
@@ -344,13 +363,13 @@ class Stack:
         spec = members[0].spec
         self.members = members
         self.model = build_stacked_model(spec.model, data.input_shape, data.num_classes, [m.spec.seed for m in members],
-                                         spec.bn_batch_size, device=dev, dtype=data.x_train.dtype)
+                                         spec.bn_batch_size, device=dev, dtype=data.dtype)
         self.optimizer = StackedOptimizer(self.model.params, spec.optimizer)
         for k, m in enumerate(members):
             if m.resumed is not None:
                 self.model.load_member(k, m.resumed["model"])
                 self.optimizer.load_member(k, m.resumed["optimizer"])
-        self.peak_lr = torch.tensor([m.spec.lr for m in members], device=dev, dtype=data.x_train.dtype)
+        self.peak_lr = torch.tensor([m.spec.lr for m in members], device=dev, dtype=data.dtype)
 
     def keep(self, keep: list[int]) -> None:
         """Drop the members not in `keep`: a finished member stops costing compute."""
@@ -394,6 +413,7 @@ def train_stack(
         data = load_prepared(data, dev)
     if data.x_train.device.type != dev.type:
         raise ValueError(f"data set is on {data.x_train.device}, the runs on {dev}")
+    data = data.train_fraction(specs[0].train_fraction)
     plan = make_plan(specs[0], data.n_train)
     summaries: dict[str, dict] = {}
     members = []
@@ -403,7 +423,7 @@ def train_stack(
             log.info("%s finished before with this config and code; kept", spec.run_id)
             summaries[spec.run_id] = done
         else:
-            members.append(open_member(spec, run_dir, plan.total_steps))
+            members.append(open_member(spec, run_dir, plan.total_steps, eval_columns(data.task)))
     for start in sorted({m.start_step for m in members}):
         group = [m for m in members if m.start_step == start]
         summaries.update(_train_from(group, data, plan, dev, max_steps, progress))
@@ -429,11 +449,11 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         return m.wall_before + time.perf_counter() - t_start
 
     def evaluate_now(at: int) -> None:
-        ev = spec.eval["batch_size"]
-        train = evaluate_stack(stack.model, data.x_train, data.y_train, ev)
-        test = evaluate_stack(stack.model, data.x_test, data.y_test, ev)
-        for k, m in enumerate(stack.members):
-            m.curve.evals[at] = (float(train[0][k]), float(train[1][k]), float(test[0][k]), float(test[1][k]))
+        ev, miou = spec.eval["batch_size"], data.task == "segmentation"
+        train = evaluate_stack(stack.model, data.x_train, data.y_train, ev, data.num_classes, miou)
+        test = evaluate_stack(stack.model, data.x_test, data.y_test, ev, data.num_classes, miou)
+        for k, m in enumerate(stack.members):  # in the order of eval_columns: losses and accuracies, then mean IoUs
+            m.curve.evals[at] = tuple(float(scores[k]) for scores in (*train[:2], *test[:2], *train[2:], *test[2:]))
 
     if step == 0:
         evaluate_now(0)
@@ -442,7 +462,7 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
 
     sched = spec.schedule
     milestones = tuple(sched["decay_milestones"])
-    losses = torch.full((S + 1, len(members)), float("nan"), device=dev, dtype=data.x_train.dtype)
+    losses = torch.full((S + 1, len(members)), float("nan"), device=dev, dtype=data.dtype)
     flushed = checked = step  # host copies of batch_loss are valid up to `flushed`
     last_resume_save = time.perf_counter()
     perm_epoch, perms = -1, None
@@ -506,7 +526,7 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
             m = stack.members[k]
             status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, data.num_classes)
             summaries[m.spec.run_id] = _write_outputs(m, stack.model.member_state_dict(k), plan, step, status, stopped,
-                                                      diverged_step, dev, wall(m))
+                                                      diverged_step, dev, wall(m), data.task)
         if not keep:
             stack.members = []
             break
@@ -546,16 +566,19 @@ def health_status(spec: RunSpec, curve: Curve, num_classes: int) -> str:
 
 
 def _write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, status: str, stopped: str,
-                   diverged_step: int | None, dev: torch.device, wall_time: float) -> dict:
+                   diverged_step: int | None, dev: torch.device, wall_time: float, task: str) -> dict:
     spec, run_dir, curve = member.spec, member.run_dir, member.curve
     metrics = curve.frame(step, plan.steps_per_epoch, spec.batch_size)
     io.write_parquet(metrics, run_dir / "metrics.parquet")
     io.save_torch({"run_id": spec.run_id, "spec": spec.to_dict(), "step": step, "status": status, "model": state_dict},
                   run_dir / "final.pt")
-    final = curve.evals[step]
+    final = dict(zip(curve.columns, curve.evals[step]))
+    if task == "language_model":
+        final.update(train_perplexity=perplexity(final["train_loss"]), test_perplexity=perplexity(final["test_loss"]))
     summary = {
         "run_id": spec.run_id,
         "spec": spec.to_dict(),
+        "task": task,
         "seed": spec.seed,
         "lr": spec.lr,
         "status": status,
@@ -565,7 +588,7 @@ def _write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, stat
         "planned_steps": plan.total_steps,
         "steps_per_epoch": plan.steps_per_epoch,
         "epochs": step / plan.steps_per_epoch,
-        **{f"final_{k}": v for k, v in zip(EVAL_COLUMNS, final)},
+        **{f"final_{k}": v for k, v in final.items()},
         "best_test_acc": float(np.nanmax([v[3] for s, v in curve.evals.items() if s <= step])),
         "wall_time_s": wall_time,
         "resumed_from_step": member.resumed["step"] if member.resumed is not None else None,

@@ -1,16 +1,16 @@
 """prepare_cifar on tiny fake CIFAR folders written in the real python-release format.
 
-The fixtures follow what torchvision's CIFAR10/CIFAR100 read: pickles of dicts whose
-"data" is a uint8 array of rows of 3072 values (1024 red, then green, then blue, each a
-row-major 32x32 plane) with "labels" (CIFAR-10) or "fine_labels" (CIFAR-100), plus a meta
-pickle with "label_names" / "fine_label_names". (The official files are Python 2 pickles
-whose str keys load as str under encoding="latin1", hence str keys here.)
+The fixtures follow what torchvision's CIFAR10/CIFAR100 read (written by
+`batchlab.data.fake_release.write_cifar_release`): pickles of dicts whose "data" is a uint8
+array of rows of 3072 values (1024 red, then green, then blue, each a row-major 32x32
+plane) with "labels" (CIFAR-10) or "fine_labels" (CIFAR-100), plus a meta pickle with
+"label_names" / "fine_label_names". The train rows of CIFAR-10 are split evenly over
+data_batch_1..5, in order.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +19,11 @@ import torch
 
 from batchlab.data import load_prepared
 from batchlab.data.cifar import channel_stats, prepare_cifar
+from batchlab.data.fake_release import write_cifar_release
 
 PER_BATCH = 3  # images per fake train batch
 N_TEST = 4
 MARK = (1, 5, 7)  # (channel, row, col) of the marked pixel in the first train image
-
-
-def _pickle(path: Path, obj: dict) -> None:
-    with open(path, "wb") as fh:
-        pickle.dump(obj, fh, protocol=2)
 
 
 def _rows(rng: np.random.Generator, n: int, low: int, high: int) -> np.ndarray:
@@ -37,36 +33,23 @@ def _rows(rng: np.random.Generator, n: int, low: int, high: int) -> np.ndarray:
 def _write_cifar10(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
     """Five train batches and a test batch; returns the rows and labels written, in order."""
     rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rows, labels = [], []
-    for i in range(1, 6):
-        r = _rows(rng, PER_BATCH, 0, 256)
-        lab = [int(v) for v in rng.integers(0, 10, PER_BATCH)]
-        if i == 1:
-            r[0] = 0
-            c, y, x = MARK
-            r[0, c * 1024 + y * 32 + x] = 255
-        _pickle(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "data": r, "labels": lab})
-        rows.append(r)
-        labels += lab
+    train = _rows(rng, 5 * PER_BATCH, 0, 256)
+    labels = rng.integers(0, 10, 5 * PER_BATCH)
+    train[0] = 0
+    c, y, x = MARK
+    train[0, c * 1024 + y * 32 + x] = 255
     # A test split from a different distribution: bright images only, so train and test statistics differ.
     test_rows = _rows(rng, N_TEST, 200, 256)
     test_labels = [9, 0, 3, 7]
-    _pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "data": test_rows, "labels": test_labels})
-    _pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
-    return dict(train=np.concatenate(rows), y_train=np.array(labels), test=test_rows, y_test=np.array(test_labels))
+    write_cifar_release("cifar10", root, _chw(train), labels, _chw(test_rows), test_labels)
+    return dict(train=train, y_train=labels, test=test_rows, y_test=np.array(test_labels))
 
 
 def _write_cifar100(root: Path, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
     train, test = _rows(rng, 5, 0, 256), _rows(rng, 2, 0, 256)
     y_train, y_test = [0, 99, 42, 7, 99], [13, 98]
-    for fname, r, fine in (("train", train, y_train), ("test", test, y_test)):
-        _pickle(folder / fname, {"data": r, "fine_labels": fine, "coarse_labels": [v // 5 for v in fine]})
-    _pickle(folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": []})
+    write_cifar_release("cifar100", root, _chw(train), y_train, _chw(test), y_test)
     return dict(train=train, y_train=np.array(y_train), test=test, y_test=np.array(y_test))
 
 

@@ -75,12 +75,28 @@ def test_batch_larger_than_the_data_is_refused():
 
 def test_model_must_fit_the_dataset():
     msg = bad(lambda c: c["studies"]["tiny"].update(models=["resnet8"]))
-    assert "studies.tiny.models" in msg and "'resnet8' does not take mnist1d inputs" in msg
+    assert "studies.tiny.models" in msg and "'resnet8' takes image inputs, but mnist1d holds signal data" in msg
+
+
+def test_train_fractions_are_a_grid_axis_with_their_own_stacks(tiny_config):
+    from batchlab.config import build_stacks
+
+    tiny_config["studies"]["tiny"].update(train_fractions=[1.0, 0.5], lr_rules=["linear"], batch_sizes=[16])
+    cfg = check_config(tiny_config)
+    grid = build_grid(cfg)
+    assert sorted(grid) == ["tiny/mlp/bs16/frac0.5/linear/lr0.05/seed0", "tiny/mlp/bs16/linear/lr0.05/seed0"]
+    assert grid["tiny/mlp/bs16/frac0.5/linear/lr0.05/seed0"].train_fraction == 0.5
+    assert sorted(build_stacks(cfg, grid)) == ["tiny/mlp/bs16/frac0.5/stack0", "tiny/mlp/bs16/stack0"]
+
+
+def test_a_batch_larger_than_the_smallest_fraction_is_refused():
+    msg = bad(lambda c: c["studies"]["tiny"].update(batch_sizes=[16, 128], train_fractions=[1.0, 0.25]))
+    assert "128 is larger than the 64 training examples of the smallest training fraction" in msg
 
 
 def test_bn_batch_sizes_need_a_batchnorm_model():
     msg = bad(lambda c: c["studies"]["tiny"].update(bn_batch_sizes=[8]))
-    assert "studies.tiny.bn_batch_sizes" in msg and "have no BatchNorm" in msg
+    assert "studies.tiny.bn_batch_sizes" in msg and "model 'mlp' has no BatchNorm, so bn_batch_size=8 means nothing" in msg
 
 
 def test_nesterov_needs_momentum():
@@ -146,7 +162,7 @@ def test_every_top_level_and_dataset_key_is_read_by_the_workflow():
         assert f'config["{key}"]' in text, key
     for key in schema_keys(schema["properties"]["datasets"]["properties"]["mnist1d"]):
         assert key in {"n_train", "n_test", "seed"}  # passed as keyword arguments to prepare_mnist1d
-    assert set(schema_keys(schema["$defs"]["cifar"])) == {"root", "download"}
+    assert set(schema_keys(schema["$defs"]["torchvision_root"])) == {"root", "download", "verify_checksums"}
     assert 'options["root"]' in text and 'options.get("download"' in text
 
 

@@ -93,14 +93,16 @@ def fake_runs():
                         steps = 15 * int(np.ceil(4000 / b))
                         rows.append(dict(
                             run_id=f"demo/{model}/bs{b}/{rule}/lr{base_lr:g}/seed{seed}", study="demo", dataset="mnist1d",
-                            model=model, batch_size=b, bn_batch_size=None, lr_rule=rule, base_lr=base_lr, ref_batch_size=REF,
+                            task="classification", train_fraction=1.0, model=model, batch_size=b, bn_batch_size=None, lr_rule=rule, base_lr=base_lr, ref_batch_size=REF,
                             lr=scaled_lr(rule, base_lr, b), optimizer="sgd", seed=seed, epochs=15,
                             steps=steps if status != "diverged" else steps // 3, planned_steps=steps, status=status,
                             diverged_step=steps // 3 if status == "diverged" else np.nan,
                             stop_reason={"completed": "budget", "stalled": "plateau", "diverged": "diverged"}[status],
                             final_train_loss={"diverged": np.nan, "stalled": 2.3}.get(status, 0.2 + 0.1 * np.log2(b / 16)),
                             final_train_acc=acc, final_test_loss=np.nan if status == "diverged" else 0.5 + 0.05 * np.log2(b / 16),
-                            final_test_acc=acc, best_test_acc=acc, wall_time_s=10.0, device="cpu"))
+                            final_test_acc=acc, best_test_acc=acc, final_train_perplexity=np.nan,
+                            final_test_perplexity=np.nan, final_train_miou=np.nan, final_test_miou=np.nan,
+                            wall_time_s=10.0, device="cpu"))
     return pd.DataFrame(rows)
 
 
@@ -117,7 +119,7 @@ def fake_curves(runs):
             loss = 2.2 * np.exp(-epoch / 4) + run.final_train_loss
         parts.append(pd.DataFrame(dict(run_id=run.run_id, step=steps, epoch=epoch, examples_seen=steps * run.batch_size,
                                        lr=run.lr, batch_loss=loss, train_loss=loss, train_acc=0.5, test_loss=loss * 1.2,
-                                       test_acc=0.5)))
+                                       test_acc=0.5, train_miou=np.nan, test_miou=np.nan)))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -182,6 +184,7 @@ FITS = {
     ("cnn", TARGETS[4]): dict(fit_status="interval_too_wide", b_crit=np.nan, ci_low=5.0, ci_high=5000.0, b_crit_bound=None),
     ("mlp", TARGETS[0]): dict(fit_status="ok", b_crit=120.0, ci_low=60.0, ci_high=240.0, b_crit_bound=None),
 }
+FIXED_TARGET = dict(target_rule="fixed", target_batch_size=pd.NA, target_fallback=False)
 NO_FIT = dict(fit_status="too_few_points", b_crit=np.nan, ci_low=np.nan, ci_high=np.nan, b_crit_bound=None)
 
 
@@ -202,8 +205,8 @@ def fake_speedup():
                     reached = not never and not (rule == "linear" and b == 512)
                     steps = 300 * (1 + B_CRIT[model] / b) * (1.2 if rule != "best" else 1.0) / value
                     base = 300 * (1 + B_CRIT[model] / 16) * (1.2 if rule != "best" else 1.0) / value
-                    rows.append(dict(study="demo", model=model, lr_rule=rule, target_metric=metric, target_value=value,
-                                     batch_size=b, steps_to_target=steps if reached else np.nan,
+                    rows.append(dict(study="demo", model=model, train_fraction=1.0, lr_rule=rule, target_metric=metric,
+                                     target_value=value, **FIXED_TARGET, batch_size=b, steps_to_target=steps if reached else np.nan,
                                      best_lr=best_lr_choice(b) if rule == "best" else scaled_lr(rule, 0.1, b),
                                      best_base_lr=0.1, reached=reached, n_seeds=2, n_seeds_reached=2 if reached else 0,
                                      speedup=base / steps if reached else np.nan, speedup_ci_low=0.9 * base / steps,
@@ -218,8 +221,8 @@ def fake_critical():
             for target in TARGETS:
                 fit = FITS.get((model, target), NO_FIT) if rule == "best" else NO_FIT
                 first = target == TARGETS[0]
-                rows.append(dict(study="demo", model=model, lr_rule=rule, target_metric=target[0], target_value=target[1],
-                                 s_min=300.0, n_points=6, **fit, b_noise_predicted=100.0 if first else np.nan,
+                rows.append(dict(study="demo", model=model, train_fraction=1.0, lr_rule=rule, target_metric=target[0],
+                                 target_value=target[1], **FIXED_TARGET, s_min=300.0, n_points=6, **fit, b_noise_predicted=100.0 if first else np.nan,
                                  b_noise_ci_low=50.0 if first else np.nan, b_noise_ci_high=200.0 if first else np.nan,
                                  b_noise_n_runs=4 if first else 0))
     return pd.DataFrame(rows)
@@ -356,8 +359,8 @@ def test_first_target_follows_the_metric_order_then_the_configured_values(study)
     critical = study["critical"]
     errors_first = critical["target_metric"] == "test_error"
     shuffled = pd.concat([critical[errors_first], critical[~errors_first]])
-    assert first_target(shuffled, "demo") == ("train_loss", 1.0)
-    assert first_target(critical[critical["target_metric"] == "test_error"], "demo") == ("test_error", 0.45)
+    assert first_target(shuffled, "demo") == ("train_loss", "fixed", 1.0)
+    assert first_target(critical[critical["target_metric"] == "test_error"], "demo") == ("test_error", "fixed", 0.45)
     assert first_target(critical.iloc[0:0], "demo") is None
 
 
@@ -545,3 +548,143 @@ def test_figures_smk_gives_each_figure_the_tables_it_takes():
     assert list(rules) == list(FIGURES)
     for name, (tables, _) in rules.items():
         assert set(tables) == set(inspect.signature(FIGURES[name]).parameters), name
+
+
+# --- targets set by a rule, and several training fractions ------------------------------------------
+
+Q25 = {"mlp": 0.3, "cnn": 0.2}  # each model's resolved lower quartile of its largest batch
+
+
+def with_q25_target(table):
+    """The first target (train loss <= 1) turned into Golmant's rule, resolved per model."""
+    first = (table["target_metric"] == TARGETS[0][0]) & (table["target_value"] == TARGETS[0][1])
+    q25 = table[first].assign(target_rule="largest_batch_q25", target_value=table.loc[first, "model"].map(Q25),
+                              target_batch_size=pd.array([512] * first.sum(), dtype="Int64"), target_fallback=False)
+    return pd.concat([q25, table[~first]], ignore_index=True)
+
+
+def test_a_rule_target_is_one_column_titled_with_each_models_own_value(study):
+    from batchlab.plots.critical import first_target, fit_row
+
+    q25 = {**study, "speedup": with_q25_target(study["speedup"]), "critical": with_q25_target(study["critical"])}
+    rule = ("train_loss", "largest_batch_q25", None)
+    assert first_target(q25["critical"], "demo") == rule
+    assert fit_row(q25["critical"], "demo", "cnn", rule)["b_crit"] == 843.0
+    fig = build("steps_to_target", q25)
+    suffix = "\n(lower quartile of the largest batch)"  # a panel is one model: no "per model"
+    ok_off_grid = axes_titled(fig, f"cnn · train loss ≤ 0.2{suffix}")
+    assert notes(ok_off_grid) == ["B_crit ≈ 843 [400, 2000] (beyond the grid)"]
+    assert notes(axes_titled(fig, f"mlp · train loss ≤ 0.3{suffix}")) == ["B_crit ≈ 120 [60, 240]"]
+    assert len(fig.axes) == len(MODELS) * len(TARGETS)  # one column for the rule, not one per resolved value
+    speedup = build("speedup", q25)
+    assert {ax.get_title() for ax in speedup.axes} >= {f"cnn · train loss ≤ 0.2{suffix}", "cnn · train loss ≤ 0.5"}
+    assert "train loss ≤ lower quartile of the largest batch" in legend_texts(build("best_lr", q25))
+    noise = build("noise_scale", q25)
+    assert any("train loss ≤ 0.2 (lower quartile of the largest batch, per model)" in t
+               for t in notes(axes_titled(noise, "cnn")))
+
+
+def with_half_the_data(table, **changes):
+    """The table again at train_fraction 0.5 (run ids made unique), with `changes` to those rows."""
+    half = table.assign(train_fraction=0.5, **changes)
+    if "run_id" in half:
+        half = half.assign(run_id=half["run_id"] + "/frac0.5")
+    return pd.concat([table, half], ignore_index=True)
+
+
+def test_each_training_fraction_gets_its_own_panels_and_fits(study):
+    from batchlab.plots.critical import fit_row
+
+    critical = study["critical"]
+    half_fit = (critical["model"] == "cnn") & (critical["lr_rule"] == "best") & (critical["target_value"] == 0.5)
+    halves = critical.assign(train_fraction=0.5, b_crit=np.where(half_fit, 32.0, critical["b_crit"]),
+                             ci_low=np.where(half_fit, 20.0, critical["ci_low"]),
+                             ci_high=np.where(half_fit, 50.0, critical["ci_high"]))
+    runs = with_half_the_data(study["runs"])
+    tables = {**study, "runs": runs, "curves": fake_curves(runs), "sharpness": fake_sharpness(runs),
+              "speedup": with_half_the_data(study["speedup"]), "critical": pd.concat([critical, halves])}
+    target = ("train_loss", "fixed", 0.5)
+    assert fit_row(tables["critical"], "demo", "cnn", target, 0.5)["b_crit"] == 32.0
+    assert fit_row(tables["critical"], "demo", "cnn", target)["b_crit"] == 64.0
+    fig = build("steps_to_target", tables)
+    assert notes(axes_titled(fig, "cnn (100% of the data)\ntrain loss ≤ 0.5")) == ["B_crit ≈ 64 [40, 100]"]
+    assert notes(axes_titled(fig, "cnn (50% of the data)\ntrain loss ≤ 0.5")) == ["B_crit ≈ 32 [20, 50]"]
+    assert len(fig.axes) == 2 * len(MODELS) * len(TARGETS)
+    for name in ("speedup", "best_lr", "noise_scale", "accuracy_vs_batch", "training_curves", "sharpness_vs_batch",
+                 "sharpness_along_training"):
+        titles = {ax.get_title() for ax in build(name, tables).axes}
+        assert any(t.startswith("cnn (50% of the data)") for t in titles), (name, titles)
+        assert not any(t.startswith("cnn ·") or t == "cnn" for t in titles), (name, titles)
+    # the best base LR is chosen per fraction: the half-data runs' own accuracies decide theirs
+    low_lr_wins = runs["run_id"].str.endswith("frac0.5") & (runs["base_lr"] == 0.03) & (runs["status"] == "completed")
+    chosen = best_base_lr_runs(runs.assign(final_test_acc=runs["final_test_acc"].where(~low_lr_wins, 0.99)))
+    assert set(chosen.loc[chosen["train_fraction"] == 0.5, "base_lr"]) == {0.03}
+    pd.testing.assert_frame_equal(chosen[chosen["train_fraction"] == 1.0].reset_index(drop=True),
+                                  best_base_lr_runs(study["runs"]).reset_index(drop=True))
+
+
+# --- a language model's perplexity, a segmentation's mean IoU ----------------------------------------
+
+
+def task_runs(task):
+    """One model, three batch sizes, two base LRs, three seeds; B=256's seed 2 diverges. Base LR 0.3 has the
+    better test accuracy but the worse perplexity or mean IoU: the task's own measure must pick 0.1."""
+    rows = []
+    for b in (16, 64, 256):
+        for base_lr in (0.1, 0.3):
+            for seed in (0, 1, 2):
+                diverged = b == 256 and seed == 2
+                ppl = (30 + b / 8) * (1 + 0.01 * seed) * (2 if base_lr == 0.3 else 1)
+                miou = (0.7 - b / 2000) * (1 - 0.01 * seed) / (2 if base_lr == 0.3 else 1)
+                rows.append(dict(
+                    run_id=f"t/m/bs{b}/linear/lr{base_lr}/seed{seed}", study="t", task=task, train_fraction=1.0, model="m",
+                    lr_rule="linear", batch_size=b, base_lr=base_lr, lr=base_lr, seed=seed,
+                    status="diverged" if diverged else "completed", final_train_loss=np.nan if diverged else 2.0,
+                    final_test_loss=np.nan if diverged else 3.0 + b / 1000,
+                    final_test_acc=np.nan if diverged else 0.4 + base_lr,
+                    final_test_perplexity=np.nan if diverged or task != "language_model" else ppl,
+                    final_test_miou=np.nan if diverged or task != "segmentation" else miou))
+    return pd.DataFrame(rows)
+
+
+def test_a_language_model_is_drawn_by_its_test_perplexity_on_a_log_axis():
+    runs = task_runs("language_model")
+    fig = build("accuracy_vs_batch", {"runs": runs})
+    ax = axes_titled(fig, "m")
+    assert ax.get_ylabel() == "final test perplexity" and ax.get_yscale() == "log"
+    [line] = gids(ax, "median:linear")
+    expected = runs[(runs["base_lr"] == 0.1)].groupby("batch_size")["final_test_perplexity"].median()
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), expected.to_numpy())  # base LR 0.1: the lower perplexity
+    [diverged] = gids(ax, "unhealthy:diverged")
+    assert list(diverged.get_ydata()) == [0.97]  # no perplexity: on the top edge, where perplexity is worst
+    assert fig._suptitle.get_text().startswith("Test perplexity against batch size")
+    assert any("no perplexity: on the top edge" in t for t in legend_texts(fig))
+    gap = build("generalization_gap", {"runs": runs})
+    assert axes_titled(gap, "m · test perplexity").get_yscale() == "log"
+    axes_titled(gap, "m · test loss − train loss")
+
+
+def test_a_segmentation_is_drawn_by_its_test_mean_iou():
+    runs = task_runs("segmentation")
+    fig = build("accuracy_vs_batch", {"runs": runs})
+    ax = axes_titled(fig, "m")
+    assert ax.get_ylabel() == "final test mean IoU" and ax.get_yscale() == "linear"
+    [line] = gids(ax, "median:linear")
+    expected = runs[(runs["base_lr"] == 0.1)].groupby("batch_size")["final_test_miou"].median()
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), expected.to_numpy())
+    assert list(gids(ax, "unhealthy:diverged")[0].get_ydata()) == [0.03]
+    assert fig._suptitle.get_text().startswith("Test mean IoU against batch size")
+    axes_titled(build("generalization_gap", {"runs": runs}), "m · test mean IoU")
+
+
+def test_classification_figures_keep_test_accuracy(study):
+    fig = build("accuracy_vs_batch", study)
+    ax = axes_titled(fig, "cnn")
+    assert ax.get_ylabel() == "final test accuracy" and ax.get_yscale() == "linear"
+    assert fig._suptitle.get_text().startswith("Test accuracy against batch size")
+    assert any("no accuracy: on the bottom edge" in t for t in legend_texts(fig))
+    axes_titled(build("generalization_gap", study), "cnn · test error")
+    # a runs table without the task and fraction columns is classification on the whole training set
+    old = study["runs"].drop(columns=["task", "train_fraction"])
+    pd.testing.assert_frame_equal(best_base_lr_runs(old).drop(columns="train_fraction"),
+                                  best_base_lr_runs(study["runs"]).drop(columns=["task", "train_fraction"]))

@@ -19,7 +19,9 @@ SETTINGS = {"k": {"targets": {"train_loss": [0.5]}}}
 def runs_with_lrs(extra_lr_status: str | None = None) -> pd.DataFrame:
     runs = fake_runs(batch_sizes=(32, 128, 400))
     runs = runs.assign(lr=runs["base_lr"], final_test_acc=0.95 - runs["batch_size"] / 1000, steps=100, planned_steps=100,
-                       device="cpu (x86_64, 1 threads)", stop_reason="budget", final_train_loss=0.1)
+                       device="cpu (x86_64, 1 threads)", stop_reason="budget", final_train_loss=0.1,
+                       task="classification", train_fraction=1.0, final_train_perplexity=np.nan,
+                       final_test_perplexity=np.nan, final_train_miou=np.nan, final_test_miou=np.nan)
     if extra_lr_status is None:
         return runs
     extra = runs.assign(base_lr=1.0, lr=1.0, status=extra_lr_status, final_test_acc=0.99, stop_reason=extra_lr_status,
@@ -28,15 +30,17 @@ def runs_with_lrs(extra_lr_status: str | None = None) -> pd.DataFrame:
 
 
 def critical_rows(**fit) -> pd.DataFrame:
-    row = dict(study="k", model="mlp", lr_rule="best", target_metric="train_loss", target_value=0.5, b_crit=40.0,
+    row = dict(study="k", model="mlp", train_fraction=1.0, lr_rule="best", target_metric="train_loss", target_value=0.5,
+               target_rule="fixed", target_batch_size=None, target_fallback=False, b_crit=40.0,
                s_min=100.0, ci_low=20.0, ci_high=80.0, n_points=3, fit_status="ok", b_crit_bound=None,
                b_noise_predicted=60.0, b_noise_ci_low=50.0, b_noise_ci_high=70.0, b_noise_n_runs=4)
     return pd.DataFrame([{**row, **fit}])
 
 
 def test_headline_target_prefers_train_loss_then_order_given():
-    assert headline_target({"test_error": [0.2], "train_loss": [0.5, 0.1]}) == ("train_loss", 0.5)
-    assert headline_target({"test_error": [0.2]}) == ("test_error", 0.2)
+    assert headline_target({"test_error": [0.2], "train_loss": [0.5, 0.1]}) == ("train_loss", "fixed", 0.5)
+    assert headline_target({"test_error": [0.2]}) == ("test_error", "fixed", 0.2)
+    assert headline_target({"train_loss": ["largest_batch_q25", 0.1]}) == ("train_loss", "largest_batch_q25", None)
     assert headline_target({}) is None
 
 
@@ -128,3 +132,85 @@ def test_the_browser_check_catches_a_broken_figure(tmp_path):
     broken.write_bytes(base64.b64decode(base64.b64encode(b"\x89PNG not really")))
     seen = render(report_page(tmp_path, [dict(name="broken", section="1", png=broken, caption="x")]))
     assert seen["images"][0]["natural_width"] == 0
+
+
+# --- targets set by a rule, training fractions, and tasks other than classification ----------------
+
+
+def test_a_rule_target_is_matched_by_its_rule_and_shows_the_models_own_value():
+    from batchlab.report import critical_display
+
+    q25 = critical_rows(target_rule="largest_batch_q25", target_value=0.123, target_batch_size=400, b_crit=90.0,
+                        ci_low=60.0, ci_high=130.0)
+    critical = pd.concat([critical_rows(), q25], ignore_index=True)
+    ratios = pd.DataFrame(columns=["study", "model", "metric", "epsilon"])
+    rule_first = summary_table(runs_with_lrs(), critical, ratios, {"k": {"targets": {"train_loss": ["largest_batch_q25", 0.5]}}})
+    shown = summary_display(rule_first).iloc[0]
+    assert shown["target"] == "train loss ≤ 0.123 (lower quartile of the largest batch, per model)"
+    assert shown["B_crit [95% interval]"] == "90 [60, 130]"
+    fixed_first = summary_display(summary_table(runs_with_lrs(), critical, ratios, SETTINGS)).iloc[0]
+    assert fixed_first["target"] == "train loss ≤ 0.5" and fixed_first["B_crit [95% interval]"] == "40 [20, 80]"
+    # no fit for the rule yet: the rule is named without a value
+    none = summary_table(runs_with_lrs(), critical_rows(), ratios, {"k": {"targets": {"train_loss": ["largest_batch_q25"]}}})
+    assert none.iloc[0]["target"] == "train loss ≤ lower quartile of the largest batch" and np.isnan(none.iloc[0]["b_crit"])
+    assert list(critical_display(critical)["target"]) == [
+        "train loss ≤ 0.5", "train loss ≤ 0.123 (lower quartile of the largest batch, per model)"]
+
+
+def test_each_training_fraction_is_a_summary_row_with_its_own_b_crit():
+    from batchlab.report import critical_display
+
+    full = runs_with_lrs()
+    half = full.assign(train_fraction=0.5, run_id=full["run_id"] + "/frac0.5", final_test_acc=full["final_test_acc"] - 0.1)
+    runs = pd.concat([full, half], ignore_index=True)
+    critical = pd.concat([critical_rows(), critical_rows(train_fraction=0.5, b_crit=25.0)], ignore_index=True)
+    table = summary_table(runs, critical, pd.DataFrame(columns=["study", "model", "metric", "epsilon"]), SETTINGS)
+    assert list(table["train_fraction"]) == [1.0, 0.5] and list(table["n_runs"]) == [9, 9]
+    assert list(table["b_crit"]) == [40.0, 25.0] and table["best_test_acc"].tolist() == pytest.approx([0.918, 0.818])
+    shown = summary_display(table)
+    assert list(shown["model"]) == ["mlp (100% of the data)", "mlp (50% of the data)"]
+    assert list(shown["B_crit [95% interval]"]) == ["40 [20, 80]", "25 [20, 80]"]
+    assert list(critical_display(critical)["model"]) == ["mlp (100% of the data)", "mlp (50% of the data)"]
+    assert list(summary_display(summary_table(full, critical_rows(), pd.DataFrame(columns=["study", "model", "metric",
+                                                                                           "epsilon"]), SETTINGS))["model"]) == ["mlp"]
+
+
+def task_runs(task: str) -> pd.DataFrame:
+    """A study whose best batch by test accuracy (400) is its worst by the task's own measure (32 is best)."""
+    runs = runs_with_lrs()
+    b, seed = runs["batch_size"], runs["seed"]
+    runs = runs.assign(task=task, final_test_acc=0.5 + b / 1000)
+    if task == "language_model":
+        return runs.assign(final_test_perplexity=(40 + b / 10) * (1 + 0.01 * seed))
+    return runs.assign(final_test_miou=(0.7 - b / 2000) * (1 - 0.01 * seed))
+
+
+@pytest.mark.parametrize("task, column, expected, text", [
+    ("language_model", "best_test_perplexity", 43.2 * 1.01, "32 (constant, test perplexity 43.63)"),
+    ("segmentation", "best_test_miou", 0.684 * 0.99, "32 (constant, test mean IoU 0.677)"),
+])
+def test_the_summary_judges_a_language_model_by_perplexity_and_a_segmentation_by_mean_iou(task, column, expected, text):
+    from batchlab.report import unhealthy_display
+
+    runs = task_runs(task)
+    table = summary_table(runs, critical_rows(), pd.DataFrame(columns=["study", "model", "metric", "epsilon"]), SETTINGS)
+    row = table.iloc[0]
+    assert row["task"] == task and row["best_batch_size"] == 32 and row[column] == pytest.approx(expected)
+    shown = summary_display(table)
+    assert shown.iloc[0]["best batch size (rule, median test accuracy, perplexity or mean IoU)"] == text
+    stalled = runs.assign(status=np.where(runs["batch_size"] == 400, "stalled", "completed"))
+    bad = unhealthy_display(stalled)
+    name = {"language_model": "final test perplexity", "segmentation": "final test mean IoU"}[task]
+    assert len(bad) == 3 and name in bad.columns and bad[name].iloc[0] != "–"
+    assert "final test perplexity" not in unhealthy_display(runs_with_lrs(extra_lr_status="stalled")).columns
+
+
+def test_a_language_model_whose_seeds_mostly_fail_has_infinite_perplexity_and_loses():
+    runs = task_runs("language_model")
+    runs = runs.assign(status=np.where((runs["batch_size"] == 32) & (runs["seed"] > 0), "diverged", "completed"))
+    row = summary_table(runs, critical_rows(), pd.DataFrame(columns=["study", "model", "metric", "epsilon"]), SETTINGS).iloc[0]
+    assert row["best_batch_size"] == 128 and row["best_test_perplexity"] == pytest.approx(52.8 * 1.01)
+    only_failures = runs.assign(status="diverged")
+    row = summary_table(only_failures, critical_rows(), pd.DataFrame(columns=["study", "model", "metric", "epsilon"]),
+                        SETTINGS).iloc[0]
+    assert row["best_test_perplexity"] == np.inf

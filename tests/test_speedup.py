@@ -3,8 +3,9 @@ import pandas as pd
 import pytest
 
 from batchlab.speedup import (
-    CRITICAL_COLUMNS, SPEEDUP_COLUMNS, cell_steps, fit_critical_batch, median_with_interval, noise_at_target,
-    noise_prediction, regime, run_steps_to_target, speedup_curve, speedup_tables,
+    CRITICAL_COLUMNS, LARGEST_BATCH_Q25, SPEEDUP_COLUMNS, TARGET_COLUMNS, ResolvedTarget, cell_steps,
+    fit_critical_batch, median_with_interval, noise_at_target, noise_prediction, regime, resolve_target,
+    run_steps_to_target, speedup_curve, speedup_tables,
 )
 
 
@@ -200,12 +201,12 @@ def test_noise_prediction_takes_the_checkpoint_nearest_the_target_step():
     pred = noise_prediction(sharp, curves, runs, "train_loss", 0.5)
     assert list(pred.columns) == ["b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high", "b_noise_n_runs"]
     # two runs: the median, and the span of their own intervals
-    assert pred.loc[("s", "m", "linear")].to_dict() == dict(b_noise_predicted=30.0, b_noise_ci_low=15.0,
+    assert pred.loc[("s", "m", 1.0, "linear")].to_dict() == dict(b_noise_predicted=30.0, b_noise_ci_low=15.0,
                                                            b_noise_ci_high=60.0, b_noise_n_runs=2)
-    assert pred.loc[("s", "m", "best")].to_dict() == pred.loc[("s", "m", "linear")].to_dict()
+    assert pred.loc[("s", "m", 1.0, "best")].to_dict() == pred.loc[("s", "m", 1.0, "linear")].to_dict()
     # a table without interval columns: each value is its own interval
     old = noise_prediction(sharp.drop(columns=["ci_low", "ci_high"]), curves, runs, "train_loss", 0.5)
-    assert old.loc[("s", "m", "linear")].tolist() == [30.0, 20.0, 40.0, 2]
+    assert old.loc[("s", "m", 1.0, "linear")].tolist() == [30.0, 20.0, 40.0, 2]
 
 
 def test_runs_that_did_not_reach_the_target_do_not_move_the_prediction():
@@ -233,8 +234,8 @@ def test_noise_prediction_pools_rules_and_bootstraps_three_runs_or_more():
     curves = pd.concat([curves, curve("c", [0, 20], [2.0, 0.5])])
     sharp = pd.concat([sharp, noise_rows("c", [20], [100.0], ci_low=[50.0], ci_high=[300.0])])
     pred = noise_prediction(sharp, curves, runs, "train_loss", 0.5)
-    assert pred.loc[("s", "m", "sqrt")].tolist() == [100.0, 50.0, 300.0, 1]
-    best = pred.loc[("s", "m", "best")]
+    assert pred.loc[("s", "m", 1.0, "sqrt")].tolist() == [100.0, 50.0, 300.0, 1]
+    best = pred.loc[("s", "m", 1.0, "best")]
     assert best["b_noise_predicted"] == 40.0 and best["b_noise_n_runs"] == 3
     assert 20.0 <= best["b_noise_ci_low"] < 40.0 < best["b_noise_ci_high"] <= 100.0  # bootstrap of the median
     pd.testing.assert_frame_equal(pred, noise_prediction(sharp, curves, runs, "train_loss", 0.5))  # seeded
@@ -299,3 +300,143 @@ def test_a_study_without_targets_gives_typed_empty_tables():
     full_speed, full_crit = speedup_tables(runs, curves, {"s": {"targets": {"train_loss": [0.1]}, "n_bootstrap": 20}})
     pd.testing.assert_series_equal(speed.dtypes, full_speed.dtypes)
     pd.testing.assert_series_equal(crit.dtypes, full_crit.dtypes)
+
+
+def quartile_study():
+    """Model m: at its largest batch 32 two completed runs evaluate 0.1 .. 1.0 after step 0 (lower quartile 0.325);
+    everything else must not move that: step 0, unevaluated rows, a diverged and a stalled run at 32, batch 8's runs,
+    and model `other`, which has a larger batch and lower losses."""
+    rows = [("a", "m", 32, "completed"), ("b", "m", 32, "completed"), ("div", "m", 32, "diverged"),
+            ("stall", "m", 32, "stalled"), ("small", "m", 8, "completed"), ("o", "other", 64, "completed")]
+    runs = pd.DataFrame(rows, columns=["run_id", "model", "batch_size", "status"]).assign(study="s")
+    curves = pd.concat([
+        curve("a", [0, 1, 2, 3, 4, 5, 6], [9.0, 0.5, np.nan, 0.4, 0.3, 0.2, 0.1],
+              accs=[0.0, 0.5, np.nan, 0.6, 0.7, 0.8, 0.9]),
+        curve("b", [0, 2, 4, 6, 8, 10], [9.0, 1.0, 0.9, 0.8, 0.7, 0.6], accs=[0.0, 0.0, 0.1, 0.2, 0.3, 0.4]),
+        curve("div", [0, 1, 2], [9.0, 0.001, np.nan], accs=[0.0, 0.999, np.nan]),
+        curve("stall", [0, 1, 2], [9.0, 0.002, 0.002], accs=[0.0, 0.998, 0.998]),
+        curve("small", [0, 1, 2], [9.0, 0.01, 0.01], accs=[0.0, 0.99, 0.99]),
+        curve("o", [0, 1, 2], [9.0, 0.02, 0.02], accs=[0.0, 0.98, 0.98]),
+    ], ignore_index=True)
+    return runs, curves
+
+
+def test_largest_batch_q25_is_the_lower_quartile_of_the_largest_batch_completed_runs():
+    runs, curves = quartile_study()
+    got = resolve_target(runs, curves, "train_loss", LARGEST_BATCH_Q25, "m")
+    assert got == ResolvedTarget(pytest.approx(np.percentile(np.arange(1, 11) / 10, 25)), LARGEST_BATCH_Q25, 32, False)
+    assert got.value == pytest.approx(0.325)
+    # reachable by the largest batch by construction: run a gets there (0.3 at step 4), b never does
+    steps = run_steps_to_target(runs, curves, "train_loss", got.value)
+    assert steps.iloc[0] == 4 and np.isnan(steps.iloc[1])
+    # test_error: the same rule on 1 - test_acc, whose values are again 0.1 .. 1.0
+    error = resolve_target(runs, curves, "test_error", LARGEST_BATCH_Q25, "m")
+    assert error.value == pytest.approx(0.325) and error.batch_size == 32
+    # each model its own: `other`'s largest batch is 64
+    other = resolve_target(runs, curves, "train_loss", LARGEST_BATCH_Q25, "other")
+    assert other == (pytest.approx(0.02), LARGEST_BATCH_Q25, 64, False)
+
+
+def test_diverged_and_stalled_runs_do_not_set_the_quartile():
+    runs, curves = quartile_study()
+    before = resolve_target(runs, curves, "train_loss", LARGEST_BATCH_Q25, "m")
+    # were they counted, their tiny losses would pull the quartile down
+    healthy = runs.assign(status="completed")
+    assert resolve_target(healthy, curves, "train_loss", LARGEST_BATCH_Q25, "m").value < before.value
+    assert resolve_target(runs[runs["status"] == "completed"], curves, "train_loss", LARGEST_BATCH_Q25, "m") == before
+
+
+def test_without_a_completed_run_at_the_largest_batch_the_next_largest_sets_the_target():
+    runs, curves = quartile_study()
+    runs = runs.assign(batch_size=runs["batch_size"].where(runs["run_id"] != "stall", 128))  # 128: only a stalled run
+    runs = runs.assign(status=runs["status"].where(~runs["run_id"].isin(["a", "b"]), "diverged"))  # 32: none completed
+    got = resolve_target(runs, curves, "train_loss", LARGEST_BATCH_Q25, "m")
+    assert got == ResolvedTarget(pytest.approx(0.01), LARGEST_BATCH_Q25, 8, True)  # batch 8 sets it, and says so
+    # no completed run at all: no target, and nothing reaches it
+    none = resolve_target(runs.assign(status="diverged"), curves, "train_loss", LARGEST_BATCH_Q25, "m")
+    assert np.isnan(none.value) and none.batch_size is None and not none.fallback
+    assert run_steps_to_target(runs, curves, "train_loss", none.value).isna().all()
+
+
+def test_a_fixed_target_is_kept_and_an_unknown_rule_is_refused():
+    runs, curves = quartile_study()
+    assert resolve_target(runs, curves, "train_loss", 0.5, "m") == ResolvedTarget(0.5, "fixed", None, False)
+    with pytest.raises(ValueError, match="'largest_batch_q25'"):
+        resolve_target(runs, curves, "train_loss", "largest_batch_median", "m")
+    with pytest.raises(ValueError, match="'largest_batch_q25'"):
+        resolve_target(runs, curves, "train_loss", None, "m")
+    runs, curves = synthetic_runs(seeds=(0,))
+    with pytest.raises(ValueError, match="unknown speed-up target 'q25'.*'largest_batch_q25'"):  # before any work
+        speedup_tables(runs, curves, {"s": {"targets": {"train_loss": [0.1, "q25"]}, "n_bootstrap": 20}})
+
+
+def test_largest_batch_q25_gives_each_model_its_target_and_the_tables_say_so():
+    m, m_curves = synthetic_runs(seeds=(0, 1))  # loss 1.0, then 0.05 for most of training: lower quartile 0.05
+    m2, m2_curves = synthetic_runs(b_crit=16, seeds=(0, 1))
+    m2 = m2.assign(model="m2", run_id="x" + m2["run_id"])
+    m2_curves = m2_curves.assign(run_id="x" + m2_curves["run_id"], train_loss=2 * m2_curves["train_loss"])  # 0.1
+    runs, curves = pd.concat([m, m2], ignore_index=True), pd.concat([m_curves, m2_curves], ignore_index=True)
+    config = {"targets": {"train_loss": [LARGEST_BATCH_Q25, 0.05]}, "n_bootstrap": 50}
+    speed, crit = speedup_tables(runs, curves, {"s": config})
+    assert list(speed.columns) == list(SPEEDUP_COLUMNS) and list(crit.columns) == list(CRITICAL_COLUMNS)
+    assert set(TARGET_COLUMNS) <= set(SPEEDUP_COLUMNS) & set(CRITICAL_COLUMNS)
+    for table in (speed, crit):
+        rule = table[table["target_rule"] == LARGEST_BATCH_Q25]
+        assert rule.groupby("model")["target_value"].unique().map(list).to_dict() == {"m": [0.05], "m2": [0.1]}
+        assert (rule["target_batch_size"] == 512).all() and not rule["target_fallback"].any()
+        fixed = table[table["target_rule"] == "fixed"]
+        assert (fixed["target_value"] == 0.05).all() and fixed["target_batch_size"].isna().all()
+    q25 = speed[speed["target_rule"] == LARGEST_BATCH_Q25]
+    assert q25["reached"].all()  # the largest batch included
+    # then everything as for the same fixed value: m's rows equal the fixed 0.05 rows
+    fixed_speed, fixed_crit = speedup_tables(m, m_curves, {"s": {"targets": {"train_loss": [0.05]}, "n_bootstrap": 50}})
+    for table, fixed in ((speed, fixed_speed), (crit, fixed_crit)):
+        got = table[(table["target_rule"] == LARGEST_BATCH_Q25) & (table["model"] == "m")].reset_index(drop=True)
+        drop = ["target_rule", "target_batch_size", "target_fallback"]
+        pd.testing.assert_frame_equal(got.drop(columns=drop), fixed.drop(columns=drop))
+    row = crit[(crit["target_rule"] == LARGEST_BATCH_Q25) & (crit["model"] == "m2")
+               & (crit["lr_rule"] == "best")].iloc[0]
+    assert row["fit_status"] == "ok" and row["b_crit"] == pytest.approx(16, rel=0.3)
+    # the same dtypes as fixed-only and empty tables
+    empty_speed, empty_crit = speedup_tables(m, m_curves, {"s": {"targets": {}, "n_bootstrap": 50}})
+    for table in (speed, fixed_speed, empty_speed):
+        pd.testing.assert_series_equal(table.dtypes, empty_speed.dtypes)
+    for table in (crit, fixed_crit, empty_crit):
+        pd.testing.assert_series_equal(table.dtypes, empty_crit.dtypes)
+
+
+def test_each_training_fraction_gives_its_own_curves_fits_and_quartile_target():
+    full, full_curves = synthetic_runs(seeds=(0, 1))  # B_crit 64, lower quartile of the loss 0.05
+    half, half_curves = synthetic_runs(b_crit=16, seeds=(0, 1))
+    half = half.assign(train_fraction=0.5, run_id="h" + half["run_id"])
+    half_curves = half_curves.assign(run_id="h" + half_curves["run_id"], train_loss=2 * half_curves["train_loss"])
+    runs = pd.concat([full.assign(train_fraction=1.0), half], ignore_index=True)
+    curves = pd.concat([full_curves, half_curves], ignore_index=True)
+    config = {"targets": {"train_loss": [0.2, LARGEST_BATCH_Q25]}, "n_bootstrap": 50}
+    speed, crit = speedup_tables(runs, curves, {"s": config})
+    assert list(crit.columns[:4]) == ["study", "model", "train_fraction", "lr_rule"]
+    assert crit.groupby(["target_rule", "train_fraction"]).size().to_dict() == {
+        ("fixed", 0.5): 2, ("fixed", 1.0): 2, ("largest_batch_q25", 0.5): 2, ("largest_batch_q25", 1.0): 2}
+    best = crit[(crit["lr_rule"] == "best") & (crit["target_rule"] == "fixed")].set_index("train_fraction")
+    assert best.loc[1.0, "b_crit"] == pytest.approx(64, rel=0.3) and best.loc[0.5, "b_crit"] == pytest.approx(16, rel=0.3)
+    # the quartile target is each fraction's own: the half-data runs end at loss 0.1
+    q25 = crit[crit["target_rule"] == LARGEST_BATCH_Q25].groupby("train_fraction")["target_value"].unique()
+    assert q25.map(list).to_dict() == {0.5: [pytest.approx(0.1)], 1.0: [pytest.approx(0.05)]}
+    # each fraction's rows are what its runs alone give; a runs table without the column is all 1.0
+    alone_speed, alone_crit = speedup_tables(full, full_curves, {"s": config})
+    assert (alone_crit["train_fraction"] == 1.0).all()
+    for table, alone in ((speed, alone_speed), (crit, alone_crit)):
+        pd.testing.assert_frame_equal(table[table["train_fraction"] == 1.0].reset_index(drop=True), alone)
+    assert speed.groupby("train_fraction")["batch_size"].nunique().to_dict() == {0.5: 7, 1.0: 7}
+
+
+def test_target_text_names_the_rule_and_the_value_resolved_for_a_model():
+    from batchlab.speedup import target_text
+
+    assert target_text("train_loss", "fixed", 0.5) == "train loss ≤ 0.5"
+    assert target_text("train_loss", LARGEST_BATCH_Q25) == "train loss ≤ lower quartile of the largest batch"
+    assert target_text("test_error", LARGEST_BATCH_Q25, 0.12345, 512) == \
+        "test error ≤ 0.123 (lower quartile of the largest batch, per model)"
+    assert target_text("train_loss", LARGEST_BATCH_Q25, 0.2, 256, fallback=True) == \
+        "train loss ≤ 0.2 (lower quartile of batch 256, the largest with a completed run, per model)"
+    assert target_text("train_loss", LARGEST_BATCH_Q25, np.nan).startswith("train loss: no target")

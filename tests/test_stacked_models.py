@@ -2,6 +2,8 @@
 
 The plain modules of batchlab.models are the reference. Comparisons run in float64 so
 that "the same computation" can be checked to ~1e-10; isolation is checked bit for bit.
+Every model is covered: classification (signals, images), segmentation (dense logits
+(K, B, C, H, W)) and the language model (token inputs, logits (K, B, V, T)).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from batchlab.models import BN_MODELS, MODEL_NAMES, build_model
+from batchlab.models import BN_MODELS, MODEL_INPUTS, MODEL_NAMES, build_model, uses_batchnorm
 from batchlab.stacked import models
 from batchlab.stacked.models import StackedModel, build_stacked_model, stack_modules
 
@@ -27,9 +29,18 @@ CASES = [
     ("resnet8", (3, 8, 8), None),
     ("resnet8_bn", (3, 8, 8), None),
     ("resnet20", (3, 8, 8), 2),
+    ("resnet20_nobn", (3, 8, 8), None),
+    ("keskar_f1", (1, 8, 8), None),
+    ("keskar_c1", (3, 8, 8), None),
+    ("drn", (3, 16, 16), None),  # output stride 8: 2x2 feature maps, dilated convs reach into the padding
+    ("lstm_lm", (6,), None),  # 6 tokens, a vocabulary of NUM_CLASSES
 ]
 CASE_IDS = [f"{name}-ghost{bn}" if bn else name for name, _, bn in CASES]
 CASE = dict(zip(CASE_IDS, CASES))
+# Tiny inputs of every model, for tests over MODEL_NAMES.
+KIND_SHAPES = {"signal": (40,), "image": (3, 8, 8), "segmentation": (3, 16, 16), "tokens": (6,)}
+INPUT_SHAPES = {name: KIND_SHAPES[MODEL_INPUTS[name]] for name in MODEL_NAMES} | {n: s for n, s, _ in CASES}
+assert {MODEL_INPUTS[name] for name, _, _ in CASES} == set(KIND_SHAPES), "a case of every kind of input"
 
 
 @pytest.fixture(autouse=True, params=["grouped", "member-loop"])
@@ -65,17 +76,35 @@ def _plain_members(stacked: StackedModel, input_shape, bn_batch_size) -> list[to
     return members
 
 
-def _batch(input_shape, k=len(SEEDS), seed=0) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(name, shape, gen) -> torch.Tensor:
+    """Inputs of `shape` (leading batch dimensions included) for the model: token ids or floats."""
+    if MODEL_INPUTS[name] == "tokens":
+        return torch.randint(NUM_CLASSES, shape, generator=gen)
+    return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+def _targets_shape(name, input_shape) -> tuple[int, ...]:
+    """A target per example (classification), per token, or per pixel."""
+    kind = MODEL_INPUTS[name]
+    return tuple(input_shape) if kind == "tokens" else tuple(input_shape[1:]) if kind == "segmentation" else ()
+
+
+def _logits_shape(name, input_shape, k, b) -> tuple[int, ...]:
+    """The class on dim 2: (K, B, C), (K, B, V, T), (K, B, C, H, W)."""
+    return (k, b, NUM_CLASSES, *_targets_shape(name, input_shape))
+
+
+def _batch(name, input_shape, k=len(SEEDS), seed=0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(k, BATCH, *input_shape, generator=gen, dtype=torch.float64)
-    y = torch.randint(NUM_CLASSES, (k, BATCH), generator=gen)
+    x = _inputs(name, (k, BATCH, *input_shape), gen)
+    y = torch.randint(NUM_CLASSES, (k, BATCH, *_targets_shape(name, input_shape)), generator=gen)
     return x, y
 
 
 def _summed_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Sum over members of each member's mean cross-entropy."""
-    per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-    return per_sample.view(y.shape).mean(1).sum()
+    """Sum over members of each member's mean cross-entropy (over examples, tokens or pixels)."""
+    per_target = F.cross_entropy(logits.flatten(0, 1), y.flatten(0, 1), reduction="none")
+    return per_target.view(y.shape[0], -1).mean(1).sum()
 
 
 def _outputs_and_grads(stacked: StackedModel, x, y, train=True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -95,7 +124,7 @@ def _assert_state_dicts_equal(actual: dict, expected: dict) -> None:
     "name, bn_batch_size", [(name, None) for name in MODEL_NAMES] + [(name, 2) for name in BN_MODELS]
 )
 def test_members_are_the_models_the_single_run_trainer_builds(name, bn_batch_size):
-    input_shape = (40,) if name in ("mlp", "cnn", "gru") else (3, 8, 8)
+    input_shape = INPUT_SHAPES[name]
     stacked = build_stacked_model(name, input_shape, NUM_CLASSES, SEEDS, bn_batch_size)
     assert stacked.k == len(SEEDS) and stacked.name == name
     for k, seed in enumerate(SEEDS):
@@ -112,17 +141,18 @@ def test_train_forward_matches_plain_modules_including_running_stats(case):
     stacked = _perturbed_stack(*case)
     plains = _plain_members(stacked, input_shape, bn)
     for step in range(2):  # twice, so running statistics build on an update
-        x, _ = _batch(input_shape, seed=step)
+        x, _ = _batch(name, input_shape, seed=step)
         out = stacked.forward(x, train=True)
-        assert out.shape == (3, BATCH, NUM_CLASSES)
+        assert out.shape == _logits_shape(name, input_shape, 3, BATCH)
         for k, plain in enumerate(plains):
             torch.testing.assert_close(out[k], plain.train()(x[k]), **TIGHT)
     for k, plain in enumerate(plains):
         expected = plain.state_dict()
         for key, value in stacked.member_state_dict(k).items():
             torch.testing.assert_close(value, expected[key], **TIGHT)
-        if bn:
-            assert stacked.member_state_dict(k)["stem.1.num_batches_tracked"].item() == 2
+    counters = [key for key in stacked.buffers if key.endswith("num_batches_tracked")]
+    assert bool(counters) == uses_batchnorm(name)
+    assert all(stacked.buffers[key].tolist() == [2, 2, 2] for key in counters)
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -131,7 +161,7 @@ def test_eval_forward_matches_plain_modules_and_leaves_buffers(case):
     stacked = _perturbed_stack(*case)
     plains = _plain_members(stacked, input_shape, bn)
     buffers_before = {key: b.clone() for key, b in stacked.buffers.items()}
-    x, _ = _batch(input_shape)
+    x, _ = _batch(name, input_shape)
     x = x[:, :3]  # in eval mode the batch need not be a multiple of the ghost batch size
     out = stacked.forward(x, train=False)
     for k, plain in enumerate(plains):
@@ -144,7 +174,7 @@ def test_summed_loss_gives_each_member_its_own_gradient(case):
     name, input_shape, bn = case
     stacked = _perturbed_stack(*case)
     plains = _plain_members(stacked, input_shape, bn)
-    x, y = _batch(input_shape)
+    x, y = _batch(name, input_shape)
     _, grads = _outputs_and_grads(stacked, x, y)
     for k, plain in enumerate(plains):
         F.cross_entropy(plain.train()(x[k]), y[k]).backward()
@@ -156,7 +186,7 @@ def test_summed_loss_gives_each_member_its_own_gradient(case):
 def test_members_are_isolated_bit_for_bit(case):
     name, input_shape, _ = case
     stacked = _perturbed_stack(*case)
-    x, y = _batch(input_shape)
+    x, y = _batch(name, input_shape)
     others = [0, 2]
 
     base = stacked.select([0, 1, 2])  # select copies: each run starts from the same state
@@ -167,12 +197,17 @@ def test_members_are_isolated_bit_for_bit(case):
         for p in changed.params.values():
             p[1].mul_(-3.0).add_(1.0)
     x_changed = x.clone()
-    x_changed[1] = torch.randn(x[1].shape, generator=torch.Generator().manual_seed(9), dtype=x.dtype) * 5
+    fresh = _inputs(name, x[1].shape, torch.Generator().manual_seed(9))
+    x_changed[1] = fresh if fresh.dtype == torch.int64 else 5 * fresh  # other tokens, or larger inputs
     out_changed, grads_changed = _outputs_and_grads(changed, x_changed, y)
 
     poisoned = stacked.select([0, 1, 2])
     x_nan = x.clone()
-    x_nan[1, 0].view(-1)[0] = float("nan")
+    if MODEL_INPUTS[name] == "tokens":  # no NaN token: poison the embedding of member 1's first token
+        with torch.no_grad():
+            poisoned.params["encoder.weight"][1, x[1, 0, 0]] = float("nan")
+    else:
+        x_nan[1, 0].view(-1)[0] = float("nan")
     out_nan, grads_nan = _outputs_and_grads(poisoned, x_nan, y)
     assert out_nan[1].isnan().any()  # the NaN did reach member 1
 
@@ -186,7 +221,7 @@ def test_members_are_isolated_bit_for_bit(case):
             assert torch.equal(other.buffers[key][others], base.buffers[key][others]), key
 
 
-@pytest.mark.parametrize("case", [CASE["cnn"], CASE["resnet20-ghost2"]], ids=["cnn", "resnet20-ghost2"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_select_keeps_exactly_those_members(case):
     name, input_shape, _ = case
     stacked = _perturbed_stack(*case)
@@ -194,7 +229,7 @@ def test_select_keeps_exactly_those_members(case):
     assert picked.k == 2
     _assert_state_dicts_equal(picked.member_state_dict(0), stacked.member_state_dict(2))
     _assert_state_dicts_equal(picked.member_state_dict(1), stacked.member_state_dict(0))
-    x, _ = _batch(input_shape)
+    x, _ = _batch(name, input_shape)
     torch.testing.assert_close(picked.forward(x[[2, 0]], train=False), stacked.forward(x, train=False)[[2, 0]], **TIGHT)
     # Fresh tensors: changing the selection leaves the original alone.
     assert all(p.is_leaf and p.requires_grad for p in picked.params.values())
@@ -207,27 +242,37 @@ def test_select_keeps_exactly_those_members(case):
     _assert_state_dicts_equal(stacked.member_state_dict(2), before)
 
 
-def test_load_member_round_trips_a_plain_state_dict():
-    stacked = build_stacked_model("resnet8_bn", (3, 8, 8), NUM_CLASSES, SEEDS)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_load_member_round_trips_a_plain_state_dict(case):
+    name, input_shape, bn = case
+    stacked = build_stacked_model(name, input_shape, NUM_CLASSES, SEEDS, bn)
     untouched = [stacked.member_state_dict(k) for k in (0, 2)]
     torch.manual_seed(11)
-    plain = build_model("resnet8_bn", (3, 8, 8), NUM_CLASSES)
-    plain(torch.randn(4, 3, 8, 8))  # train mode: running statistics and num_batches_tracked move
+    plain = build_model(name, input_shape, NUM_CLASSES, bn)
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p))
+    x = _inputs(name, (4, *input_shape), torch.Generator().manual_seed(3))
+    plain(x if x.dtype == torch.int64 else x.float())  # train mode: running statistics and num_batches_tracked move
     stacked.load_member(1, plain.state_dict())
     _assert_state_dicts_equal(stacked.member_state_dict(1), plain.state_dict())
     _assert_state_dicts_equal(stacked.member_state_dict(0), untouched[0])
     _assert_state_dicts_equal(stacked.member_state_dict(2), untouched[1])
     assert all(p.is_leaf and p.grad_fn is None for p in stacked.params.values())
+    first_key, first = next(iter(plain.state_dict().items()))
     with pytest.raises(KeyError, match="missing"):
-        stacked.load_member(0, {"fc.weight": plain.fc.weight})
+        stacked.load_member(0, {first_key: first})
 
 
-@pytest.mark.parametrize("case", [CASE["gru"], CASE["resnet8_bn"]], ids=["gru", "resnet8_bn"])
+ONE_IDS = ["gru", "resnet8_bn", "keskar_f1", "keskar_c1", "drn", "lstm_lm"]
+
+
+@pytest.mark.parametrize("case", [CASE[i] for i in ONE_IDS], ids=ONE_IDS)
 def test_a_stack_of_one_is_the_plain_model(case):
     name, input_shape, bn = case
     stacked = build_stacked_model(name, input_shape, NUM_CLASSES, [5], bn, dtype=torch.float64)
     (plain,) = _plain_members(stacked, input_shape, bn)
-    x, y = _batch(input_shape, k=1)
+    x, y = _batch(name, input_shape, k=1)
     out, grads = _outputs_and_grads(stacked, x, y)
     plain_out = plain.train()(x[0])
     F.cross_entropy(plain_out, y[0]).backward()
@@ -252,17 +297,27 @@ def test_stack_modules_takes_current_weights_and_checks_them():
         stack_modules("cnn", [build_model("mlp", (40,), 10)])
     with pytest.raises(ValueError, match="modules are not resnet20"):
         stack_modules("resnet20", [build_model("resnet8_bn", (3, 8, 8), 10)])
+    with pytest.raises(ValueError, match="modules are not resnet20_nobn"):
+        stack_modules("resnet20_nobn", [build_model("resnet20", (3, 8, 8), 10)])
+    with pytest.raises(ValueError, match="plain BatchNorm without ghost batches, so bn_batch_size=2"):
+        stack_modules("drn", [build_model("drn", (3, 16, 16), 10)], bn_batch_size=2)
+    with pytest.raises(TypeError, match="expected a KeskarC1 module, got DRNSeg"):
+        stack_modules("keskar_c1", [build_model("drn", (3, 16, 16), 10)])
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         stack_modules("vgg", modules)
 
 
-def test_to_converts_floating_tensors_and_keeps_fresh_leaves():
-    stacked = build_stacked_model("resnet8_bn", (3, 8, 8), NUM_CLASSES, SEEDS).to(torch.float64)
-    assert stacked.params["fc.weight"].dtype == torch.float64
-    assert stacked.buffers["stem.1.running_var"].dtype == torch.float64
-    assert stacked.buffers["stem.1.num_batches_tracked"].dtype == torch.int64
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_to_converts_floating_tensors_and_keeps_fresh_leaves(case):
+    name, input_shape, bn = case
+    stacked = build_stacked_model(name, input_shape, NUM_CLASSES, SEEDS, bn).to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in stacked.params.values())
+    for key, b in stacked.buffers.items():
+        assert b.dtype == (torch.int64 if key.endswith("num_batches_tracked") else torch.float64), key
     assert all(p.is_leaf and p.requires_grad for p in stacked.params.values())
-    assert stacked.to("cpu").params["fc.weight"].device.type == "cpu"
+    assert all(p.device.type == "cpu" for p in stacked.to("cpu").params.values())
+    x, _ = _batch(name, input_shape)
+    assert stacked.forward(x, train=False).dtype == torch.float64
 
 
 def test_input_errors_are_explicit():
@@ -277,14 +332,47 @@ def test_input_errors_are_explicit():
 
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_evaluate_stack_gives_each_members_plain_evaluation(case):
+    """Per target (example, token or labelled pixel), with mean IoU where there are pixels."""
+    from batchlab.data import IGNORE_INDEX
+    from batchlab.metrics import member_confusion, mean_iou
     from batchlab.train import evaluate, evaluate_stack
 
     name, input_shape, bn = CASE[case]
     stacked = _perturbed_stack(name, input_shape, bn)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(10, *input_shape, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, NUM_CLASSES, (10,), generator=gen)
-    loss, acc = evaluate_stack(stacked, x, y, batch_size=8)  # chunks of 8 and 2
+    x, y = (t[0] for t in _batch(name, input_shape, k=1, seed=1))  # (BATCH, ...) inputs and targets
+    x, y = torch.cat([x, x[:2]]), torch.cat([y, y[:2]])  # 10 examples: chunks of 8 and 2
+    segmentation = MODEL_INPUTS[name] == "segmentation"
+    if segmentation:
+        y[:3, :2] = IGNORE_INDEX  # unlabelled pixels count nowhere
+    scores = evaluate_stack(stacked, x, y, batch_size=8, num_classes=NUM_CLASSES, miou=segmentation)
+    assert len(scores) == (3 if segmentation else 2)
     for k, reference in enumerate(_plain_members(stacked, input_shape, bn)):
         ref_loss, ref_acc = evaluate(reference, x, y)
-        assert loss[k] == pytest.approx(ref_loss, rel=1e-10) and acc[k] == ref_acc
+        assert scores[0][k] == pytest.approx(ref_loss, rel=1e-10) and scores[1][k] == pytest.approx(ref_acc, rel=1e-12)
+        if segmentation:
+            with torch.no_grad():
+                confusion = member_confusion(reference.eval()(x)[None], y[None], NUM_CLASSES)
+            assert scores[2][k] == pytest.approx(mean_iou(confusion)[0].item(), rel=1e-12)
+
+
+def test_the_stacked_lstm_is_nn_lstm_over_longer_sequences():
+    """Two layers over 40 steps, float64: outputs and every gradient as nn.LSTM's."""
+    stacked = _perturbed_stack("lstm_lm", (40,), None)
+    plains = _plain_members(stacked, (40,), None)
+    assert all(isinstance(plain.lstm, torch.nn.LSTM) and plain.lstm.num_layers == 2 for plain in plains)
+    x, y = _batch("lstm_lm", (40,))
+    out, grads = _outputs_and_grads(stacked, x, y)
+    for k, plain in enumerate(plains):
+        plain_out = plain(x[k])
+        torch.testing.assert_close(out[k], plain_out.detach(), **TIGHT)
+        F.cross_entropy(plain_out, y[k]).backward()
+        for key, p in plain.named_parameters():
+            torch.testing.assert_close(grads[key][k], p.grad, **TIGHT, msg=lambda m: f"{key}: {m}")
+
+
+def test_a_token_out_of_a_members_vocabulary_raises_instead_of_reading_another_member():
+    stacked = build_stacked_model("lstm_lm", (6,), NUM_CLASSES, SEEDS)
+    x = torch.zeros(3, 2, 6, dtype=torch.int64)
+    x[0, 0, 0] = NUM_CLASSES  # would be row 0 of member 1's table in a flattened (K*V, E) lookup
+    with pytest.raises(IndexError):
+        stacked.forward(x, train=True)

@@ -34,13 +34,16 @@ def test_runs_table_keeps_the_contract(two_runs):
     linear = by_id.loc["tiny/mlp/bs64/linear/lr0.05/seed0"]
     assert (linear["batch_size"], linear["lr_rule"], linear["lr"], linear["status"]) == (64, "linear", 0.05, "completed")
     assert pd.isna(linear["diverged_step"]) and pd.isna(linear["bn_batch_size"])
+    assert (linear["task"], linear["train_fraction"]) == ("classification", 1.0)
+    assert linear[["final_test_perplexity", "final_test_miou"]].isna().all()
     diverged = by_id.loc["tiny/mlp/bs16/constant/lr50/seed0"]
     assert diverged["status"] == "diverged" and diverged["diverged_step"] >= 1
 
 
 def test_curves_table_stacks_every_step_of_every_run(two_runs):
     df = curves_table([d / "run.json" for d in two_runs], [d / "metrics.parquet" for d in two_runs])
-    assert list(df.columns) == list(CURVE_COLUMNS) == CONTRACT_CURVE_COLUMNS
+    assert list(df.columns) == list(CURVE_COLUMNS) == CONTRACT_CURVE_COLUMNS + ["train_miou", "test_miou"]
+    assert df[["train_miou", "test_miou"]].isna().all().all()  # classification runs have no mean IoU
     for d in two_runs:
         m = pd.read_parquet(d / "metrics.parquet")
         part = df[df["run_id"] == str(d).split("runs0/")[-1]]

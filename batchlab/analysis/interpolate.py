@@ -275,6 +275,7 @@ def interpolate_run_pair(pair, spec, run_dirs: Mapping[str, str | Path], data: D
         log.warning("%s: fewer than two healthy runs among %s; no interpolation", pair.pair_id, statuses)
         return pd.DataFrame(columns=list(PAIR_COLUMNS))
     device = data.x_train.device
+    data = data.train_fraction(spec.train_fraction)  # "train" is the examples the pair trained on
     model = build_model(spec.model, data.input_shape, data.num_classes, spec.bn_batch_size)
     small, large = (io.load_torch(Path(run_dirs[r]) / "final.pt", map_location=device)["model"] for r in ends)
     log.info("%s: interpolating %s (alpha = 0) to %s (alpha = 1)", pair.pair_id, *ends)

@@ -127,6 +127,7 @@ def measure_state(spec: RunSpec, state_dict: dict, data: Dataset, x: torch.Tenso
 def analyse_run(run_dir: str | Path, spec: RunSpec, data: Dataset, cfg: dict, along_training: bool) -> pd.DataFrame:
     """All metrics of a run's checkpoints (see the module docstring), one row per (step, metric, epsilon)."""
     run_dir = Path(run_dir)
+    data = data.train_fraction(spec.train_fraction)  # the examples this run trained on
     x, y = analysis_subset(data, cfg["n_examples"], cfg["seed"])
     rows = []
     checkpoints = run_checkpoints(run_dir, along_training)

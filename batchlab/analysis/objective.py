@@ -4,8 +4,10 @@ Every analysis (epsilon-sharpness, Hessian spectrum, noise scale) sees the netwo
 this one object: `loss(w)`, `loss_and_grad(w)` and `hvp(w, v)` for a flat float tensor w,
 computed with `torch.func.functional_call`, so the model's own weights are never changed.
 
-The loss is the mean cross-entropy over all of (x, y): per-chunk sums divided by the data
-size, so chunking (for memory) does not change the value.
+The loss is the mean cross-entropy over all of (x, y), per target: per-chunk sums divided
+by the number of targets, so chunking (for memory) does not change the value. A target is
+an example's label, or one position of a dense target (a token of a language model, a
+pixel of a segmentation; IGNORE_INDEX positions do not count), as in training.
 
 BatchNorm has to be pinned down for the loss to be a function of the weights alone:
 - `bn_mode="eval"` (default): running statistics, as at test time;
@@ -22,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jvp
+
+from batchlab.data import IGNORE_INDEX
 
 BN_MODES = ("eval", "batch")
 
@@ -47,6 +51,9 @@ class ModelObjective:
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need as many labels as inputs, and at least one: got {len(x)} and {len(y)}")
         self.model, self.x, self.y = model, x, y
+        self.n_targets = int((y != IGNORE_INDEX).sum())  # the loss's divisor: examples, tokens or labelled pixels
+        if self.n_targets == 0:
+            raise ValueError("every target is IGNORE_INDEX: the loss is not defined")
         self.bn_mode, self.chunk_size = bn_mode, chunk_size
         model.train(bn_mode == "batch")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -55,6 +62,8 @@ class ModelObjective:
         self.sizes = [p.numel() for _, p in named]
         self._w0 = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
         self._buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        # cuDNN's recurrent kernels have no double backward (Hessian-vector products); torch's own have
+        self._cudnn = not any(isinstance(m, nn.RNNBase) for m in model.modules())
 
     @property
     def n(self) -> int:
@@ -74,12 +83,13 @@ class ModelObjective:
     def _sum_loss(self, w: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         # batch mode: BN updates running stats in place, so hand it copies
         buffers = {k: v.clone() for k, v in self._buffers.items()} if self.bn_mode == "batch" else self._buffers
-        logits = functional_call(self.model, (self.unflatten(w), buffers), (xb,))
+        with torch.backends.cudnn.flags(enabled=self._cudnn and torch.backends.cudnn.enabled):
+            logits = functional_call(self.model, (self.unflatten(w), buffers), (xb,))
         return F.cross_entropy(logits, yb, reduction="sum")
 
     @torch.no_grad()
     def loss(self, w: torch.Tensor) -> float:
-        return sum(self._sum_loss(w, xb, yb).item() for xb, yb in self._chunks()) / self.n
+        return sum(self._sum_loss(w, xb, yb).item() for xb, yb in self._chunks()) / self.n_targets
 
     def loss_and_grad(self, w: torch.Tensor) -> tuple[float, torch.Tensor]:
         total, g = 0.0, torch.zeros_like(w)
@@ -87,14 +97,14 @@ class ModelObjective:
             gb, lb = grad_and_value(self._sum_loss)(w, xb, yb)
             total += lb.item()
             g += gb
-        return total / self.n, g / self.n
+        return total / self.n_targets, g / self.n_targets
 
     def hvp(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """H(w) v by forward-over-reverse differentiation, without forming H."""
         out = torch.zeros_like(w)
         for xb, yb in self._chunks():
             out += jvp(lambda p: grad(self._sum_loss)(p, xb, yb), (w,), (v,))[1]
-        return out / self.n
+        return out / self.n_targets
 
     def hvp_at(self, w: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """v -> H(w) v for many v at one point, building the gradient's graph once.
@@ -108,7 +118,7 @@ class ModelObjective:
         g = torch.zeros_like(w)
         for xb, yb in self._chunks():
             g = g + torch.autograd.grad(self._sum_loss(w, xb, yb), w, create_graph=True)[0]
-        g = g / self.n
+        g = g / self.n_targets
 
         def apply(v: torch.Tensor) -> torch.Tensor:
             return torch.autograd.grad(g, w, v, retain_graph=True)[0].detach()

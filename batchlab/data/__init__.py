@@ -5,18 +5,22 @@ training job then loads it straight onto its device with `load_prepared`. The tr
 loop draws batches by index from these tensors; there is no DataLoader.
 
 Prepared format (numpy `.npz`):
-- `x_train`, `x_test`: float32 features, or uint8 images (N, C, H, W) that are scaled to
-  [0, 1] and normalised with `meta["mean"]`/`meta["std"]` per channel on load;
-- `y_train`, `y_test`: int64 labels;
-- `meta`: a JSON string with `name`, `num_classes`, `augment` ("none" or "crop_flip"),
-  and optional `mean`, `std`.
+- `x_train`, `x_test`: float32 features; uint8 images (N, C, H, W) that are scaled to
+  [0, 1] and normalised with `meta["mean"]`/`meta["std"]` per channel on load; or integer
+  token ids (N, T), loaded as int64 and never scaled;
+- `y_train`, `y_test`: int64 targets, one per example (N,) for classification, or dense,
+  one per position: (N, T) next tokens for language modelling, (N, H, W) pixel classes for
+  segmentation. IGNORE_INDEX marks a position without a target (a VOC boundary pixel);
+  losses and accuracies skip it;
+- `meta`: a JSON string with `name`, `num_classes` (the vocabulary size for a language
+  model), `task` (one of TASKS), `augment` ("none" or "crop_flip"), and optional `mean`, `std`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,9 @@ import torch
 from batchlab.io import atomic_path
 
 AUGMENTATIONS = ("none", "crop_flip")
+TASKS = ("classification", "segmentation", "language_model")
+IGNORE_INDEX = -100  # torch's own default for F.cross_entropy(ignore_index=...)
+TRAIN_SUBSET_SEED = 20181130  # fixed: the subsets of a training fraction must not depend on a run's seed
 
 
 @dataclass
@@ -38,6 +45,7 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     augment: str = "none"
+    task: str = "classification"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -46,6 +54,27 @@ class Dataset:
     @property
     def n_train(self) -> int:
         return int(self.x_train.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point dtype models train in: the features' own, or torch's default for token ids."""
+        return self.x_train.dtype if self.x_train.is_floating_point() else torch.get_default_dtype()
+
+    def train_fraction(self, fraction: float) -> "Dataset":
+        """This data set with only `fraction` of its training examples; the test split unchanged.
+
+        The kept examples are a prefix of one fixed permutation, so every run at a fraction
+        trains on the same examples and a smaller fraction is a subset of a larger one
+        (Golmant et al. 2018 compare 100%, 50% and 25% of CIFAR-10 and SVHN).
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError(f"a training fraction must lie in (0, 1], got {fraction}")
+        if fraction == 1:
+            return self
+        n = max(1, round(fraction * self.n_train))
+        order = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(TRAIN_SUBSET_SEED))
+        keep = order[:n].to(self.x_train.device)
+        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
 
 
 def save_prepared(
@@ -60,14 +89,19 @@ def save_prepared(
     augment: str = "none",
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    task: str = "classification",
 ) -> None:
     """Write a prepared data set atomically (see the module docstring for the format)."""
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if len(x) != len(y):
             raise ValueError(f"{split}: {len(x)} inputs but {len(y)} labels")
-    meta = dict(name=name, num_classes=int(num_classes), augment=augment, mean=mean, std=std)
+        if task != "classification" and np.ndim(y) < 2:
+            raise ValueError(f"{split}: a {task} data set needs a target per position, got labels of shape {np.shape(y)}")
+    meta = dict(name=name, num_classes=int(num_classes), augment=augment, mean=mean, std=std, task=task)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:  # a file handle stops numpy from appending ".npz"
             np.savez(
@@ -82,6 +116,8 @@ def save_prepared(
 
 def _features(x: np.ndarray, meta: dict, device: torch.device) -> torch.Tensor:
     t = torch.from_numpy(x).to(device)
+    if meta.get("task") == "language_model":
+        return t.long()  # token ids
     if t.dtype == torch.uint8:
         t = t.float().div_(255.0)
     t = t.float()
@@ -109,4 +145,5 @@ def load_prepared(path: str | os.PathLike, device: str | torch.device = "cpu") -
             y_test=torch.from_numpy(z["y_test"]).to(device),
             num_classes=int(meta["num_classes"]),
             augment=meta.get("augment", "none"),
+            task=meta.get("task", "classification"),
         )

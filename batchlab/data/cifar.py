@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import check_integrity
 
 from batchlab.data import save_prepared
+from batchlab.data.release import check_release
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
@@ -68,23 +68,8 @@ def _expected_files(cls: type[CIFAR10], root: Path) -> list[tuple[Path, str]]:
 
 
 def _check_files(cls: type[CIFAR10], root: Path, verify_checksums: bool) -> None:
-    """Fail with a message that says what to do, instead of torchvision's generic one."""
-    files = _expected_files(cls, root)
-    missing = [str(p) for p, _ in files if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"CIFAR files missing under {root}: {', '.join(missing)}. Set `download: true` in the "
-            f"config (download=True) to fetch them, or place the python release's "
-            f"'{cls.base_folder}/' folder under {root}."
-        )
-    if verify_checksums:
-        corrupt = [str(p) for p, md5 in files if not check_integrity(str(p), md5)]
-        if corrupt:
-            raise RuntimeError(
-                f"md5 mismatch with the official CIFAR release: {', '.join(corrupt)}. The files are "
-                f"corrupted or not the official python release; delete '{root / cls.base_folder}' and "
-                f"download again."
-            )
+    check_release("CIFAR", root, _expected_files(cls, root),
+                  f"place the python release's '{cls.base_folder}/' folder under {root}", verify_checksums)
 
 
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:

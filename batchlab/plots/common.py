@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from batchlab.io import atomic_path  # noqa: E402
+from batchlab.speedup import train_fractions  # noqa: E402
 
 DPI = 150
 # The report shows a figure at most 1400 px wide: at 150 dpi a 15-inch figure is shrunk
@@ -127,10 +128,24 @@ def plain_log_axis(ax: plt.Axes, axis: str = "y") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
+def fraction_label(fraction: float) -> str:
+    return f"{100 * fraction:g}% of the data"
+
+
+def model_label(table: pd.DataFrame) -> pd.Series:
+    """The model of each row, with its training fraction ("resnet20 (50% of the data)") where its study
+    trained on several fractions of the training set (Golmant et al. 2018)."""
+    fractions = train_fractions(table)
+    several = fractions.groupby(table["study"]).transform("nunique") > 1
+    named = table["model"].astype(str) + " (" + fractions.map(fraction_label).astype(str) + ")"  # str even when empty
+    return named.where(several, table["model"].astype(str))
+
+
 def panel_key(table: pd.DataFrame) -> pd.Series:
-    """The name of a (study, model) panel; the study is named only when there are several."""
+    """The name of a (study, model, training fraction) panel; the study is named only when there are several,
+    the fraction only when its study has several."""
     many_studies = table["study"].nunique() > 1
-    return table["study"].astype(str) + " / " + table["model"].astype(str) if many_studies else table["model"].astype(str)
+    return table["study"].astype(str) + " / " + model_label(table) if many_studies else model_label(table)
 
 
 def ordered_rules(rules) -> list[str]:
@@ -207,9 +222,9 @@ def status_series(table: pd.DataFrame) -> pd.Series:
     return table["status"].astype(str)
 
 
-def mark_unhealthy(ax: plt.Axes, x, y, statuses) -> None:
+def mark_unhealthy(ax: plt.Axes, x, y, statuses, edge: float = 0.03) -> None:
     """An x for each stalled or diverged run; one without a finite y (a diverged run has no
-    accuracy) sits on the bottom edge of the axes."""
+    accuracy) sits on the bottom edge of the axes (`edge` 0.97: the top edge, where higher is worse)."""
     x, y, statuses = np.asarray(x, dtype=float), np.asarray(y, dtype=float), np.asarray(statuses, dtype=str)
     for status, style in UNHEALTHY.items():
         chosen = statuses == status
@@ -218,7 +233,7 @@ def mark_unhealthy(ax: plt.Axes, x, y, statuses) -> None:
             ax.plot(x[finite], y[finite], ls="none", ms=8, mew=1.8, zorder=5, gid=f"unhealthy:{status}", **style)
         floor = chosen & ~np.isfinite(y)
         if floor.any():
-            ax.plot(x[floor], np.full(floor.sum(), 0.03), ls="none", ms=8, mew=1.8, zorder=5, clip_on=False,
+            ax.plot(x[floor], np.full(floor.sum(), edge), ls="none", ms=8, mew=1.8, zorder=5, clip_on=False,
                     transform=ax.get_xaxis_transform(), gid=f"unhealthy:{status}", **style)
 
 

@@ -5,6 +5,7 @@ beside the measured critical batch size."""
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,7 +17,7 @@ from batchlab.plots.common import (
     batch_axis, batch_colors, figure_legend, is_bottom, is_empty, no_data_figure, ordered_rules, panel_key, panel_note,
     plain_log_axis, rule_handles, rule_marker, rule_palette, set_title, status_series, wrapped_grid,
 )
-from batchlab.speedup import TARGET_METRICS
+from batchlab.speedup import TARGET_FIXED, TARGET_METRICS, target_text, train_fractions
 
 BEST_RULE = "best"
 NO_TARGETS = "no speed-up targets configured for this study"
@@ -32,19 +33,54 @@ FIT_REASONS = {
 PREDICTION_COLOR = "tab:purple"
 
 
-def target_label(metric: str, value: float) -> str:
-    return f"{metric.replace('_', ' ')} ≤ {value:g}"
+# A target is (metric, rule, value): the configured value for a fixed target, None for a rule (rule 7 of
+# batchlab.speedup), whose value each model resolves for itself.
+Target = tuple[str, str, "float | None"]
 
 
-def target_order(table: pd.DataFrame) -> list[tuple[str, float]]:
-    """The (metric, value) targets of a table: metrics in TARGET_METRICS order, values as configured."""
-    pairs = list(dict.fromkeys(zip(table["target_metric"], table["target_value"].astype(float))))
+def target_keys(table: pd.DataFrame) -> list[Target]:
+    """The target of each row of a speed-up or critical-batch table."""
+    return [(m, r, float(v) if r == TARGET_FIXED else None)
+            for m, r, v in zip(table["target_metric"], table["target_rule"], table["target_value"])]
+
+
+def target_label(metric: str, rule: str, value: float | None) -> str:
+    """A target's name, the same for every model: "train loss ≤ 0.5",
+    "train loss ≤ lower quartile of the largest batch"."""
+    return target_text(metric, rule, value)
+
+
+def resolved_label(row: pd.Series) -> str:
+    """A row's target with the value its model resolved: "train loss ≤ 0.123 (lower quartile of ..., per model)"."""
+    return target_text(row["target_metric"], row["target_rule"], float(row["target_value"]),
+                       row.get("target_batch_size"), bool(row.get("target_fallback", False)))
+
+
+def panel_target_title(label: str) -> str:
+    """A resolved target in a panel's title: the rule's explanation on lines of its own, without "per model"
+    (a panel is one model), so that it fits the panel's width."""
+    head, sep, rule = label.partition(" (")
+    return head + "\n" + textwrap.fill("(" + rule.replace(", per model)", ")"), 40) if sep else label
+
+
+MAX_TITLE_LINE = 36  # characters of a title line that fit a target panel's width
+
+
+def panel_title(panel: str, target: str) -> str:
+    """"cnn · train loss ≤ 0.5", or the panel and its target on lines of their own where one line would not fit."""
+    joined = f"{panel} · {target}"
+    return joined if len(joined.split("\n")[0]) <= MAX_TITLE_LINE else f"{panel}\n{target}"
+
+
+def target_order(table: pd.DataFrame) -> list[Target]:
+    """The targets of a table: metrics in TARGET_METRICS order, within one as configured."""
+    targets = list(dict.fromkeys(target_keys(table)))
     rank = {m: i for i, m in enumerate(TARGET_METRICS)}
-    return sorted(pairs, key=lambda t: rank.get(t[0], len(rank)))  # stable: keeps the configured value order
+    return sorted(targets, key=lambda t: rank.get(t[0], len(rank)))  # stable: keeps the configured order
 
 
-def first_target(critical: pd.DataFrame, study: str) -> tuple[str, float] | None:
-    """The study's headline target: the first of TARGET_METRICS present, with its first value."""
+def first_target(critical: pd.DataFrame, study: str) -> Target | None:
+    """The study's headline target: the first of TARGET_METRICS present, its first configured target."""
     if is_empty(critical):
         return None
     rows = critical[critical["study"] == study]
@@ -52,10 +88,20 @@ def first_target(critical: pd.DataFrame, study: str) -> tuple[str, float] | None
     return targets[0] if targets else None
 
 
+def target_rows(table: pd.DataFrame, target: Target) -> pd.Series:
+    """Which rows of a speed-up or critical-batch table belong to `target` (a boolean mask)."""
+    metric, rule, value = target
+    mask = (table["target_metric"] == metric) & (table["target_rule"] == rule)
+    if rule == TARGET_FIXED:
+        mask &= np.isclose(table["target_value"].astype(float), value)
+    return mask
+
+
 def speedup_frame(speedup: pd.DataFrame) -> pd.DataFrame:
-    """The speed-up table with a `target` label and a `panel` name per row (all rows, reached or not)."""
-    labels = [target_label(m, float(v)) for m, v in zip(speedup["target_metric"], speedup["target_value"])]
-    data = speedup.assign(target=labels)
+    """The speed-up table with a `target` name (`target_label`), the `target_title` of its model (the resolved
+    value), and a `panel` name per row (all rows, reached or not)."""
+    data = speedup.assign(target=[target_label(*t) for t in target_keys(speedup)],
+                          target_title=[resolved_label(row) for _, row in speedup.iterrows()])
     return data.assign(panel=panel_key(data))
 
 
@@ -94,12 +140,13 @@ def describe_b_crit(fit: pd.Series | None) -> dict | None:
     return dict(kind="none", text=f"no B_crit: {reason}")
 
 
-def fit_row(critical: pd.DataFrame, study: str, model: str, target: tuple[str, float] | None) -> pd.Series | None:
-    """The critical-batch fit of the tuned (`best`) curve for one study, model and target."""
+def fit_row(critical: pd.DataFrame, study: str, model: str, target: Target | None,
+            train_fraction: float = 1.0) -> pd.Series | None:
+    """The critical-batch fit of the tuned (`best`) curve for one study, model, training fraction and target."""
     if is_empty(critical) or target is None:
         return None
     rows = critical[(critical["study"] == study) & (critical["model"] == model) & (critical["lr_rule"] == BEST_RULE)
-                    & (critical["target_metric"] == target[0]) & np.isclose(critical["target_value"].astype(float), target[1])]
+                    & np.isclose(train_fractions(critical), train_fraction) & target_rows(critical, target)]
     return rows.iloc[0] if len(rows) else None
 
 
@@ -151,9 +198,9 @@ MAX_TARGET_COLS = 5
 
 
 def target_grid(data: pd.DataFrame) -> tuple[plt.Figure, list[tuple]]:
-    """A figure with one panel per (study, model) and target: a row per (study, model) and a
-    column per target (wrapped beyond MAX_TARGET_COLS targets), so that it grows wide rather
-    than tall; and per panel (axes, panel, target, whether it is at the bottom, at the left)."""
+    """A figure with one panel per (study, model, fraction) and target: a row per (study, model, fraction)
+    and a column per target (wrapped beyond MAX_TARGET_COLS targets), so that it grows wide rather
+    than tall; and per panel (axes, panel, target name, whether it is at the bottom, at the left)."""
     panels = list(dict.fromkeys(data["panel"]))
     targets = [target_label(*t) for t in target_order(data)]
     cells = [(panel, target) for panel in panels for target in targets]
@@ -177,7 +224,9 @@ def _target_panels(data: pd.DataFrame, reached: pd.DataFrame, ylabel: str) -> tu
         part = reached[(reached["panel"] == panel) & (reached["target"] == target)]
         batch_sizes = np.array(sorted(data.loc[data["panel"] == panel, "batch_size"].astype(float).unique()))
         batch_axis(ax, batch_sizes)  # each study its own grid
-        ax.set(title=f"{panel} · {target}", xlabel="batch size" if bottom else "", ylabel=ylabel if left else "")
+        titles = data.loc[(data["panel"] == panel) & (data["target"] == target), "target_title"]
+        title = panel_target_title(titles.iloc[0]) if len(titles) else target
+        ax.set(title=panel_title(panel, title), xlabel="batch size" if bottom else "", ylabel=ylabel if left else "")
         panels.append((ax, part, batch_sizes))
     return fig, panels
 
@@ -206,9 +255,10 @@ def figure_steps_to_target(speedup: pd.DataFrame, critical: pd.DataFrame) -> plt
         ax.plot(batch_sizes, s0 * b0 / batch_sizes, color="0.55", ls=":", lw=1.2)
         ax.set_yscale("log")
         plain_log_axis(ax)
-        study, model = best["study"].iloc[0], best["model"].iloc[0]
-        metric, value = best["target_metric"].iloc[0], float(best["target_value"].iloc[0])
-        annotate_b_crit_on_batch_axis(ax, describe_b_crit(fit_row(critical, study, model, (metric, value))))
+        first = best.iloc[0]
+        fit = fit_row(critical, first["study"], first["model"], target_keys(best.iloc[:1])[0],
+                      float(first["train_fraction"]))
+        annotate_b_crit_on_batch_axis(ax, describe_b_crit(fit))
     handles = rule_handles(rules, palette) + [
         Line2D([], [], color="0.55", ls=":"), Line2D([], [], color="k", lw=1), Patch(color="k", alpha=0.08),
         Line2D([], [], color="k", marker="$→$", ms=12, ls="none")]
@@ -254,10 +304,11 @@ def figure_speedup(speedup: pd.DataFrame) -> plt.Figure:
 
 def lr_grid_edges(best: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
     """For each best-LR row: "largest" or "smallest" when its LR is at that end of the LRs tried
-    at its (study, model, batch size) over every rule and base LR, else "": there the true
-    optimum may lie beyond the grid."""
-    tried = runs.groupby(["study", "model", "batch_size"])["lr"].agg(lr_min="min", lr_max="max")
-    ends = best[["study", "model", "batch_size", "best_lr"]].join(tried, on=["study", "model", "batch_size"])
+    at its (study, model, training fraction, batch size) over every rule and base LR, else "":
+    there the true optimum may lie beyond the grid."""
+    keys = ["study", "model", "train_fraction", "batch_size"]
+    tried = runs.assign(train_fraction=train_fractions(runs)).groupby(keys)["lr"].agg(lr_min="min", lr_max="max")
+    ends = best.assign(train_fraction=train_fractions(best))[[*keys, "best_lr"]].join(tried, on=keys)
     lr = ends["best_lr"].astype(float)
     largest = np.isclose(lr, ends["lr_max"], rtol=1e-6) | (lr > ends["lr_max"])
     smallest = np.isclose(lr, ends["lr_min"], rtol=1e-6) | (lr < ends["lr_min"])
@@ -321,10 +372,12 @@ def noise_scale_runs(runs: pd.DataFrame, sharpness: pd.DataFrame) -> pd.DataFram
     """McCandlish's B_simple of each healthy run measured along training (more than one
     checkpoint), at steps > 0 (a log axis) where it came out finite and positive."""
     if is_empty(runs) or is_empty(sharpness):
-        return pd.DataFrame(columns=["run_id", "step", "value", "ci_low", "ci_high", "panel"])
+        return pd.DataFrame(columns=["run_id", "step", "value", "ci_low", "ci_high", "train_fraction", "panel"])
     rows = sharpness[sharpness["metric"] == "noise_scale"]
     rows = rows[rows.groupby("run_id")["step"].transform("nunique") > 1]
-    data = rows.merge(runs[["run_id", "study", "model", "lr_rule", "base_lr", "batch_size", "seed", "status"]], on="run_id")
+    runs = runs.assign(train_fraction=train_fractions(runs))
+    data = rows.merge(runs[["run_id", "study", "model", "train_fraction", "lr_rule", "base_lr", "batch_size", "seed",
+                            "status"]], on="run_id")
     data = data[(status_series(data) == "completed") & (data["step"] > 0)]
     data = data[np.isfinite(data["value"].astype(float)) & (data["value"] > 0)]
     return data.assign(panel=panel_key(data)).sort_values(["run_id", "step"])
@@ -392,9 +445,9 @@ def figure_noise_scale(runs: pd.DataFrame, sharpness: pd.DataFrame, critical: pd
     drawn = set()
     for ax, panel in zip(axes, panels):
         part = data[data["panel"] == panel]
-        study, model = part["study"].iloc[0], part["model"].iloc[0]
+        study, model, fraction = part["study"].iloc[0], part["model"].iloc[0], float(part["train_fraction"].iloc[0])
         target = first_target(critical, study)
-        fit = fit_row(critical, study, model, target)
+        fit = fit_row(critical, study, model, target, fraction)
         info = describe_b_crit(fit)
         lo, hi = _y_range(part, _annotation_values(info, fit))
         for _, run in part.groupby("run_id", sort=False):
@@ -404,7 +457,7 @@ def figure_noise_scale(runs: pd.DataFrame, sharpness: pd.DataFrame, critical: pd
         if target is None:
             panel_note(ax, NO_TARGETS, "upper left")
         else:
-            annotate_b_crit_on_noise_axis(ax, info, target_label(*target))
+            annotate_b_crit_on_noise_axis(ax, info, resolved_label(fit) if fit is not None else target_label(*target))
             drawn |= {info["kind"] if info else "none"} | ({"prediction"} if _draw_prediction(ax, fit) else set())
     figure_legend(fig, *_noise_legend(colors, rules if len(rules) > 1 else [], styles, drawn))
     set_title(fig, "Gradient noise scale B_simple along training (bands: 95% intervals), beside the critical batch "

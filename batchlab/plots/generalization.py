@@ -1,9 +1,17 @@
 """Masters & Luschi 2018's figures: final quality against batch size and base LR, each
-batch size at its best base LR; and the training curves behind them."""
+batch size at its best base LR; and the training curves behind them.
+
+Final quality is the task's own measure (`QUALITY`): test accuracy for classification, test
+perplexity for a language model (lower is better, on a log axis) and test mean IoU for
+segmentation; a runs table without a `task` column is classification.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -12,9 +20,45 @@ from batchlab.plots.common import (
     no_data_figure, ordered_rules, panel_grid, panel_key, plain_log_axis, rule_handles, rule_marker, rule_palette,
     set_title, status_series, unhealthy_handles, wrapped_grid,
 )
+from batchlab.speedup import train_fractions
 
-CELL = ["study", "model", "lr_rule", "batch_size"]
+CELL = ["study", "model", "train_fraction", "lr_rule", "batch_size"]
 UNHEALTHY_NOTES = {"stalled": "", "diverged": ",\nno accuracy: on the bottom edge"}
+CLASSIFICATION = "classification"
+
+
+class Quality(NamedTuple):
+    """A task's measure of a trained model, in the runs table."""
+
+    column: str
+    name: str  # in titles and tables
+    higher_is_better: bool
+    log: bool  # drawn on a log axis
+
+
+QUALITY = {
+    CLASSIFICATION: Quality("final_test_acc", "test accuracy", True, False),
+    "language_model": Quality("final_test_perplexity", "test perplexity", False, True),
+    "segmentation": Quality("final_test_miou", "test mean IoU", True, False),
+}
+
+
+def run_tasks(runs: pd.DataFrame) -> pd.Series:
+    """Each run's task, aligned with `runs`: classification where the table has none."""
+    if "task" not in runs:
+        return pd.Series(CLASSIFICATION, index=runs.index, name="task")
+    return runs["task"].fillna(CLASSIFICATION).astype(str)
+
+
+def task_quality(runs: pd.DataFrame) -> Quality:
+    """The quality measure of a group of runs of one task (a study trains one data set)."""
+    tasks = run_tasks(runs)
+    return QUALITY.get(tasks.iloc[0] if len(tasks) else CLASSIFICATION, QUALITY[CLASSIFICATION])
+
+
+def with_fraction(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with its training fraction in every row (1.0 for a table without the column)."""
+    return runs.assign(train_fraction=train_fractions(runs))
 
 
 def run_scores(runs: pd.DataFrame) -> pd.Series:
@@ -23,10 +67,29 @@ def run_scores(runs: pd.DataFrame) -> pd.Series:
     return runs["final_test_acc"].where(status_series(runs) == "completed", 0.0).fillna(0.0)
 
 
+def quality_scores(runs: pd.DataFrame) -> pd.Series:
+    """Each run's task quality as a score in [0, 1], higher better, with 0 for a run that did not complete
+    (as `run_scores`): accuracy or mean IoU, and 1 / perplexity (the geometric-mean probability of a token)
+    for a language model, so that a failing seed pulls a cell's median down the same way for every task."""
+    completed = status_series(runs) == "completed"
+    tasks = run_tasks(runs)
+    scores = run_scores(runs)
+    for task, quality in QUALITY.items():
+        mine = (tasks == task).to_numpy()
+        if task == CLASSIFICATION or not mine.any():
+            continue
+        value = runs.loc[mine, quality.column].astype(float)
+        value = value if quality.higher_is_better else 1.0 / value
+        scores.loc[mine] = value.where(completed[mine], 0.0).fillna(0.0)
+    return scores
+
+
 def best_base_lr_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs (every seed) at each cell's best base LR, judged by the median score over seeds
-    (`run_scores`: a diverged or stalled run scores 0)."""
-    scored = runs.assign(score=run_scores(runs))
+    (`quality_scores`: the task's quality; a diverged or stalled run scores 0). A cell is one
+    (study, model, training fraction, LR rule, batch size); the result carries `train_fraction`."""
+    runs = with_fraction(runs)
+    scored = runs.assign(score=quality_scores(runs))
     medians = scored.groupby(CELL + ["base_lr"], as_index=False)["score"].median()
     best = medians.loc[medians.groupby(CELL)["score"].idxmax(), CELL + ["base_lr"]]
     return runs.merge(best, on=CELL + ["base_lr"])
@@ -53,12 +116,35 @@ def draw_rule_medians(ax: plt.Axes, data: pd.DataFrame, y: str, rules: list[str]
         drawn.lines[0].set_gid(f"median:{rule}")
 
 
-def mark_unhealthy_runs(ax: plt.Axes, data: pd.DataFrame, y: str, rules: list[str]) -> None:
-    """x marks at the stalled and diverged runs among `data`, dodged like their rule's line."""
+def mark_unhealthy_runs(ax: plt.Axes, data: pd.DataFrame, y: str, rules: list[str], edge: float = 0.03) -> None:
+    """x marks at the stalled and diverged runs among `data`, dodged like their rule's line
+    (one without a value on the bottom edge, or at `edge`)."""
     for i, rule in enumerate(rules):
         part = data[(data["lr_rule"] == rule) & (status_series(data) != "completed")]
         if len(part):
-            mark_unhealthy(ax, dodge(part["batch_size"], i, len(rules)), part[y], status_series(part))
+            mark_unhealthy(ax, dodge(part["batch_size"], i, len(rules)), part[y], status_series(part), edge)
+
+
+def worst_edge(quality: Quality) -> float:
+    """Where a run without a value is marked: the bottom edge, or the top where higher is worse."""
+    return 0.03 if quality.higher_is_better else 0.97
+
+
+def missing_value_notes(qualities: list[Quality]) -> dict[str, str]:
+    """The legend's note on where a diverged run (no value) is marked."""
+    if all(q.higher_is_better for q in qualities):
+        what = qualities[0].name.replace("test ", "") if len(set(qualities)) == 1 else "value"
+        return {"stalled": "", "diverged": f",\nno {what}: on the bottom edge"}
+    if len(set(qualities)) == 1:
+        return {"stalled": "", "diverged": f",\nno {qualities[0].name.replace('test ', '')}: on the top edge"}
+    return {"stalled": "", "diverged": ",\nno value: on the edge of the worse values"}
+
+
+def quality_axis(ax: plt.Axes, quality: Quality) -> None:
+    """A log y axis for perplexity (plain numbers over a short range); accuracy and IoU stay linear."""
+    if quality.log:
+        ax.set_yscale("log")
+        plain_log_axis(ax)
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -108,8 +194,15 @@ def _draw_unhealthy_curves(ax: plt.Axes, part: pd.DataFrame, colors: dict) -> No
     mark_unhealthy(ax, ends["epoch"], ends["train_loss"], status_series(ends))
 
 
+def qualities_title(qualities: list[Quality]) -> str:
+    """"Test accuracy", or "Test perplexity / test mean IoU" for the tasks drawn."""
+    names = list(dict.fromkeys(q.name for q in qualities))
+    return " / ".join(names)[:1].upper() + " / ".join(names)[1:]
+
+
 def figure_accuracy_vs_batch(runs: pd.DataFrame) -> plt.Figure:
-    """Final test accuracy against batch size, one line per LR rule, each batch size at its best base LR."""
+    """Final test accuracy (perplexity for a language model, mean IoU for segmentation) against batch size,
+    one line per LR rule, each batch size at its best base LR."""
     if is_empty(runs):
         return no_data_figure("no training runs to draw")
     chosen = best_base_lr_runs(runs)
@@ -117,15 +210,19 @@ def figure_accuracy_vs_batch(runs: pd.DataFrame) -> plt.Figure:
     panels, rules = list(dict.fromkeys(chosen["panel"])), ordered_rules(chosen["lr_rule"])
     palette = rule_palette(rules)
     fig, axes = wrapped_grid(len(panels), panel=(3.8, 2.9))
+    qualities = []
     for ax, panel in zip(axes, panels):
         part = chosen[chosen["panel"] == panel]
-        draw_rule_medians(ax, part, "final_test_acc", rules, palette)
-        mark_unhealthy_runs(ax, part, "final_test_acc", rules)
+        quality = task_quality(part)
+        qualities.append(quality)
+        draw_rule_medians(ax, part, quality.column, rules, palette)
+        mark_unhealthy_runs(ax, part, quality.column, rules, worst_edge(quality))
         batch_axis(ax, part["batch_size"])
-        ax.set(title=panel, ylabel="final test accuracy", xlabel="batch size")
-    handles, labels = unhealthy_handles(status_series(chosen), UNHEALTHY_NOTES)
+        quality_axis(ax, quality)
+        ax.set(title=panel, ylabel=f"final {quality.name}", xlabel="batch size")
+    handles, labels = unhealthy_handles(status_series(chosen), missing_value_notes(qualities))
     figure_legend(fig, rule_handles(rules, palette) + handles, rules + labels, title="LR rule")
-    set_title(fig, "Test accuracy against batch size, each at its best base LR "
+    set_title(fig, f"{qualities_title(qualities)} against batch size, each at its best base LR "
                    "(median over seeds; bars: range over seeds)")
     return fig
 
@@ -167,17 +264,21 @@ def figure_generalization_gap(runs: pd.DataFrame) -> plt.Figure:
     chosen = best_base_lr_runs(runs)
     chosen = chosen.assign(panel=panel_key(chosen), gap=chosen["final_test_loss"] - chosen["final_train_loss"],
                            test_error=1 - chosen["final_test_acc"])
-    quantities = {"gap": "test loss − train loss", "test_error": "test error"}
     panels, rules = list(dict.fromkeys(chosen["panel"])), ordered_rules(chosen["lr_rule"])
     palette = rule_palette(rules)
-    fig, axes = panel_grid(len(panels), len(quantities), panel=(3.8, 2.6))
+    fig, axes = panel_grid(len(panels), 2, panel=(3.8, 2.6))
     for r, panel in enumerate(panels):
         part = chosen[chosen["panel"] == panel]
-        for c, (column, label) in enumerate(quantities.items()):
+        quality = task_quality(part)
+        # the test error of a classifier; a language model's perplexity, a segmentation's mean IoU
+        second = ("test_error", "test error") if quality == QUALITY[CLASSIFICATION] else (quality.column, quality.name)
+        for c, (column, label) in enumerate((("gap", "test loss − train loss"), second)):
             ax = axes[r, c]
             draw_rule_medians(ax, part, column, rules, palette)
-            mark_unhealthy_runs(ax, part, column, rules)
+            mark_unhealthy_runs(ax, part, column, rules, worst_edge(quality) if c else 0.03)
             batch_axis(ax, part["batch_size"])
+            if c:
+                quality_axis(ax, quality)
             ax.set(title=f"{panel} · {label}", ylabel=label, xlabel="batch size" if r == len(panels) - 1 else "")
     handles, labels = unhealthy_handles(status_series(chosen), {"diverged": ",\nno value: on the bottom edge"})
     figure_legend(fig, rule_handles(rules, palette) + handles, rules + labels, title="LR rule")

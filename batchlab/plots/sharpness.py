@@ -16,6 +16,7 @@ from batchlab.plots.common import (
     status_series, unhealthy_handles, wrapped_grid,
 )
 from batchlab.plots.generalization import UNHEALTHY_NOTES, best_base_lr_runs, draw_rule_medians, mark_unhealthy_runs
+from batchlab.speedup import train_fractions
 
 SB_LB_COLORS = {"SB": "tab:blue", "LB": "tab:red"}
 
@@ -147,15 +148,16 @@ def figure_sharpness_vs_batch(runs: pd.DataFrame, sharpness: pd.DataFrame) -> pl
 def sb_lb_runs(runs: pd.DataFrame, sharpness: pd.DataFrame) -> pd.DataFrame:
     """Headline-sharpness rows of the runs measured along training (more than one checkpoint)
     whose batch is the smallest (SB) or largest (LB) among the HEALTHY ones of their study,
-    model and LR rule: a stalled or diverged run is no solution, so never an end."""
+    model, training fraction and LR rule: a stalled or diverged run is no solution, so never an end."""
     rows = headline_sharpness(sharpness)
     if rows.empty or is_empty(runs):
         return rows.assign(regime=pd.Series(dtype=str))
     along = rows.groupby("run_id")["step"].transform("nunique") > 1
-    data = rows[along].merge(runs[["run_id", "study", "model", "lr_rule", "batch_size", "base_lr", "seed", "status"]],
-                             on="run_id")
+    runs = runs.assign(train_fraction=train_fractions(runs))
+    data = rows[along].merge(runs[["run_id", "study", "model", "train_fraction", "lr_rule", "batch_size", "base_lr",
+                                   "seed", "status"]], on="run_id")
     data = data[status_series(data) == "completed"]
-    group = ["study", "model", "lr_rule"]
+    group = ["study", "model", "train_fraction", "lr_rule"]
     sb = data.groupby(group)["batch_size"].transform("min")
     lb = data.groupby(group)["batch_size"].transform("max")
     data = data.assign(regime=np.where(data["batch_size"] == sb, "SB", "LB"), sb_batch=sb, lb_batch=lb)

@@ -6,13 +6,17 @@ one tensor of shape (K, *plain_shape), stored under the same name as in the plai
 state_dict, so member k's plain state_dict is `{name: t[k] for name, t in ...}`.
 
 Layouts inside the forward:
-- inputs are (K, B, *input_shape), member k's batch in x[k]; logits are (K, B, classes);
+- inputs are (K, B, *input_shape), member k's batch in x[k]; logits are the plain model's
+  with K in front, the class on dim 2: (K, B, C) for classification, (K, B, V, T) for the
+  language model, (K, B, C, H, W) for segmentation;
 - linear layers are `torch.baddbmm` over (K, B, in) with weights (K, out, in) transposed
   and biases (K, 1, out);
-- convolutions run on activations laid out as (B, K*C, *spatial), member k owning the
-  channel block [k*C, (k+1)*C): a grouped convolution with groups=K and weights reshaped
-  to (K*C_out, C_in, *kernel) then never mixes members;
-- BatchNorm runs over those K*C channels, so each member gets its own batch statistics;
+- convolutions (dilated or not) run on activations laid out as (B, K*C, *spatial), member k
+  owning the channel block [k*C, (k+1)*C): a grouped convolution with groups=K and weights
+  reshaped to (K*C_out, C_in, *kernel) then never mixes members; max-pooling and bilinear
+  upsampling of that layout work channel by channel, so they never mix members either;
+- BatchNorm runs over those K*C channels (BatchNorm1d after a linear layer: over (B, K*F)),
+  so each member gets its own batch statistics;
   its running statistics are stored as (K, C) buffers and handed to `F.batch_norm` as
   flat (K*C,) views, so its in-place updates land in the stacked buffers. Ghost BatchNorm
   splits each member's batch into sub-batches of m samples exactly as
@@ -20,8 +24,9 @@ Layouts inside the forward:
 - on a CPU, from CPU_MEMBER_LOOP_MIN_BATCH examples per member on, the conv nets run member
   by member instead: the plain module through torch.func.functional_call on views of member
   k's weights and buffers (K dense convolutions are faster there than one grouped one);
-- the bidirectional GRU is written out with batched matmuls (torch.func.vmap cannot map
-  over nn.GRU), looping over time steps but never over members.
+- the bidirectional GRU and the LSTM language model are written out with batched matmuls
+  (torch.func.vmap cannot map over nn.GRU / nn.LSTM), looping over time steps but never
+  over members; the LSTM's embedding is a lookup in member k's (V, E) table for x[k].
 
 Members share no parameters, so back-propagating the sum of the K members' losses once
 gives each member exactly the gradient its plain module would get alone.
@@ -42,7 +47,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from batchlab.models import MODEL_NAMES, build_model, has_batchnorm
+from batchlab.models import MODEL_NAMES, RESNETS, build_model, check_bn_batch_size
+from batchlab.models.drn import DilatedBlock, DRNSeg
+from batchlab.models.keskar import KeskarC1, KeskarF1
+from batchlab.models.lstm import LSTMLanguageModel
 from batchlab.models.mnist1d import CNN, GRU, MLP
 from batchlab.models.resnet import BasicBlock, CifarResNet, ghost_batch_norm
 
@@ -50,7 +58,11 @@ BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 # On a CPU, from this many examples per member on, the conv nets run member by member through
 # the plain module, K dense convolutions, rather than as one grouped convolution over K*C
 # channels: for the CNN at K = 12 on one thread, a train step is 1.4x faster at batch 128 and
-# 2.2x at 512, an evaluation 3x, but at batch 16 the member loop is 3.5x slower.
+# 2.2x at 512, an evaluation 3x, but at batch 16 the member loop is 3.5x slower. The same holds
+# for the other conv families (K = 12, one thread, 32x32 inputs): a train step of keskar_c1 is
+# 1.2x faster at batch 128 and 512 (an evaluation 1.4x and 1.2x) but 1.3x slower at 16; of drn
+# 1.6x and 1.5x faster (an evaluation 2.2x and 1.9x), at 16 the same. The LSTM stays all at
+# once: member by member it is no faster at batch 64 and 1.1-1.4x slower at 20 and 8.
 CPU_MEMBER_LOOP_MIN_BATCH = 128
 
 
@@ -63,6 +75,7 @@ class ConvArch:
     prefix: str  # state_dict prefix: f"{prefix}.weight", f"{prefix}.bias"
     stride: tuple[int, ...]
     padding: tuple[int, ...]
+    dilation: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,14 @@ class GRUArch:
 
 
 @dataclass(frozen=True)
+class LSTMArch:
+    encoder: str  # nn.Embedding's prefix
+    prefix: str  # nn.LSTM's prefix
+    layers: int
+    decoder: str
+
+
+@dataclass(frozen=True)
 class BlockArch:
     conv1: ConvArch
     norm1: str
@@ -111,14 +132,61 @@ class ResNetArch:
     head: str
 
 
-Arch = MLPArch | CNNArch | GRUArch | ResNetArch
+@dataclass(frozen=True)
+class ConvBNArch:
+    """conv -> BatchNorm -> ReLU."""
+
+    conv: ConvArch
+    norm: str
+
+
+@dataclass(frozen=True)
+class DRNArch:
+    units: tuple[ConvBNArch | BlockArch, ...]  # layer0 ... layer8 in order
+    seg: ConvArch
+    norm: NormArch
+
+
+@dataclass(frozen=True)
+class DenseBNArch:
+    """Linear -> BatchNorm1d -> ReLU layers, then a linear output layer."""
+
+    hidden: tuple[tuple[str, str], ...]  # (linear prefix, BatchNorm prefix)
+    out: str
+
+
+@dataclass(frozen=True)
+class PoolArch:
+    kernel: int
+    stride: int
+    padding: int
+
+
+@dataclass(frozen=True)
+class KeskarF1Arch:
+    dense: DenseBNArch
+    norm: NormArch
+
+
+@dataclass(frozen=True)
+class KeskarC1Arch:
+    convs: tuple[ConvBNArch, ...]  # each conv -> BN -> ReLU -> max-pool
+    pool: PoolArch
+    dense: DenseBNArch
+    norm: NormArch
+
+
+Arch = MLPArch | CNNArch | GRUArch | ResNetArch | LSTMArch | DRNArch | KeskarF1Arch | KeskarC1Arch
+# Convolutional families: on a CPU at large batches they run member by member (see
+# CPU_MEMBER_LOOP_MIN_BATCH).
+CONV_ARCHS = (CNNArch, ResNetArch, DRNArch, KeskarC1Arch)
 
 
 def _conv_arch(prefix: str, conv: nn.Conv1d | nn.Conv2d) -> ConvArch:
-    plain = conv.groups == 1 and all(d == 1 for d in conv.dilation) and conv.padding_mode == "zeros"
+    plain = conv.groups == 1 and conv.padding_mode == "zeros"
     if not plain or isinstance(conv.padding, str):
-        raise ValueError(f"{prefix}: only plain zero-padded convolutions can be stacked")
-    return ConvArch(prefix, tuple(conv.stride), tuple(conv.padding))
+        raise ValueError(f"{prefix}: only ungrouped zero-padded convolutions can be stacked")
+    return ConvArch(prefix, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
 
 
 def _norm_arch(module: nn.Module) -> NormArch | None:
@@ -159,15 +227,17 @@ def _describe_gru(module: nn.Module) -> GRUArch:
     return GRUArch("gru", ("", "_reverse") if gru.bidirectional else ("",), "head")
 
 
-def _describe_block(prefix: str, block: BasicBlock) -> BlockArch:
+def _describe_block(prefix: str, block: BasicBlock | DilatedBlock) -> BlockArch:
+    """A ResNet BasicBlock (norm1, norm2) or a DRN DilatedBlock (bn1, bn2): the same computation."""
     projection = None
     if isinstance(block.shortcut, nn.Sequential):
         projection = _conv_arch(f"{prefix}.shortcut.0", block.shortcut[0])
+    norms = ("norm1", "norm2") if isinstance(block, BasicBlock) else ("bn1", "bn2")
     return BlockArch(
         conv1=_conv_arch(f"{prefix}.conv1", block.conv1),
-        norm1=f"{prefix}.norm1",
+        norm1=f"{prefix}.{norms[0]}",
         conv2=_conv_arch(f"{prefix}.conv2", block.conv2),
-        norm2=f"{prefix}.norm2",
+        norm2=f"{prefix}.{norms[1]}",
         projection=projection,
         projection_norm=f"{prefix}.shortcut.1",
     )
@@ -181,6 +251,68 @@ def _describe_resnet(module: nn.Module) -> ResNetArch:
         for j, block in enumerate(stage)
     )
     return ResNetArch(_conv_arch("stem.0", module.stem[0]), "stem.1", blocks, _norm_arch(module), "fc")
+
+
+def _describe_lstm(module: nn.Module) -> LSTMArch:
+    _expect_type(module, LSTMLanguageModel)
+    lstm = module.lstm
+    if not lstm.bias or not lstm.batch_first or lstm.bidirectional or lstm.proj_size or lstm.dropout:
+        raise ValueError("only a batch-first, one-directional LSTM with biases and no dropout can be stacked")
+    return LSTMArch("encoder", "lstm", lstm.num_layers, "decoder")
+
+
+def _plain_norm_arch(module: nn.Module) -> NormArch:
+    norm = _norm_arch(module)
+    if norm is None or norm.ghost_batch_size is not None:
+        raise ValueError(f"{type(module).__name__}: expected plain BatchNorm layers")
+    return norm
+
+
+def _conv_bn_arch(prefix: str, seq: nn.Sequential, start: int) -> ConvBNArch:
+    """The conv at seq[start], its BatchNorm at seq[start + 1] (a ReLU follows)."""
+    if not isinstance(seq[start + 1], nn.modules.batchnorm._BatchNorm) or not isinstance(seq[start + 2], nn.ReLU):
+        raise ValueError(f"{prefix}.{start}: expected conv -> BatchNorm -> ReLU")
+    return ConvBNArch(_conv_arch(f"{prefix}.{start}", seq[start]), f"{prefix}.{start + 1}")
+
+
+def _describe_drn(module: nn.Module) -> DRNArch:
+    _expect_type(module, DRNSeg)
+    units: list[ConvBNArch | BlockArch] = []
+    for i, stage in enumerate(module.stages()):
+        for j, layer in enumerate(stage):
+            if isinstance(layer, DilatedBlock):
+                units.append(_describe_block(f"layer{i}.{j}", layer))
+            elif isinstance(layer, nn.Conv2d):
+                units.append(_conv_bn_arch(f"layer{i}", stage, j))
+    return DRNArch(tuple(units), _conv_arch("seg", module.seg), _plain_norm_arch(module))
+
+
+def _describe_dense(prefix: str, hidden: nn.Sequential, out: str) -> DenseBNArch:
+    layers = tuple(
+        (f"{prefix}.{i}", f"{prefix}.{i + 1}") for i, layer in enumerate(hidden) if isinstance(layer, nn.Linear)
+    )
+    if len(hidden) != 3 * len(layers):
+        raise ValueError(f"{prefix}: expected Linear -> BatchNorm1d -> ReLU layers")
+    return DenseBNArch(layers, out)
+
+
+def _describe_keskar_f1(module: nn.Module) -> KeskarF1Arch:
+    _expect_type(module, KeskarF1)
+    return KeskarF1Arch(_describe_dense("hidden", module.hidden, "out"), _plain_norm_arch(module))
+
+
+def _describe_keskar_c1(module: nn.Module) -> KeskarC1Arch:
+    _expect_type(module, KeskarC1)
+    features = module.features
+    convs = tuple(_conv_bn_arch("features", features, i) for i, m in enumerate(features) if isinstance(m, nn.Conv2d))
+    pools = {
+        PoolArch(m.kernel_size, m.stride, m.padding)
+        for m in features
+        if isinstance(m, nn.MaxPool2d) and m.dilation == 1 and not m.ceil_mode
+    }
+    if len(pools) != 1 or len(features) != 4 * len(convs):
+        raise ValueError("features: expected conv -> BatchNorm -> ReLU -> MaxPool2d, all pools alike")
+    return KeskarC1Arch(convs, pools.pop(), _describe_dense("hidden", module.hidden, "out"), _plain_norm_arch(module))
 
 
 def _expect_type(module: nn.Module, cls: type) -> None:
@@ -216,13 +348,14 @@ def _conv(h: Tensor, params: dict[str, Tensor], conv: ConvArch, k: int) -> Tenso
     if bias is not None:
         bias = bias.flatten()
     conv_fn = F.conv1d if weight.dim() == 3 else F.conv2d
-    return conv_fn(h, weight, bias, stride=conv.stride, padding=conv.padding, groups=k)
+    return conv_fn(h, weight, bias, stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=k)
 
 
 def _batch_norm(
     h: Tensor, params: dict[str, Tensor], buffers: dict[str, Tensor], prefix: str, norm: NormArch, train: bool
 ) -> Tensor:
-    """BatchNorm2d (or ghost BatchNorm) of (B, K*C, H, W), each member with its own statistics."""
+    """BatchNorm2d (or ghost BatchNorm) of (B, K*C, H, W), or BatchNorm1d of (B, K*C), each member
+    with its own statistics."""
     weight, bias = params[f"{prefix}.weight"], params[f"{prefix}.bias"]
     running_mean, running_var = buffers[f"{prefix}.running_mean"], buffers[f"{prefix}.running_var"]
     if train:
@@ -249,7 +382,7 @@ def _ghost_batch_norm(
 
 
 # ---------------------------------------------------------------------------------------
-# Family forwards: (arch, params, buffers, x (K, B, *input_shape), train) -> (K, B, classes).
+# Family forwards: (arch, params, buffers, x (K, B, *input_shape), train) -> logits (K, B, C, ...).
 
 
 def mlp_forward(arch: MLPArch, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, train: bool) -> Tensor:
@@ -301,24 +434,113 @@ def gru_forward(arch: GRUArch, params: dict[str, Tensor], buffers: dict[str, Ten
     return _linear(h.flatten(2), params, arch.head)
 
 
+def _norm_fn(norm: NormArch | None, params: dict[str, Tensor], buffers: dict[str, Tensor], train: bool
+             ) -> Callable[[Tensor, str], Tensor]:
+    """(h, prefix) -> BatchNorm of h over K*C channels with that layer's weights; identity without BN."""
+    if norm is None:
+        return lambda h, prefix: h
+    return lambda h, prefix: _batch_norm(h, params, buffers, prefix, norm, train)
+
+
+def _block(h: Tensor, block: BlockArch, params: dict[str, Tensor], norm: Callable[[Tensor, str], Tensor], k: int
+           ) -> Tensor:
+    """relu(norm2(conv2(relu(norm1(conv1(h))))) + shortcut(h)) of (B, K*C, H, W)."""
+    out = F.relu(norm(_conv(h, params, block.conv1, k), block.norm1))
+    out = norm(_conv(out, params, block.conv2, k), block.norm2)
+    shortcut = h if block.projection is None else norm(_conv(h, params, block.projection, k), block.projection_norm)
+    return F.relu(out + shortcut)
+
+
 def resnet_forward(
     arch: ResNetArch, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, train: bool
 ) -> Tensor:
     k = x.shape[0]
-
-    def norm(h: Tensor, prefix: str) -> Tensor:
-        if arch.norm is None:
-            return h
-        return _batch_norm(h, params, buffers, prefix, arch.norm, train)
-
+    norm = _norm_fn(arch.norm, params, buffers, train)
     h = F.relu(norm(_conv(_to_channel_blocks(x), params, arch.stem, k), arch.stem_norm))
     for block in arch.blocks:
-        out = F.relu(norm(_conv(h, params, block.conv1, k), block.norm1))
-        out = norm(_conv(out, params, block.conv2, k), block.norm2)
-        shortcut = h if block.projection is None else norm(_conv(h, params, block.projection, k), block.projection_norm)
-        h = F.relu(out + shortcut)
+        h = _block(h, block, params, norm, k)
     pooled = h.mean(dim=(2, 3))  # global average pool -> (B, K*C)
     return _linear(_from_channel_blocks(pooled, k), params, arch.head)
+
+
+def drn_forward(arch: DRNArch, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, train: bool) -> Tensor:
+    k, b = x.shape[:2]
+    norm = _norm_fn(arch.norm, params, buffers, train)
+    h = _to_channel_blocks(x)  # (B, K*C, H, W)
+    for unit in arch.units:
+        if isinstance(unit, BlockArch):
+            h = _block(h, unit, params, norm, k)
+        else:
+            h = F.relu(norm(_conv(h, params, unit.conv, k), unit.norm))
+    # Bilinear upsampling works channel by channel, so on (B, K*classes, h, w) too.
+    logits = F.interpolate(_conv(h, params, arch.seg, k), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return logits.view(b, k, -1, *x.shape[-2:]).transpose(0, 1)  # (K, B, classes, H, W)
+
+
+def _dense_bn(h: Tensor, dense: DenseBNArch, params: dict[str, Tensor], buffers: dict[str, Tensor], norm: NormArch,
+              train: bool) -> Tensor:
+    """Linear -> BatchNorm1d -> ReLU layers, then the output layer, over (K, B, F)."""
+    k, b = h.shape[:2]
+    for linear, bn in dense.hidden:
+        h = _linear(h, params, linear)  # (K, B, F)
+        # BatchNorm1d over (B, K*F): member k's features are channels [k*F, (k+1)*F).
+        flat = _batch_norm(h.transpose(0, 1).reshape(b, -1), params, buffers, bn, norm, train)
+        h = F.relu(flat.view(b, k, -1).transpose(0, 1))
+    return _linear(h, params, dense.out)
+
+
+def keskar_f1_forward(
+    arch: KeskarF1Arch, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, train: bool
+) -> Tensor:
+    return _dense_bn(x.flatten(2), arch.dense, params, buffers, arch.norm, train)
+
+
+def keskar_c1_forward(
+    arch: KeskarC1Arch, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, train: bool
+) -> Tensor:
+    k = x.shape[0]
+    norm = _norm_fn(arch.norm, params, buffers, train)
+    h = _to_channel_blocks(x)  # (B, K*C, H, W)
+    for unit in arch.convs:
+        h = F.relu(norm(_conv(h, params, unit.conv, k), unit.norm))
+        h = F.max_pool2d(h, arch.pool.kernel, arch.pool.stride, arch.pool.padding)  # channel by channel
+    return _dense_bn(_from_channel_blocks(h, k), arch.dense, params, buffers, arch.norm, train)
+
+
+def _lstm_layer(input_gates: Tensor, w_hh: Tensor) -> Tensor:
+    """torch.nn.LSTM's recurrence over (K, B, T, 4H) input gates (W_ih x + b_ih + b_hh, rows
+    ordered i, f, g, o) -> hidden states (K, B, T, H), h_0 = c_0 = 0."""
+    k, b, length, _ = input_gates.shape
+    hidden = w_hh.shape[-1]
+    h = c = input_gates.new_zeros(k, b, hidden)
+    w_hh_t = w_hh.transpose(1, 2)
+    outputs: list[Tensor] = []
+    # unbind, not input_gates[:, :, t]: each slice's backward would fill a zero tensor of the whole
+    # (K, B, T, 4H), quadratic in T; unbind's backward stacks the T gradients once.
+    for step_gates in input_gates.unbind(2):
+        gates = torch.baddbmm(step_gates, h, w_hh_t)  # (K, B, 4H)
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs, dim=2)
+
+
+def lstm_forward(arch: LSTMArch, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, train: bool
+                 ) -> Tensor:
+    k, b, length = x.shape
+    table = params[f"{arch.encoder}.weight"]  # (K, V, E)
+    # Member k looks its tokens x[k] up in its own table (an index out of range raises, as in nn.Embedding).
+    h = table[torch.arange(k, device=x.device).view(k, 1, 1), x]  # (K, B, T, E)
+    for layer in range(arch.layers):
+        w_ih, b_ih = params[f"{arch.prefix}.weight_ih_l{layer}"], params[f"{arch.prefix}.bias_ih_l{layer}"]
+        w_hh, b_hh = params[f"{arch.prefix}.weight_hh_l{layer}"], params[f"{arch.prefix}.bias_hh_l{layer}"]
+        # Input gates of all time steps at once, with both biases; only the hidden path is sequential.
+        bias = (b_ih + b_hh).unsqueeze(1)
+        input_gates = torch.baddbmm(bias, h.reshape(k, b * length, -1), w_ih.transpose(1, 2))
+        h = _lstm_layer(input_gates.view(k, b, length, -1), w_hh)
+    logits = _linear(h.reshape(k, b * length, -1), params, arch.decoder)  # (K, B*T, V)
+    return logits.view(k, b, length, -1).transpose(2, 3)  # (K, B, V, T), as the plain model's (B, V, T)
 
 
 class Family(NamedTuple):
@@ -330,7 +552,11 @@ FAMILIES: dict[str, Family] = {
     "mlp": Family(_describe_mlp, mlp_forward),
     "cnn": Family(_describe_cnn, cnn_forward),
     "gru": Family(_describe_gru, gru_forward),
-    **{name: Family(_describe_resnet, resnet_forward) for name in ("resnet8", "resnet8_bn", "resnet20", "resnet32")},
+    **{name: Family(_describe_resnet, resnet_forward) for name in RESNETS},
+    "keskar_f1": Family(_describe_keskar_f1, keskar_f1_forward),
+    "keskar_c1": Family(_describe_keskar_c1, keskar_c1_forward),
+    "drn": Family(_describe_drn, drn_forward),
+    "lstm_lm": Family(_describe_lstm, lstm_forward),
 }
 assert set(FAMILIES) == set(MODEL_NAMES), "every registered model needs a stacked family"
 
@@ -366,7 +592,8 @@ class StackedModel:
         return list(self.params.values())
 
     def forward(self, x: Tensor, train: bool) -> Tensor:
-        """x: (K, B, *input_shape), member k's batch in x[k] -> logits (K, B, num_classes).
+        """x: (K, B, *input_shape), member k's batch in x[k] -> logits, the plain model's with K in
+        front: (K, B, C), (K, B, V, T) for the language model, (K, B, C, H, W) for segmentation.
 
         train=True: BN uses batch (or ghost-batch) statistics and updates its running
         statistics in place exactly as the plain module in train mode would; train=False:
@@ -399,7 +626,7 @@ class StackedModel:
     def runs_member_by_member(self, batch_size: int, device: torch.device) -> bool:
         """Whether `forward` runs the members one by one at this many examples per member (see
         CPU_MEMBER_LOOP_MIN_BATCH), rather than all at once."""
-        return isinstance(self.arch, (CNNArch, ResNetArch)) and device.type == "cpu" and batch_size >= CPU_MEMBER_LOOP_MIN_BATCH
+        return isinstance(self.arch, CONV_ARCHS) and device.type == "cpu" and batch_size >= CPU_MEMBER_LOOP_MIN_BATCH
 
     @torch.no_grad()
     def load_member(self, k: int, state_dict: dict[str, Tensor]) -> None:
@@ -473,12 +700,11 @@ def stack_modules(name: str, modules: list[nn.Module], bn_batch_size: int | None
 
 
 def _check_fits_name(name: str, arch: Arch, bn_batch_size: int | None) -> None:
+    check_bn_batch_size(name, bn_batch_size)
     if not isinstance(arch, ResNetArch):
-        if bn_batch_size is not None:
-            raise ValueError(f"model {name!r} has no BatchNorm, so bn_batch_size={bn_batch_size} means nothing")
         return
-    depth = int(name.removeprefix("resnet").removesuffix("_bn"))
-    if 2 * len(arch.blocks) + 2 != depth or (arch.norm is not None) != has_batchnorm(name):
+    depth, batchnorm = RESNETS[name]
+    if 2 * len(arch.blocks) + 2 != depth or (arch.norm is not None) != batchnorm:
         raise ValueError(f"modules are not {name}: {len(arch.blocks)} blocks, BatchNorm: {arch.norm is not None}")
     ghost = arch.norm.ghost_batch_size if arch.norm is not None else None
     if ghost != bn_batch_size:

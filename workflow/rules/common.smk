@@ -1,9 +1,11 @@
 # Shared helpers: where things live, and what each run needs.
+from batchlab.data.catalog import NAMES as DATASET_NAMES
+
 
 wildcard_constraints:
     stack=r".+",
     study=r"[^/]+",
-    dataset=r"mnist1d|cifar10|cifar100",
+    dataset="|".join(DATASET_NAMES),
 
 
 def run_dir(run_id):
