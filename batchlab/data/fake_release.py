@@ -522,8 +522,8 @@ def write_fake_release(name: str, root: str | os.PathLike, n_train: int, n_test:
 
 
 # Sizes of a smoke run's fake releases: (train, test) images, VOC ids or text tokens.
-SMOKE_SIZES = {"cifar10": (256, 128), "cifar100": (256, 128), "mnist": (256, 128), "svhn": (256, 128),
-               "voc": (48, 24), "wikitext2": (12_000, 3_000), "ptb": (12_000, 3_000)}
+SMOKE_SIZES = {"cifar10": (128, 64), "cifar100": (128, 64), "mnist": (128, 64), "svhn": (128, 64),
+               "voc": (32, 16), "wikitext2": (6_000, 1_500), "ptb": (6_000, 1_500)}
 
 
 def write_smoke_releases(datasets: dict, seed: int = 0) -> list[str]:

@@ -1,0 +1,137 @@
+"""The paper presets: their full grids plan as the papers' setups, and their smoke variants run end to end.
+
+A smoke variant (config/smoke/<paper>.yaml) is laid over its preset with a second
+--configfile, on small generated files in the real formats (batchlab.data.fake_release)
+that the real loaders read: the preset's own studies, models, optimizers and schedules, on a
+tiny grid, through training, analyses, speed-up, interpolation, figures and the report.
+"""
+
+import subprocess
+
+import pandas as pd
+import pytest
+import yaml
+from snakemake.utils import update_config
+
+from batchlab.config import build_grid, build_stacks, check_config
+from batchlab.data.fake_release import write_smoke_releases
+from batchlab.plots import FIGURES
+from tests.conftest import REPO
+from tests.test_workflow import SNAKEMAKE, job_counts
+
+pytestmark = pytest.mark.workflow
+PRESETS = ("masters_luschi", "keskar", "golmant")
+
+
+def merged_config(preset: str, smoke: bool) -> dict:
+    config = yaml.safe_load((REPO / "config" / f"{preset}.yaml").read_text())
+    if smoke:
+        update_config(config, yaml.safe_load((REPO / "config" / "smoke" / f"{preset}.yaml").read_text()))
+    return check_config(config)
+
+
+def run_snakemake(workdir, preset: str, *args: str, smoke: bool) -> subprocess.CompletedProcess:
+    configfiles = [str(REPO / "config" / f"{preset}.yaml")]
+    if smoke:
+        configfiles.append(str(REPO / "config" / "smoke" / f"{preset}.yaml"))
+    return subprocess.run(
+        [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", *configfiles,
+         "--cores", "2", "--scheduler", "greedy", *args],
+        capture_output=True, text=True, timeout=900, cwd=workdir,
+    )
+
+
+# The papers' grids, from PAPERS.md: (study, models, batch sizes, runs).
+FULL_GRIDS = {
+    "masters_luschi": [
+        ("ml_resnet", {"resnet8", "resnet32_nobn", "resnet32"}, [2 ** i for i in range(1, 12)], 3 * 11 * 13),
+        ("ml_ghost_bn", {"resnet32"}, [16, 32, 64, 128, 256], None),
+    ],
+    "keskar": [
+        ("keskar_f1", {"keskar_f1"}, [256, 6000], 2 * 5),
+        ("keskar_c1", {"keskar_c1"}, [256, 5000], 2 * 5),
+    ],
+    "golmant": [
+        ("golmant_cifar10", {"resnet20", "resnet32"}, [2 ** i for i in range(4, 14)], 3 * 2 * 10 * 3 * 4 * 2),
+        ("golmant_svhn", {"resnet20"}, [2 ** i for i in range(4, 14)], 3 * 10 * 3 * 4 * 2),
+        ("golmant_mnist", {"resnet20"}, [2 ** i for i in range(4, 14)], 10 * 3 * 4 * 2),
+        ("golmant_segmentation", {"drn"}, [2 ** i for i in range(1, 9)], 8 * 3 * 3 * 2),
+        ("golmant_language", {"lstm_lm"}, [2 ** i for i in range(2, 10)], 8 * 3 * 3 * 2),
+    ],
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_full_preset_plans_the_papers_grid(preset, tmp_path):
+    config = merged_config(preset, smoke=False)
+    grid = build_grid(config)
+    for study, models, batch_sizes, n_runs in FULL_GRIDS[preset]:
+        runs = [r for r in grid.values() if r.study == study]
+        assert {r.model for r in runs} == models and sorted({r.batch_size for r in runs}) == batch_sizes
+        if n_runs is not None:
+            assert len(runs) == n_runs, study
+    result = run_snakemake(tmp_path, preset, "--dry-run", smoke=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert counts["train_stack"] == len(build_stacks(config, grid))
+    assert counts["report"] == 1
+
+
+def test_masters_luschi_preset_is_the_published_setup():
+    study = merged_config("masters_luschi", smoke=False)["studies"]["ml_resnet"]
+    opt = study["optimizer"]
+    assert (opt["name"], opt["momentum"], opt["nesterov"], opt["weight_decay"]) == ("sgd", 0.0, False, 1e-4)
+    assert study["lr_rules"] == ["linear"] and study["ref_batch_size"] == 1  # eta = eta_tilde * m
+    assert study["base_lrs"] == [2.0 ** -i for i in range(12, -1, -1)]  # 2^-12 ... 2^0
+    assert study["budget"] == {"epochs": 82}
+    assert study["schedule"]["decay"] == "step" and study["schedule"]["decay_milestones"] == [0.5, 0.75]
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def smoke_run(request, tmp_path_factory):
+    preset = request.param
+    workdir = tmp_path_factory.mktemp(f"smoke_{preset}")
+    config = merged_config(preset, smoke=True)
+    written = write_smoke_releases({name: {**opts, "root": str(workdir / opts["root"])} if "root" in opts else opts
+                                    for name, opts in config["datasets"].items()})
+    assert written  # every smoke variant reads at least one release in its real format
+    result = run_snakemake(workdir, preset, smoke=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return preset, workdir, config
+
+
+def test_a_smoke_variant_runs_every_rule_on_the_presets_models(smoke_run):
+    preset, workdir, config = smoke_run
+    tables = workdir / "results" / "tables"
+    runs = pd.read_parquet(tables / "runs.parquet")
+    grid = build_grid(config)
+    assert sorted(runs["run_id"]) == sorted(grid)
+    assert set(runs["model"]) == {r.model for r in grid.values()}  # the preset's own models
+    assert (runs["status"] == "completed").mean() >= 0.75, runs[["run_id", "status"]]
+    speedup = pd.read_parquet(tables / "speedup.parquet")
+    studies_with_targets = {s for s, st in config["studies"].items() if st["speedup"]["targets"]}
+    assert set(speedup["study"]) == studies_with_targets
+    sharpness = pd.read_parquet(tables / "sharpness.parquet")
+    analysed = {s for s, st in config["studies"].items() if st["analysis"]["enabled"]}
+    assert {run_id.split("/")[0] for run_id in sharpness["run_id"]} == analysed
+    assert sharpness["value"].notna().mean() > 0.9
+    interpolation = pd.read_parquet(tables / "interpolation.parquet")
+    interpolated = {s for s, st in config["studies"].items() if st["interpolation"]["enabled"]}
+    assert {pair.split("/")[0] for pair in interpolation["pair_id"]} == interpolated
+    drawn = {name: (workdir / "results" / "figures" / f"{name}.png").stat().st_size for name in FIGURES}
+    assert sum(size > 10_000 for size in drawn.values()) >= len(FIGURES) - 1, drawn  # one may say "nothing to show"
+    report = (workdir / "results" / "report.html").read_text()
+    assert all(study in report for study in config["studies"])
+
+
+def test_smoke_runs_record_the_task_metric(smoke_run):
+    preset, workdir, config = smoke_run
+    runs = pd.read_parquet(workdir / "results" / "tables" / "runs.parquet")
+    for task, column in (("language_model", "final_test_perplexity"), ("segmentation", "final_test_miou")):
+        rows = runs[runs["task"] == task]
+        assert rows[column].notna().all() and (rows[column] > 0).all()
+        other = runs[runs["task"] != task]
+        assert other[column].isna().all()
+    if preset == "golmant":
+        assert set(runs["task"]) == {"classification", "segmentation", "language_model"}
+        assert sorted(runs.loc[runs["study"] == "golmant_cifar10", "train_fraction"].unique()) == [0.5, 1.0]
