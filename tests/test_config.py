@@ -29,7 +29,8 @@ def test_defaults_are_filled_from_the_schema(tiny_config):
     del tiny_config["studies"]["tiny"]["optimizer"]
     cfg = check_config(tiny_config)
     study = cfg["studies"]["tiny"]
-    assert study["optimizer"] == {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0, "betas": [0.9, 0.999]}
+    assert study["optimizer"] == {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0, "betas": [0.9, 0.999],
+                                  "max_grad_norm": None}
     assert study["schedule"]["decay"] == "none"
     assert study["divergence"]["max_loss"] == 100.0
     assert cfg["device"] == "cpu" and cfg["threads_per_run"] == 1

@@ -295,3 +295,26 @@ def test_param_group_read_from_the_signature_is_torchs(cfg):
     built = build_optimizer([torch.zeros(2)], cfg, 0.1)
     assert type(built) is cls
     assert group == {key: value for key, value in built.param_groups[0].items() if key != "params"}
+
+
+def test_gradient_clipping_is_torchs_per_member():
+    from batchlab.stacked.optim import clip_member_grad_norms
+
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 4, 5, generator=g, dtype=torch.float64), torch.randn(3, 7, generator=g, dtype=torch.float64)]
+    grads[0][1] *= 1e-3
+    grads[1][1] *= 1e-3  # member 1's whole gradient is below the threshold: left as it is
+    expected = []
+    for k in range(3):
+        member = [t[k].clone().requires_grad_() for t in grads]
+        for p, t in zip(member, grads):
+            p.grad = t[k].clone()
+        torch.nn.utils.clip_grad_norm_(member, 0.5)
+        expected.append([p.grad for p in member])
+    before = [t[1].clone() for t in grads]
+    clip_member_grad_norms(grads, 0.5)
+    for k in range(3):
+        for t, e in zip(grads, expected[k]):
+            torch.testing.assert_close(t[k], e, rtol=1e-12, atol=1e-15)
+    assert all(torch.equal(t[1], b) for t, b in zip(grads, before))
+    assert torch.cat([t[0].flatten() for t in grads]).norm().item() == pytest.approx(0.5, rel=1e-5)

@@ -92,6 +92,8 @@ def reference_run(spec, data: Dataset) -> tuple[np.ndarray, dict]:
         loss = F.cross_entropy(model(xb), yb)
         optimizer.zero_grad()
         loss.backward()
+        if spec.optimizer["max_grad_norm"] is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.optimizer["max_grad_norm"])
         optimizer.step()
         losses.append(loss.item())
     return np.array(losses), model.state_dict()
@@ -113,6 +115,8 @@ CASES = {
     "keskar_c1": dict(model="keskar_c1", data=images, dataset="cifar10"),
     "drn": dict(model="drn", data=masks, dataset="shapes"),
     "lstm_lm": dict(model="lstm_lm", data=tokens, dataset="pydoc_text"),
+    "lstm_lm-clipped": dict(model="lstm_lm", data=tokens, dataset="pydoc_text", base_lrs=(5.0, 2.0),
+                            optimizer={"name": "sgd", "max_grad_norm": 0.25}),
 }
 
 
@@ -128,7 +132,8 @@ def float64_default():
 def test_every_member_of_a_stack_follows_its_run_trained_alone(case, tmp_path, float64_default):
     c = CASES[case]
     data = c["data"]()
-    specs = stack_specs(c["model"], data.n_train, bn=c.get("bn"), dataset=c.get("dataset", "mnist1d"))
+    specs = stack_specs(c["model"], data.n_train, bn=c.get("bn"), dataset=c.get("dataset", "mnist1d"),
+                        base_lrs=c.get("base_lrs", (0.05, 0.02)), optimizer=c.get("optimizer"))
     assert len(specs) == 8  # 2 rules x 2 base LRs x 2 seeds, in one stack
     specs = specs if c["model"] in ("mlp", "cnn", "gru") else specs[::2]  # keep the larger nets quick
     summaries, dirs = stacked(specs, data, tmp_path)

@@ -75,6 +75,7 @@ class StackedOptimizer:
         self.device = next(iter(params.values())).device
         cls, self.group = optimizer_group(cfg, NO_LR_YET)
         self.is_adam = cls is torch.optim.Adam
+        self.max_grad_norm = cfg.get("max_grad_norm")
         _refuse_unsupported(self.group)
         self.state = {name: self._fresh_state(p) for name, p in params.items()}
         # Host-side, so a step never waits for the device: whether torch would hold state for
@@ -98,6 +99,8 @@ class StackedOptimizer:
         if names:
             params = [self.params[name] for name in names]
             grads = [p.grad for p in params]
+            if self.max_grad_norm is not None:
+                clip_member_grad_norms(grads, self.max_grad_norm)
             states = [self.state[name] for name in names]
             if self.is_adam:
                 self._adam_update(params, grads, states, lr)
@@ -259,6 +262,14 @@ class StackedOptimizer:
     def _check_member(self, k: int) -> None:
         if not 0 <= k < self.num_members:
             raise IndexError(f"member {k} out of range for {self.num_members} members")
+
+
+def clip_member_grad_norms(grads: list[Tensor], max_norm: float) -> None:
+    """Scale each member's gradients, over all its parameters, to a 2-norm of at most `max_norm`, in place:
+    torch.nn.utils.clip_grad_norm_ on each member's own model (word_language_model clips its LSTM at 0.25)."""
+    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (K,)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # torch's clip coefficient
+    torch._foreach_mul_(grads, _per_member_each(scale, grads))
 
 
 def _per_member_each(values: Tensor, like: list[Tensor]) -> list[Tensor]:
