@@ -17,7 +17,7 @@ from typing import Any
 
 from batchlab.data.catalog import DatasetInfo, dataset_info
 from batchlab.lr_rules import scaled_lr
-from batchlab.models import MODEL_INPUTS, check_bn_batch_size
+from batchlab.models import MODEL_INPUTS, RECURRENT_MODELS, check_bn_batch_size, uses_batchnorm
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 GENERATED_DATASETS = ("mnist1d", "shapes", "pydoc_text")  # made or shipped locally: no datasets entry needed
@@ -66,6 +66,14 @@ def dataset_train_size(dataset: str, datasets: dict) -> int:
     return study_dataset_info(dataset, datasets).n_train
 
 
+def _two_batch_noise_scale(study: dict, ns: dict, n_train: int) -> bool:
+    """Whether some run's noise scale may come from the two-batch estimator (batchlab.analysis.noise_scale),
+    whose batches of b_big are drawn from the training set; the exact method needs no b_big."""
+    no_per_example = [m for m in study["models"] if m in RECURRENT_MODELS
+                      or (study["analysis"]["bn_mode"] == "batch" and uses_batchnorm(m))]
+    return ns["method"] == "two_batch" or (ns["method"] == "auto" and (n_train > ns["exact_max_examples"] or bool(no_per_example)))
+
+
 def _check_study(name: str, study: dict, datasets: dict) -> None:
     where = f"studies.{name}"
     dataset = study["dataset"]
@@ -84,6 +92,15 @@ def _check_study(name: str, study: dict, datasets: dict) -> None:
         if b > n_train:
             raise ConfigError(f"invalid config at '{where}.batch_sizes': {b} is larger than the {n_train} training examples"
                               + (" of the smallest training fraction" if n_train < info.n_train else ""))
+    budget, warmup = study["budget"], study["schedule"]["warmup_steps"]
+    shortest = budget["steps"] if "steps" in budget else budget["epochs"] * (n_train // max(study["batch_sizes"]))
+    if warmup >= shortest:
+        raise ConfigError(f"invalid config at '{where}.schedule.warmup_steps': {warmup} warm-up steps, but the shortest "
+                          f"run (batch size {max(study['batch_sizes'])}) has only {shortest} steps")
+    ns, b_big = study["analysis"]["noise_scale"], study["analysis"]["noise_scale"]["b_big"]
+    if study["analysis"]["enabled"] and b_big > n_train and _two_batch_noise_scale(study, ns, n_train):
+        raise ConfigError(f"invalid config at '{where}.analysis.noise_scale.b_big': {b_big} is larger than the {n_train} "
+                          f"training examples it would be drawn from")
     for section in ("analysis", "interpolation"):
         for key, flt in study[section].items():
             if isinstance(flt, dict) and key in ("runs", "along_training", "select"):

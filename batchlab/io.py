@@ -59,5 +59,18 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    # Our own checkpoints hold plain containers, tensors and numbers only.
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A file written by save_torch; an unreadable one raises an error that names it."""
+    try:
+        # Our own checkpoints hold plain containers, tensors and numbers only.
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise OSError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that atomic_path leaves behind when a job is killed mid-write."""
+    folder = Path(folder)
+    leftovers = list(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers

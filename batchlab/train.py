@@ -257,6 +257,13 @@ class Member:
     resumed: dict | None
 
 
+def result_hash(spec: dict) -> str:
+    """The hash of everything in a run's spec that can change its results: all but how often a
+    resume checkpoint is written, so changing that interval neither retrains nor refuses to resume."""
+    checkpoints = {k: v for k, v in spec.get("checkpoints", {}).items() if k != "resume_every_s"}
+    return provenance.config_hash({**spec, "checkpoints": checkpoints})
+
+
 def finished_summary(spec: RunSpec, run_dir: Path) -> dict | None:
     """The summary of a run that already finished with this config and this library code, else None.
 
@@ -268,7 +275,7 @@ def finished_summary(spec: RunSpec, run_dir: Path) -> dict | None:
     if not all(path.exists() for path in outputs):
         return None
     summary = io.read_json(summary_path)
-    same_config = provenance.config_hash(summary.get("spec", {})) == provenance.config_hash(spec.to_dict())
+    same_config = result_hash(summary.get("spec", {})) == result_hash(spec.to_dict())
     return summary if same_config and summary.get("code_hash") == provenance.code_hash() else None
 
 
@@ -280,9 +287,16 @@ def open_member(spec: RunSpec, run_dir: Path, total_steps: int, columns: tuple[s
         # from checkpoints of the old code.
         log.info("%s finished before under other code or config; retraining from scratch", spec.run_id)
         shutil.rmtree(ckpt_dir)
-    chash = provenance.config_hash(spec.to_dict())
+    chash = result_hash(spec.to_dict())
+    io.remove_leftovers(run_dir)
+    io.remove_leftovers(ckpt_dir)
     resumed = newest_checkpoint(ckpt_dir, chash)
     if resumed is None:
+        # Nothing here belongs to this config: checkpoints of an earlier config of this run_id must
+        # never be analysed as this run's, so start from a clean folder.
+        for stale in ckpt_dir.glob("*.pt"):
+            log.info("removing %s: not a checkpoint of this run's config", stale)
+            stale.unlink()
         return Member(spec, run_dir, chash, Curve.empty(total_steps, columns), 0, 0.0, None)
     log.info("resuming %s from step %d of %d", spec.run_id, resumed["step"], total_steps)
     return Member(spec, run_dir, chash, Curve.from_state(resumed["curve"], total_steps, columns), resumed["step"],

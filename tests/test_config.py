@@ -232,3 +232,19 @@ def test_explicit_pairs_are_checked(tiny_config):
     cfg = check_config(tiny_config)
     with pytest.raises(ConfigError, match=r"interpolation.pairs\[0\].large': 'tiny/mlp/bs999/linear/lr0.05/seed0' is not a run"):
         build_pairs(cfg, build_grid(cfg))
+
+
+def test_a_warm_up_longer_than_the_shortest_run_is_refused():
+    # tiny: 256 examples, batch 64, 2 epochs: the shortest run has 8 steps
+    msg = bad(lambda c: c["studies"]["tiny"].update(schedule={"warmup_steps": 8}))
+    assert "studies.tiny.schedule.warmup_steps" in msg and "only 8 steps" in msg
+
+
+def test_a_two_batch_b_big_beyond_the_training_set_is_refused():
+    def change(c):
+        c["studies"]["tiny"]["analysis"]["noise_scale"].update(method="two_batch", b_big=512)
+
+    assert "512 is larger than the 256 training examples" in bad(change)
+    cfg = copy.deepcopy(TINY_CONFIG)
+    cfg["studies"]["tiny"]["analysis"]["noise_scale"].update(b_big=512)  # auto: exact here, b_big unused
+    check_config(cfg)

@@ -29,6 +29,7 @@ def stack_specs(model: str, n_train: int, batch_size: int = 8, bn=None, base_lrs
         "optimizer": optimizer or {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
         "budget": {"steps": STEPS}, "schedule": {"decay": "cosine", "warmup_steps": 5},
         "eval": {"regular_points": 4, "log_points": 2}, "checkpoints": {"log_points": 3},
+        "analysis": {"enabled": False},
     }
     datasets = {"mnist1d": {"n_train": n_train, "n_test": 16}}
     if dataset in ("cifar10", "mnist"):

@@ -50,6 +50,8 @@ MODEL_INPUTS: dict[str, str] = {
     "lstm_lm": "tokens",
 }
 MODEL_NAMES = tuple(MODEL_INPUTS)
+# Recurrent nets: torch.func.vmap has no batching rule for nn.GRU/nn.LSTM, so no per-example gradients.
+RECURRENT_MODELS = ("gru", "lstm_lm")
 INPUT_KINDS = ("signal", "image", "segmentation", "tokens")
 assert set(MODEL_INPUTS.values()) <= set(INPUT_KINDS)
 
