@@ -2,7 +2,7 @@
 # config -> grid of runs -> train -> tables -> figures. See README.md.
 from pathlib import Path
 
-from batchlab.config import analysed_runs, build_grid, build_pairs, build_stacks, check_config
+from batchlab.config import analysed_runs, build_grid, build_pairs, build_stacks, check_config, check_data_roots
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it
 # (merging would add the demo's studies to every other config). --config overrides
@@ -14,6 +14,7 @@ if not workflow.overwrite_configfiles:
 
 # Stops before any job, naming the offending key; fills the schema's defaults.
 check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+check_data_roots(config)
 RUNS = build_grid(config)  # run_id -> RunSpec
 STACKS = build_stacks(config, RUNS)  # stack_id -> Stack: the runs trained together in one job
 RUN_STACK = {run_id: stack.stack_id for stack in STACKS.values() for run_id in stack.runs}

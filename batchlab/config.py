@@ -125,6 +125,19 @@ def _check_study(name: str, study: dict, datasets: dict) -> None:
                 raise ConfigError(f"invalid config at '{where}.bn_batch_sizes': {m} does not divide batch size {b}")
 
 
+def check_data_roots(config: dict) -> None:
+    """Refuse, before any job, a data set that torchvision could download (it has a `download` option) but
+    may not, read from a `root` that does not exist. Relative roots are read from the current directory:
+    snakemake's working directory. (Text corpora cannot be downloaded; their reader names what is missing.)
+    """
+    used = {study["dataset"] for study in config["studies"].values()}
+    for name in sorted(used):
+        options = config["datasets"].get(name, {})
+        if options.get("download") is False and not Path(options["root"]).exists():
+            raise ConfigError(f"invalid config at 'datasets.{name}.root': {options['root']} does not exist (from "
+                              f"{Path.cwd()}) and download is false; point it at the release or set download: true")
+
+
 @dataclass
 class RunSpec:
     """One point of a study's grid: everything a training run needs to know."""

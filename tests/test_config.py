@@ -248,3 +248,19 @@ def test_a_two_batch_b_big_beyond_the_training_set_is_refused():
     cfg = copy.deepcopy(TINY_CONFIG)
     cfg["studies"]["tiny"]["analysis"]["noise_scale"].update(b_big=512)  # auto: exact here, b_big unused
     check_config(cfg)
+
+
+def test_a_missing_root_that_may_not_download_is_refused(tmp_path, monkeypatch):
+    from batchlab.config import check_data_roots
+
+    monkeypatch.chdir(tmp_path)
+    cfg = copy.deepcopy(TINY_CONFIG)
+    cfg["datasets"]["cifar10"] = {"root": "data/cifar"}
+    cfg["studies"]["tiny"].update(dataset="cifar10", models=["resnet8"], batch_sizes=[16, 64])
+    check_config(cfg)
+    with pytest.raises(ConfigError, match=r"datasets.cifar10.root': data/cifar does not exist .* download is false"):
+        check_data_roots(cfg)
+    (tmp_path / "data/cifar").mkdir(parents=True)
+    check_data_roots(cfg)  # there now
+    cfg["datasets"]["cifar10"] = {"root": "elsewhere", "download": True}
+    check_data_roots(cfg)  # torchvision will fetch it
