@@ -312,22 +312,16 @@ def format_estimate(est: Estimate) -> str:
     else:
         lines.append("no throughput table: counts only (run benchmarks/throughput.py for hours)")
     lines.append("")
-    by_model = est.by_model.copy()
-    for col in counts:
-        by_model[col] = by_model[col].map(_count)
-    for col in hours:
-        by_model[col] = by_model[col].map(_hours)
-    lines.append("per study and model:")
-    lines.append(by_model.rename(columns=lambda c: c.replace("_", " ")).to_string(index=False))
-    lines.append("")
-    by_study = est.by_study.copy()
-    for col in [*counts, "interpolation_jobs"]:
-        by_study[col] = by_study[col].map(_count)
-    for col in hours:
-        by_study[col] = by_study[col].map(_hours)
-    lines.append("per study:")
-    lines.append(by_study.rename(columns=lambda c: c.replace("_", " ")).to_string(index=False))
-    lines.append("")
+    def readable(table: pd.DataFrame, count_columns: list[str]) -> str:
+        table = table.copy()
+        for col in count_columns:
+            table[col] = table[col].map(_count)
+        for col in hours:
+            table[col] = table[col].map(_hours)
+        return table.rename(columns=lambda c: c.replace("_", " ")).to_string(index=False)
+
+    lines += ["per study and model:", readable(est.by_model, list(counts)), ""]
+    lines += ["per study:", readable(est.by_study, [*counts, "interpolation_jobs"]), ""]
     lines.append("jobs: " + ", ".join(f"{n:,} {kind}" for kind, n in est.jobs.items() if kind != "total")
                  + f" = {est.jobs['total']:,} (as snakemake counts them, with the target rule `all`)")
     total = est.total

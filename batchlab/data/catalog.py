@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-TASKS = ("classification", "segmentation", "language_model")
+from batchlab.data import TASKS  # noqa: F401  (re-exported: the tasks a data set can serve)
+
 INPUTS = ("signal", "image", "segmentation", "tokens")
 
 MNIST_SIZES = (60_000, 10_000)

@@ -23,6 +23,7 @@ import math
 
 from torch import nn
 
+from batchlab.data.catalog import INPUTS
 from batchlab.models.mnist1d import CNN, GRU, MLP
 
 # ResNet name -> (depth, BatchNorm).
@@ -52,7 +53,7 @@ MODEL_INPUTS: dict[str, str] = {
 MODEL_NAMES = tuple(MODEL_INPUTS)
 # Recurrent nets: torch.func.vmap has no batching rule for nn.GRU/nn.LSTM, so no per-example gradients.
 RECURRENT_MODELS = ("gru", "lstm_lm")
-INPUT_KINDS = ("signal", "image", "segmentation", "tokens")
+INPUT_KINDS = INPUTS  # the data kinds of batchlab.data.catalog, which a model must take
 assert set(MODEL_INPUTS.values()) <= set(INPUT_KINDS)
 
 
