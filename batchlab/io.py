@@ -1,12 +1,19 @@
-"""Atomic file output: every file is written under a temporary name, then renamed.
+"""Atomic, checksummed file output: every file is written under a temporary name, then renamed.
 
 A job killed half-way never leaves a half file that looks whole, and snakemake never
 mistakes a partial output for a finished one.
+
+Every torch file and Parquet table carries a SHA-256 of its content, checked on every
+load: a file damaged on disk or edited by hand after it was written is refused with an
+error that names it (ChecksumError), never read as a result. A torch file holds
+{"batchlab_sha256": digest, "content": what was saved}; a Parquet table keeps its digest
+in the schema's key-value metadata.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -14,7 +21,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+
+CHECKSUM_KEY = "batchlab_sha256"
+
+
+class ChecksumError(OSError):
+    """A file whose content does not match the checksum written with it, or that has none."""
 
 
 def _umask() -> int:
@@ -48,23 +63,99 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def _no_checksum(path: str | os.PathLike) -> ChecksumError:
+    return ChecksumError(f"{path} has no batchlab checksum: it was written by other code or by hand. "
+                         "Delete it (or its run's directory) and rerun the rule that wrote it.")
+
+
+def _verify(path: str | os.PathLike, stored: str, actual: str) -> None:
+    if stored != actual:
+        raise ChecksumError(f"{path} is damaged or was edited after it was written: its content no longer matches "
+                            "its checksum. Delete it (or its run's directory) and rerun the rule that wrote it.")
+
+
+def _unreadable(path: str | os.PathLike, exc: Exception) -> OSError:
+    return OSError(f"cannot read {path}: {type(exc).__name__}: {exc}")
+
+
+def frame_digest(df: pd.DataFrame) -> str:
+    """SHA-256 of a table's column names, dtypes and values (row order counts, the index does not)."""
+    digest = hashlib.sha256(repr([(str(c), str(t)) for c, t in df.dtypes.items()]).encode())
+    digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    # The digest is of the frame a reader gets back, which is not always `df` itself: an
+    # object column of strings comes back as "str", one of bools as "bool".
+    metadata = {**(table.schema.metadata or {}), CHECKSUM_KEY.encode(): frame_digest(table.to_pandas()).encode()}
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        pq.write_table(table.replace_schema_metadata(metadata), tmp)
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """A table written by write_parquet, checked against its checksum (the whole table, even when
+    only `columns` are returned); a damaged or edited one raises ChecksumError naming it."""
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
+    df = table.to_pandas()
+    stored = (table.schema.metadata or {}).get(CHECKSUM_KEY.encode())
+    if stored is None:
+        raise _no_checksum(path)
+    _verify(path, stored.decode(), frame_digest(df))
+    return df if columns is None else df[list(columns)]
+
+
+def _feed(digest: "hashlib._Hash", obj: Any) -> None:
+    """Walk a checkpoint's content in a canonical order: dict keys sorted, each value tagged with
+    its type, so that equal content always hashes alike and a changed type is a change too."""
+    if isinstance(obj, torch.Tensor):
+        flat = obj.detach().contiguous().cpu().reshape(-1)
+        digest.update(f"tensor {flat.dtype} {tuple(obj.shape)}\0".encode())
+        digest.update(flat.view(torch.uint8).numpy())  # the raw bytes, hashed in place: one pass
+    elif isinstance(obj, dict):
+        digest.update(f"dict {len(obj)}\0".encode())
+        for key in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
+            _feed(digest, key)
+            _feed(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{'list' if isinstance(obj, list) else 'tuple'} {len(obj)}\0".encode())
+        for item in obj:
+            _feed(digest, item)
+    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        digest.update(f"{type(obj).__name__} {obj!r}\0".encode())  # repr escapes NUL and round-trips floats
+    else:
+        raise TypeError(f"cannot checksum a {type(obj).__name__}: checkpoints hold containers, tensors and numbers only")
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 of a checkpoint's content (see _feed)."""
+    digest = hashlib.sha256()
+    _feed(digest, obj)
+    return digest.hexdigest()
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    checked = {CHECKSUM_KEY: content_digest(obj), "content": obj}
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save(checked, tmp)
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """A file written by save_torch; an unreadable one raises an error that names it."""
+    """What save_torch was given, checked against its checksum; an unreadable file raises an
+    OSError that names it, a damaged or edited one a ChecksumError."""
     try:
         # Our own checkpoints hold plain containers, tensors and numbers only.
-        return torch.load(path, map_location=map_location, weights_only=True)
+        saved = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise OSError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+        raise _unreadable(path, exc) from exc
+    if not (isinstance(saved, dict) and set(saved) == {CHECKSUM_KEY, "content"}):
+        raise _no_checksum(path)
+    _verify(path, saved[CHECKSUM_KEY], content_digest(saved["content"]))
+    return saved["content"]
 
 
 def remove_leftovers(folder: str | os.PathLike) -> list[Path]:

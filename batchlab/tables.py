@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from batchlab.io import read_json
+from batchlab.io import read_json, read_parquet
 
 # Losses and accuracies are per target: per example, per token (language models) or per labelled
 # pixel (segmentation). Perplexity is filled for language models and mean IoU for segmentation
@@ -70,7 +70,7 @@ def curves_table(summary_paths: Sequence[str | os.PathLike], metrics_paths: Sequ
         raise ValueError(f"{len(summary_paths)} run summaries but {len(metrics_paths)} metrics files")
     parts = []
     for summary_path, metrics_path in zip(summary_paths, metrics_paths):
-        df = pd.read_parquet(metrics_path)
+        df = read_parquet(metrics_path)
         df.insert(0, "run_id", read_json(summary_path)["run_id"])
         parts.append(df)
     # a segmentation run adds mean IoU columns; every other run gets them as NaN
@@ -82,7 +82,7 @@ def concat_tables(paths: Sequence[str | os.PathLike], table: str) -> pd.DataFram
     if table not in TABLE_COLUMNS:
         raise ValueError(f"unknown table {table!r}; choose one of {', '.join(TABLE_COLUMNS)}")
     columns = list(TABLE_COLUMNS[table])
-    parts = [pd.read_parquet(p) for p in paths]
+    parts = [read_parquet(p) for p in paths]
     for path, part in zip(paths, parts):
         if list(part.columns) != columns:
             raise ValueError(f"{path} has columns {list(part.columns)}, expected {columns}")

@@ -24,7 +24,10 @@ Habits that keep it fast and safe:
   The criteria read only the curve's evaluations, so a resumed run stops where an
   uninterrupted one would;
 - checkpoints hold the model, the optimizer and the curve so far, stamped with a hash
-  of the run's config; a restarted run resumes from the newest matching one.
+  of the run's config and checksummed (batchlab.io); a restarted run resumes from the
+  newest matching one that passes its checksum;
+- a resume checkpoint is written as often as its cost allows (ResumeClock), and on
+  SIGTERM at the next step boundary, after which training stops with Interrupted.
 
 How a run ends, in run.json:
     status       "diverged" (a bad batch loss), else "stalled" when it finished without
@@ -51,10 +54,15 @@ Run directory:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -207,20 +215,86 @@ class Curve:
         )
 
 
+def _named_step(path: Path) -> float:
+    """The step in a step_<k>.pt file's name; infinite for resume.pt, whose step only its content says."""
+    number = path.stem.removeprefix("step_")
+    return int(number) if path.stem.startswith("step_") and number.isdigit() else math.inf
+
+
 def newest_checkpoint(ckpt_dir: Path, chash: str) -> dict | None:
-    """The checkpoint with the highest step whose config hash matches, if any."""
+    """The checkpoint with the highest step whose config hash matches, if any.
+
+    Files are tried newest first and reading stops at the first good one that no file left can
+    beat, so a resume reads and checks one or two checkpoints, not all. A damaged one (unreadable,
+    or failing its checksum) is skipped with a warning: an older one will do, since training
+    from it again gives the same weights.
+    """
     best = None
-    for path in ckpt_dir.glob("*.pt"):
+    for path in sorted(ckpt_dir.glob("*.pt"), key=_named_step, reverse=True):
+        if best is not None and _named_step(path) <= best["step"]:
+            break
         try:
             state = io.load_torch(path)
-        except Exception as exc:  # a damaged file is skipped, not fatal: an older one will do
-            log.warning("skipping unreadable checkpoint %s: %s", path, exc)
+        except OSError as exc:
+            log.warning("skipping damaged checkpoint %s: %s", path, exc)
             continue
-        if state.get("config_hash") != chash:
-            continue
-        if best is None or state["step"] > best["step"]:
+        if state.get("config_hash") == chash and (best is None or state["step"] > best["step"]):
             best = state
     return best
+
+
+# Why the resume interval adapts: a fixed one (120 s) lost most of a short run when it was
+# killed, and a short fixed one would spend a large model's run writing checkpoints. A resume
+# checkpoint is due once the time since the last save exceeds max(RESUME_FLOOR_S,
+# RESUME_COST_FACTOR x how long the last save took), capped at `checkpoints.resume_every_s`:
+# saving costs at most about 1/RESUME_COST_FACTOR (5 %) of the time, and a killed small run
+# loses a few seconds. Any save of every member (log-spaced or resume) counts.
+RESUME_FLOOR_S = 2.0
+RESUME_COST_FACTOR = 20.0
+clock = time.perf_counter  # wall times and the resume interval; a test may replace it
+
+
+class ResumeClock:
+    """When the next resume checkpoint is due (see RESUME_FLOOR_S)."""
+
+    def __init__(self, most_s: float):
+        self.most_s, self.last, self.cost = most_s, clock(), 0.0
+
+    def interval(self) -> float:
+        return min(self.most_s, max(RESUME_FLOOR_S, RESUME_COST_FACTOR * self.cost))
+
+    def due(self) -> bool:
+        return clock() - self.last > self.interval()
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        start = clock()
+        yield
+        self.last = clock()
+        self.cost = self.last - start
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM stopped training at a step boundary, after every unfinished member wrote a resume checkpoint."""
+
+
+@contextlib.contextmanager
+def sigterm_event() -> Iterator[threading.Event]:
+    """An event that SIGTERM sets while the body runs, instead of killing the process.
+
+    A cluster sends SIGTERM before SIGKILL (SLURM at its time limit, KillWait seconds before);
+    training then saves at the next step boundary and stops, and the retried job resumes there.
+    Only the main thread may set a signal handler: elsewhere the event is never set.
+    """
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.set())
+    try:
+        yield received
+    finally:  # None: a handler not set from Python, which cannot be put back; the default is the nearest
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 # --- the stack: K runs of one model and one batch size, trained together ---------------------
@@ -419,7 +493,9 @@ def train_stack(
     Members resume from their own newest checkpoints; members found at different steps train
     as separate stacks, one after another. `max_steps` stops early once that many updates are
     done, leaving resume checkpoints and no final outputs (for chunked jobs under a time
-    limit, and for tests of resume); those members' summaries say "interrupted".
+    limit, and for tests of resume); those members' summaries say "interrupted". SIGTERM
+    does the same at the next step boundary, then raises Interrupted so that the job fails
+    and its retry resumes.
     """
     check_stackable(specs)
     dev = resolve_device(device)
@@ -438,9 +514,10 @@ def train_stack(
             summaries[spec.run_id] = done
         else:
             members.append(open_member(spec, run_dir, plan.total_steps, eval_columns(data.task)))
-    for start in sorted({m.start_step for m in members}):
-        group = [m for m in members if m.start_step == start]
-        summaries.update(_train_from(group, data, plan, dev, max_steps, progress))
+    with sigterm_event() as stop:
+        for start in sorted({m.start_step for m in members}):
+            group = [m for m in members if m.start_step == start]
+            summaries.update(_train_from(group, data, plan, dev, max_steps, progress, stop))
     return [summaries[spec.run_id] for spec in specs]
 
 
@@ -451,16 +528,16 @@ def train_run(spec: RunSpec, data: Dataset | str | Path, run_dir: str | Path, de
 
 
 def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.device, max_steps: int | None,
-                progress: bool) -> dict[str, dict]:
-    """Train members that all stand at the same step, until each has finished (or `max_steps`)."""
+                progress: bool, stop: threading.Event) -> dict[str, dict]:
+    """Train members that all stand at the same step, until each has finished (or `max_steps`, or `stop`)."""
     spec = members[0].spec
     S, B, step = plan.total_steps, spec.batch_size, members[0].start_step
     stack = Stack(members, data, dev)
     log.info("training %d run(s) together from step %d: %s", len(members), step, ", ".join(m.spec.run_id for m in members))
-    t_start = time.perf_counter()
+    t_start = clock()
 
     def wall(m: Member) -> float:
-        return m.wall_before + time.perf_counter() - t_start
+        return m.wall_before + clock() - t_start
 
     def evaluate_now(at: int) -> None:
         ev, miou = spec.eval["batch_size"], data.task == "segmentation"
@@ -469,36 +546,48 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         for k, m in enumerate(stack.members):  # in the order of eval_columns: losses and accuracies, then mean IoUs
             m.curve.evals[at] = tuple(float(scores[k]) for scores in (*train[:2], *test[:2], *train[2:], *test[2:]))
 
-    if step == 0:
-        evaluate_now(0)
-        for k, m in enumerate(stack.members):
-            save_member_checkpoint(m.run_dir / "checkpoints" / "step_0.pt", m, stack.model, stack.optimizer, k, 0, wall(m))
-
-    sched = spec.schedule
-    milestones = tuple(sched["decay_milestones"])
     losses = torch.full((S + 1, len(members)), float("nan"), device=dev, dtype=data.dtype)
-    flushed = checked = step  # host copies of batch_loss are valid up to `flushed`
-    last_resume_save = time.perf_counter()
-    perm_epoch, perms = -1, None
-    factor_now, lr = None, None
-    summaries: dict[str, dict] = {}
+    flushed = step  # host copies of batch_loss are valid up to `flushed`
+    # A resumed run checks for divergence from its last evaluation on, as an uninterrupted one
+    # would: it may have been saved between evaluations, after a bad step not yet judged.
+    checked = max(s for s in plan.eval_steps if s <= step)
     factors = np.full(S + 1, np.nan)  # the LR factor of every step; a member's LR is its peak times it
     column = {m.spec.run_id: k for k, m in enumerate(members)}  # a member's column of `losses`, fixed for the whole loop
-    cols = torch.arange(len(members), device=dev)  # the columns of the members still training
-    seeds = [m.spec.seed for m in members]
+    resume_clock = ResumeClock(spec.checkpoints["resume_every_s"])
 
     def flush(upto: int) -> None:
         """Copy the losses and LRs since the last flush into the members' host curves."""
+        nonlocal flushed
         host = losses[flushed + 1 : upto + 1].cpu().numpy()
         for m in stack.members:
             m.curve.batch_loss[flushed + 1 : upto + 1] = host[:, column[m.spec.run_id]]
             m.curve.lr[flushed + 1 : upto + 1] = m.spec.lr * factors[flushed + 1 : upto + 1]
+        flushed = upto
+
+    def save_all(name: str, at: int) -> None:
+        """Every member's checkpoint `name` at step `at`; its duration sets the resume interval."""
+        flush(at)  # after the device sync this implies, so the timing is of the save alone
+        with resume_clock.saving():
+            for k, m in enumerate(stack.members):
+                save_member_checkpoint(m.run_dir / "checkpoints" / name, m, stack.model, stack.optimizer, k, at, wall(m))
+
+    if step == 0:
+        evaluate_now(0)
+        save_all("step_0.pt", 0)
+
+    sched = spec.schedule
+    milestones = tuple(sched["decay_milestones"])
+    perm_epoch, perms = -1, None
+    factor_now, lr = None, None
+    summaries: dict[str, dict] = {}
+    cols = torch.arange(len(members), device=dev)  # the columns of the members still training
+    seeds = [m.spec.seed for m in members]
     desc = spec.run_id if len(members) == 1 else f"{spec.study}/{spec.model}/bs{B} ×{len(members)}"
     bar = tqdm(total=S, initial=step, desc=desc, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 15,
                disable=not progress)
 
     while stack.members and step < S:
-        if max_steps is not None and step >= max_steps:
+        if stop.is_set() or (max_steps is not None and step >= max_steps):
             break
         epoch, pos = divmod(step, plan.steps_per_epoch)
         if epoch != perm_epoch:
@@ -513,59 +602,54 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         factors[step + 1] = factor
         step += 1
         bar.update(1)
-        if step not in plan.eval_steps:
-            continue
 
-        # evaluation point: read the losses back, evaluate, then judge every member
-        flush(step)
-        flushed = step
-        evaluate_now(step)
-        finished, keep = [], []
-        for k, m in enumerate(stack.members):
-            bad = first_bad_step(m.curve.batch_loss, checked + 1, step, spec.divergence["max_loss"])
-            if bad is not None:
-                log.warning("%s diverged at step %d (batch loss %s)", m.spec.run_id, bad, m.curve.batch_loss[bad])
-                finished.append((k, "diverged", bad))
-                continue
-            stopped = stop_reason(m.curve.evals, plan.steps_per_epoch, spec.budget.get("stop"))
-            if stopped is not None:
-                log.info("%s stops at step %d of %d: %s criterion met", m.spec.run_id, step, S, stopped)
-                finished.append((k, stopped, None))
-            elif step == S:
-                finished.append((k, "budget", None))
-            else:
-                keep.append(k)
-        checked = step
-        for k, stopped, diverged_step in finished:
-            m = stack.members[k]
-            status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, data.num_classes)
-            summaries[m.spec.run_id] = _write_outputs(m, stack.model.member_state_dict(k), plan, step, status, stopped,
-                                                      diverged_step, dev, wall(m), data.task)
-        if not keep:
-            stack.members = []
-            break
-        if finished:
-            stack.keep(keep)
-            factor_now = perm_epoch = None  # the LR vector and permutations follow the members left
-            cols = torch.tensor([column[m.spec.run_id] for m in stack.members], device=dev)
-            seeds = [m.spec.seed for m in stack.members]
-        first = stack.members[0].curve.evals[step]
-        bar.set_postfix(train_loss=f"{first[0]:.4f}", test_acc=f"{first[3]:.3f}", refresh=False)
+        if step in plan.eval_steps:  # read the losses back, evaluate, then judge every member
+            flush(step)
+            evaluate_now(step)
+            finished, keep = [], []
+            for k, m in enumerate(stack.members):
+                bad = first_bad_step(m.curve.batch_loss, checked + 1, step, spec.divergence["max_loss"])
+                if bad is not None:
+                    log.warning("%s diverged at step %d (batch loss %s)", m.spec.run_id, bad, m.curve.batch_loss[bad])
+                    finished.append((k, "diverged", bad))
+                    continue
+                stopped = stop_reason(m.curve.evals, plan.steps_per_epoch, spec.budget.get("stop"))
+                if stopped is not None:
+                    log.info("%s stops at step %d of %d: %s criterion met", m.spec.run_id, step, S, stopped)
+                    finished.append((k, stopped, None))
+                elif step == S:
+                    finished.append((k, "budget", None))
+                else:
+                    keep.append(k)
+            checked = step
+            for k, stopped, diverged_step in finished:
+                m = stack.members[k]
+                status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, data.num_classes)
+                summaries[m.spec.run_id] = _write_outputs(m, stack.model.member_state_dict(k), plan, step, status,
+                                                          stopped, diverged_step, dev, wall(m), data.task)
+            if not keep:
+                stack.members = []
+                break
+            if finished:
+                stack.keep(keep)
+                factor_now = perm_epoch = None  # the LR vector and permutations follow the members left
+                cols = torch.tensor([column[m.spec.run_id] for m in stack.members], device=dev)
+                seeds = [m.spec.seed for m in stack.members]
+            first = stack.members[0].curve.evals[step]
+            bar.set_postfix(train_loss=f"{first[0]:.4f}", test_acc=f"{first[3]:.3f}", refresh=False)
+        # Here every member is unfinished and step < S: the last step is an evaluation that ends them all.
         if step in plan.checkpoint_steps:
-            for k, m in enumerate(stack.members):
-                save_member_checkpoint(m.run_dir / "checkpoints" / f"step_{step}.pt", m, stack.model, stack.optimizer, k,
-                                       step, wall(m))
-        elif step < S and time.perf_counter() - last_resume_save > spec.checkpoints["resume_every_s"]:
-            for k, m in enumerate(stack.members):
-                save_member_checkpoint(m.run_dir / "checkpoints" / "resume.pt", m, stack.model, stack.optimizer, k, step,
-                                       wall(m))
-            last_resume_save = time.perf_counter()
+            save_all(f"step_{step}.pt", step)
+        elif resume_clock.due():
+            save_all("resume.pt", step)
     bar.close()
 
-    if stack.members and step < S:  # stopped by max_steps: keep what we have, finish later
-        flush(step)
-        for k, m in enumerate(stack.members):
-            save_member_checkpoint(m.run_dir / "checkpoints" / "resume.pt", m, stack.model, stack.optimizer, k, step, wall(m))
+    if stack.members and step < S:  # stopped by max_steps or SIGTERM: keep what we have, finish later
+        save_all("resume.pt", step)
+        if stop.is_set():
+            raise Interrupted(f"SIGTERM at step {step} of {S}: resume checkpoints written for "
+                              f"{', '.join(m.spec.run_id for m in stack.members)}; run the job again to resume")
+        for m in stack.members:
             summaries[m.spec.run_id] = {"run_id": m.spec.run_id, "status": "interrupted", "step": step}
     return summaries
 

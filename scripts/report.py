@@ -5,15 +5,13 @@ start_job(snakemake.log[0], 1)
 
 from pathlib import Path  # noqa: E402
 
-import pandas as pd  # noqa: E402
-
 from batchlab import io, provenance  # noqa: E402
 from batchlab.report import build_report  # noqa: E402
 
-tables = {name: pd.read_parquet(snakemake.input[name]) for name in ("runs", "critical", "ratios")}
+tables = {name: io.read_parquet(snakemake.input[name]) for name in ("runs", "critical", "ratios")}
 figures = [{**meta, "png": png, "caption": Path(caption).read_text()}
            for meta, png, caption in zip(snakemake.params.figures, snakemake.input.figures, snakemake.input.captions)]
-page = build_report(tables, pd.read_parquet(snakemake.input.summary), figures, snakemake.params.config,
+page = build_report(tables, io.read_parquet(snakemake.input.summary), figures, snakemake.params.config,
                     provenance.git_commit(), provenance.versions())
 with io.atomic_path(snakemake.output[0]) as tmp:
     tmp.write_text(page)

@@ -3,13 +3,11 @@ from batchlab.logs import start_job
 
 start_job(snakemake.log[0], 1)
 
-import pandas as pd  # noqa: E402
-
 from batchlab import io  # noqa: E402
 from batchlab.report import summary_table  # noqa: E402
 
 table = summary_table(
-    pd.read_parquet(snakemake.input.runs), pd.read_parquet(snakemake.input.critical),
-    pd.read_parquet(snakemake.input.ratios), snakemake.params.settings,
+    io.read_parquet(snakemake.input.runs), io.read_parquet(snakemake.input.critical),
+    io.read_parquet(snakemake.input.ratios), snakemake.params.settings,
 )
 io.write_parquet(table, snakemake.output[0])

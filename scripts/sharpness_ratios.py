@@ -3,10 +3,8 @@ from batchlab.logs import start_job
 
 start_job(snakemake.log[0], 1)
 
-import pandas as pd  # noqa: E402
-
 from batchlab import io  # noqa: E402
 from batchlab.sharpness_ratio import sharpness_ratios  # noqa: E402
 
-ratios = sharpness_ratios(pd.read_parquet(snakemake.input.runs), pd.read_parquet(snakemake.input.sharpness))
+ratios = sharpness_ratios(io.read_parquet(snakemake.input.runs), io.read_parquet(snakemake.input.sharpness))
 io.write_parquet(ratios, snakemake.output[0])

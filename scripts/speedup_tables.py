@@ -3,14 +3,12 @@ from batchlab.logs import start_job
 
 start_job(snakemake.log[0], 1)
 
-import pandas as pd  # noqa: E402
-
 from batchlab import io  # noqa: E402
 from batchlab.speedup import speedup_tables  # noqa: E402
 
 speedup, critical = speedup_tables(
-    pd.read_parquet(snakemake.input.runs), pd.read_parquet(snakemake.input.curves), snakemake.params.settings,
-    sharpness=pd.read_parquet(snakemake.input.sharpness),
+    io.read_parquet(snakemake.input.runs), io.read_parquet(snakemake.input.curves), snakemake.params.settings,
+    sharpness=io.read_parquet(snakemake.input.sharpness),
 )
 io.write_parquet(speedup, snakemake.output.speedup)
 io.write_parquet(critical, snakemake.output.critical)

@@ -17,6 +17,7 @@ from batchlab.lr_rules import lr_factor
 from batchlab.models import build_model
 from batchlab.stacked.optim import build_optimizer
 from batchlab.train import epoch_permutation, make_plan, train_stack
+from tests.test_train import assert_same_results, sigterm_during_update
 
 STEPS = 56
 
@@ -169,9 +170,7 @@ def test_a_diverging_member_is_frozen_and_leaves_the_others_bit_identical(tmp_pa
     assert with_wild[1]["status"] == "diverged" and with_wild[1]["stop_reason"] == "diverged"
     assert with_wild[1]["steps"] < STEPS and with_wild[1]["diverged_step"] <= with_wild[1]["steps"]
     for a, b in ((dirs[0], dirs_without[0]), (dirs[2], dirs_without[1])):
-        pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet"))
-        wa, wb = io.load_torch(a / "final.pt")["model"], io.load_torch(b / "final.pt")["model"]
-        assert all(torch.equal(wa[n], wb[n]) for n in wa)
+        assert_same_results(a, b)
 
 
 def test_a_killed_stack_resumes_every_member_to_identical_weights(tmp_path):
@@ -183,9 +182,21 @@ def test_a_killed_stack_resumes_every_member_to_identical_weights(tmp_path):
     resumed, dirs = stacked(specs, data, tmp_path / "cut")
     assert all(s["resumed_from_step"] is not None for s in resumed)
     for a, b in zip(whole, dirs):
-        wa, wb = io.load_torch(a / "final.pt")["model"], io.load_torch(b / "final.pt")["model"]
-        assert all(torch.equal(wa[n], wb[n]) for n in wa)
-        pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet"))
+        assert_same_results(a, b)
+
+
+def test_sigterm_stops_a_stack_with_every_member_saved_and_the_rerun_is_bit_identical(tmp_path, monkeypatch):
+    data = signals()
+    specs = stack_specs("cnn", data.n_train, seeds=(0, 1))[:4]
+    _, whole = stacked(specs, data, tmp_path / "whole")
+    with sigterm_during_update(monkeypatch, 23):
+        stacked(specs, data, tmp_path / "cut")
+    dirs = [tmp_path / "cut" / spec.run_id for spec in specs]
+    assert [io.load_torch(d / "checkpoints/resume.pt")["step"] for d in dirs] == [23] * 4
+    resumed, dirs = stacked(specs, data, tmp_path / "cut")
+    assert [s["resumed_from_step"] for s in resumed] == [23] * 4
+    for a, b in zip(whole, dirs):
+        assert_same_results(a, b)
 
 
 def test_runs_that_differ_in_more_than_lr_and_seed_do_not_stack():

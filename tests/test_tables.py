@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 
+from batchlab import io
 from batchlab.tables import CURVE_COLUMNS, RUN_COLUMNS, curves_table, runs_table
 from batchlab.train import train_run
 from tests.conftest import make_spec
@@ -60,13 +61,13 @@ def test_concat_tables_stacks_parts_and_keeps_columns_when_empty(tmp_path):
 
     part = pd.DataFrame({c: [1.0, 2.0] for c in INTERPOLATION_COLUMNS}).assign(pair_id="p", split=["train", "test"])
     part = part[list(INTERPOLATION_COLUMNS)]
-    part.to_parquet(tmp_path / "a.parquet")
-    part.to_parquet(tmp_path / "b.parquet")
+    io.write_parquet(part, tmp_path / "a.parquet")
+    io.write_parquet(part, tmp_path / "b.parquet")
     stacked = concat_tables([tmp_path / "a.parquet", tmp_path / "b.parquet"], "interpolation")
     assert len(stacked) == 4 and list(stacked.columns) == list(INTERPOLATION_COLUMNS)
     empty = concat_tables([], "sharpness")
     assert empty.empty and "metric" in empty.columns
-    part.drop(columns="bn_mode").to_parquet(tmp_path / "bad.parquet")
+    io.write_parquet(part.drop(columns="bn_mode"), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="bad.parquet has columns"):
         concat_tables([tmp_path / "bad.parquet"], "interpolation")
     with pytest.raises(ValueError, match="unknown table 'speed'"):

@@ -1,9 +1,14 @@
+import contextlib
+import itertools
+import signal
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from batchlab import io
+from batchlab import io, train
 from batchlab.models import build_model
 from batchlab.train import (
     epoch_permutation, evaluate, first_bad_step, log_spaced_steps, make_plan, resolve_device, train_run,
@@ -16,6 +21,14 @@ RUN = "tiny/mlp/bs16/constant/lr0.05/seed0"  # 16 steps an epoch on the tiny dat
 
 def load_weights(run_dir):
     return io.load_torch(run_dir / "final.pt")["model"]
+
+
+def assert_same_results(a, b):
+    """Bit for bit the same final weights and the same curve."""
+    weights = load_weights(b)
+    for k, v in load_weights(a).items():
+        assert torch.equal(v, weights[k]), k
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet"))
 
 
 def evaluations(run_dir) -> pd.DataFrame:
@@ -203,11 +216,7 @@ def test_a_resumed_run_stops_at_the_same_step_as_an_uninterrupted_one(tmp_path, 
     resumed = train_run(spec, tiny_data, tmp_path / "split", device="cpu")
     assert resumed["resumed_from_step"] == 40
     assert (resumed["steps"], resumed["stop_reason"], resumed["status"]) == (whole["steps"], "train_loss", "completed")
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(tmp_path / "whole/metrics.parquet"), pd.read_parquet(tmp_path / "split/metrics.parquet")
-    )
-    for k, v in load_weights(tmp_path / "whole").items():
-        assert torch.equal(v, load_weights(tmp_path / "split")[k]), k
+    assert_same_results(tmp_path / "whole", tmp_path / "split")
 
 
 def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, tiny_data):
@@ -219,11 +228,7 @@ def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, t
     assert (tmp_path / "split/checkpoints/resume.pt").exists() and not (tmp_path / "split/run.json").exists()
     resumed = train_run(spec, tiny_data, tmp_path / "split", device="cpu")
     assert resumed["resumed_from_step"] == 21 and resumed["steps"] == whole["steps"] == 48
-    for k, v in load_weights(tmp_path / "whole").items():
-        assert torch.equal(v, load_weights(tmp_path / "split")[k]), k
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(tmp_path / "whole/metrics.parquet"), pd.read_parquet(tmp_path / "split/metrics.parquet")
-    )
+    assert_same_results(tmp_path / "whole", tmp_path / "split")
     assert not (tmp_path / "split/checkpoints/resume.pt").exists()
 
 
@@ -276,3 +281,112 @@ def test_a_finished_run_is_kept_unless_its_code_or_config_changed(tmp_path, tiny
     assert retrained["resumed_from_step"] is None and retrained["steps"] == first["steps"]
     assert retrained["code_hash"] == first["code_hash"] and (tmp_path / "final.pt").stat().st_mtime_ns != stamp
     assert (tmp_path / "checkpoints" / "COMPLETE").exists() and (tmp_path / "checkpoints" / "step_0.pt").exists()
+
+
+def test_a_run_resumed_between_evaluations_finds_a_divergence_before_its_resume_point(tmp_path, tiny_data):
+    spec = make_spec({"divergence": {"max_loss": 0.5}, "eval": {"regular_points": 3, "log_points": 0},
+                      "checkpoints": {"log_points": 0}}, run=RUN)  # evaluations at steps 0, 11, 21 and 32
+    whole = train_run(spec, tiny_data, tmp_path / "whole", device="cpu")
+    assert (whole["status"], whole["diverged_step"], whole["steps"]) == ("diverged", 1, 11)
+    train_run(spec, tiny_data, tmp_path / "split", device="cpu", max_steps=5)  # after the bad step, before it is judged
+    resumed = train_run(spec, tiny_data, tmp_path / "split", device="cpu")
+    assert resumed["resumed_from_step"] == 5
+    assert (resumed["status"], resumed["diverged_step"], resumed["steps"]) == ("diverged", 1, 11)
+    assert_same_results(tmp_path / "whole", tmp_path / "split")
+
+
+# --- resume checkpoints: how often, and on SIGTERM ------------------------------------------------
+
+class FakeClock:
+    """Seconds that pass only when a test says so: a step takes `step_s`, a checkpoint write `save_s`."""
+
+    def __init__(self, step_s: float, save_s: float):
+        self.now, self.step_s, self.save_s = 1000.0, step_s, save_s
+        self.saves: list[tuple[str, int, float]] = []  # (file name, step, when it started)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def install(self, monkeypatch):
+        step, save = train.stacked_step, train.save_member_checkpoint
+
+        def timed_step(*args):
+            self.now += self.step_s
+            return step(*args)
+
+        def timed_save(path, *args):
+            self.saves.append((path.name, args[4], self.now))
+            self.now += self.save_s
+            save(path, *args)
+
+        monkeypatch.setattr(train, "clock", self)
+        monkeypatch.setattr(train, "stacked_step", timed_step)
+        monkeypatch.setattr(train, "save_member_checkpoint", timed_save)
+
+
+@pytest.mark.parametrize("save_s, most_s, interval_s", [
+    (0.0, 120.0, train.RESUME_FLOOR_S),  # a cheap save: every RESUME_FLOOR_S
+    (0.4, 120.0, 0.4 * train.RESUME_COST_FACTOR),  # a dear one: 20 times its cost apart
+    (0.4, 5.0, 5.0),  # but never further apart than resume_every_s
+])
+def test_resume_checkpoints_come_as_often_as_their_cost_allows(tmp_path, tiny_data, monkeypatch, save_s, most_s,
+                                                              interval_s):
+    clock = FakeClock(step_s=0.25, save_s=save_s)  # 80 steps: a run of 20 s, no longer than a resume interval
+    clock.install(monkeypatch)
+    spec = make_spec({"budget": {"epochs": 5}, "checkpoints": {"log_points": 3, "resume_every_s": most_s}}, run=RUN)
+    train_run(spec, tiny_data, tmp_path, device="cpu")
+    names = [name for name, _, _ in clock.saves]
+    starts = np.array([when for _, _, when in clock.saves])
+    gaps = np.append(starts[1:], clock.now) - (starts + save_s)  # from the end of each save to the next, or to the end
+    assert names.count("resume.pt") >= 2  # with a fixed interval of resume_every_s, none at all
+    assert gaps.max() <= interval_s + clock.step_s + 1e-9  # due at the first step boundary past the interval
+    assert all(gap > interval_s - 1e-9 for name, gap in zip(names[1:], gaps[:-1]) if name == "resume.pt")
+
+
+@contextlib.contextmanager
+def sigterm_during_update(monkeypatch, update: int):
+    """SIGTERM arrives during update `update`, as a cluster's would. Training must stop with Interrupted
+    and put back the handler it found, which itself never sees the signal."""
+    calls, step = itertools.count(1), train.stacked_step
+
+    def step_then_sigterm(*args):
+        if next(calls) == update:
+            signal.raise_signal(signal.SIGTERM)
+        return step(*args)
+
+    outside = []
+
+    def handler(signum, frame):
+        outside.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    monkeypatch.setattr(train, "stacked_step", step_then_sigterm)
+    try:
+        with pytest.raises(train.Interrupted, match=f"SIGTERM at step {update} "):
+            yield
+        assert signal.getsignal(signal.SIGTERM) is handler and not outside
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        monkeypatch.setattr(train, "stacked_step", step)
+
+
+def test_sigterm_saves_a_resume_checkpoint_and_stops_and_the_rerun_is_bit_identical(tmp_path, tiny_data, monkeypatch):
+    spec = make_spec({"budget": {"epochs": 3}, "schedule": {"decay": "cosine", "warmup_steps": 5}}, run=RUN)
+    train_run(spec, tiny_data, tmp_path / "whole", device="cpu")
+    with sigterm_during_update(monkeypatch, 21):  # mid-epoch, between evaluations
+        train_run(spec, tiny_data, tmp_path / "split", device="cpu")
+    assert io.load_torch(tmp_path / "split/checkpoints/resume.pt")["step"] == 21
+    assert not (tmp_path / "split/run.json").exists() and not (tmp_path / "split/final.pt").exists()
+    resumed = train_run(spec, tiny_data, tmp_path / "split", device="cpu")
+    assert resumed["resumed_from_step"] == 21 and resumed["status"] == "completed"
+    assert_same_results(tmp_path / "whole", tmp_path / "split")
+
+
+def test_training_off_the_main_thread_sets_no_signal_handler(tmp_path, tiny_data):
+    before = signal.getsignal(signal.SIGTERM)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(train_run(make_spec(run=RUN), tiny_data, tmp_path,
+                                                                      device="cpu", progress=False)))
+    worker.start()
+    worker.join()
+    assert results[0]["status"] == "completed" and signal.getsignal(signal.SIGTERM) is before

@@ -68,7 +68,7 @@ def run_checkpoints(run_dir: Path, along_training: bool) -> list[tuple[int, Path
     summary = io.read_json(run_dir / "run.json")
     out = [(summary["steps"], run_dir / "final.pt", summary["final_train_loss"])]
     if along_training:
-        train_loss = pd.read_parquet(run_dir / "metrics.parquet", columns=["step", "train_loss"]).set_index("step")["train_loss"]
+        train_loss = io.read_parquet(run_dir / "metrics.parquet", ["step", "train_loss"]).set_index("step")["train_loss"]
         for path in (run_dir / "checkpoints").glob("step_*.pt"):
             step = int(path.stem.removeprefix("step_"))
             if step != summary["steps"] and step in train_loss.index:
