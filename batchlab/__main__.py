@@ -2,13 +2,17 @@
 
     python -m batchlab estimate CONFIG [CONFIG ...] [--throughput CSV] [--device-name STR]
     python -m batchlab smoke-data CONFIG [CONFIG ...]
+    python -m batchlab check-config CONFIG [CONFIG ...]
 
 `estimate` prints what a config will cost before it runs: runs, jobs, run-steps and the
 estimated device-hours from the throughput table of `benchmarks/throughput.py` (see
 batchlab.estimate). `smoke-data` writes small generated releases in the real formats
 (batchlab.data.fake_release) into every data set root of the config that does not exist
-yet, for a preset's smoke variant. Several CONFIGs are laid over each other in order, as
-snakemake does with several --configfile. Exit status 2 on a missing file or an invalid config.
+yet, for a preset's smoke variant. `check-config` refuses, before snakemake reads them, config
+files that are not a YAML mapping (snakemake's own refusal names no file) and configs that the
+Snakefile would refuse. Several CONFIGs are laid over each other in order, as snakemake does
+with several --configfile. Exit status 2, with one line naming the file, on a missing, unreadable,
+non-YAML or invalid config.
 """
 
 from __future__ import annotations
@@ -25,54 +29,34 @@ def _fail(message: str) -> int:
     return 2
 
 
-class UsageError(Exception):
-    """A command line that cannot run; the message says why."""
-
-
-def load_configs(paths: list[str]) -> dict:
-    """The checked config of one or more YAML files, each laid over the ones before it."""
-    import yaml
-    from snakemake.utils import update_config
-
-    from batchlab.config import ConfigError, check_config
-
-    config: dict = {}
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise UsageError(f"config file {path} does not exist")
-        try:
-            layer = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(layer, dict):
-            raise UsageError(f"{path} does not hold a mapping of config keys")
-        update_config(config, layer)
-    try:
-        return check_config(config)
-    except ConfigError as exc:
-        raise UsageError(f"{' + '.join(paths)}: {exc}") from None
-
-
 def smoke_data_command(args: argparse.Namespace) -> int:
+    from batchlab.config import load_configs
     from batchlab.data.fake_release import write_smoke_releases
 
-    try:
-        config = load_configs(args.config)
-    except UsageError as exc:
-        return _fail(str(exc))
+    config = load_configs(args.config)
     written = write_smoke_releases(config["datasets"])
     roots = {name: opts.get("root") for name, opts in config["datasets"].items()}
     print(f"fake releases written: {', '.join(f'{n} in {roots[n]}' for n in written) or 'none (every root exists)'}")
     return 0
 
 
+def check_config_command(args: argparse.Namespace) -> int:
+    from batchlab.config import build_grid, build_pairs, build_stacks, check_data_roots, load_configs, naming_files
+
+    config = load_configs(args.config)
+    with naming_files(args.config):  # what else the Snakefile refuses before any job
+        check_data_roots(config)
+        runs = build_grid(config)
+        build_pairs(config, runs)
+    print(f"{' + '.join(args.config)}: valid, {len(runs)} runs in {len(build_stacks(config, runs))} training jobs")
+    return 0
+
+
 def estimate_command(args: argparse.Namespace) -> int:
+    from batchlab.config import load_configs
     from batchlab.estimate import estimate, format_estimate, read_throughput
 
-    try:
-        config = load_configs(args.config)
-    except UsageError as exc:
-        return _fail(str(exc))
+    config = load_configs(args.config)
     config_path = " + ".join(args.config)
 
     table, note = None, ""
@@ -111,13 +95,25 @@ def main(argv: list[str] | None = None) -> int:
                                             "data set root of the config that does not exist yet (pipeline checks "
                                             "only: their numbers mean nothing).")
     smoke.add_argument("config", nargs="+", help="e.g. config/golmant.yaml config/smoke/golmant.yaml")
+    check = commands.add_parser("check-config", help="refuse a config that cannot run, before snakemake reads it",
+                                description="Read and check the config files as the workflow will, laid over each "
+                                            "other in order; one line naming the file and what is wrong, exit 2, "
+                                            "when one is not a YAML mapping or the config is invalid.")
+    check.add_argument("config", nargs="+", help="e.g. config.yaml, or config/golmant.yaml config/smoke/golmant.yaml")
     args = parser.parse_args(argv)
-    if args.command == "smoke-data":
-        return smoke_data_command(args)
-    args.throughput_given = args.throughput is not None
-    if args.throughput is None:
-        args.throughput = DEFAULT_THROUGHPUT
-    return estimate_command(args)
+    if args.command == "estimate":
+        args.throughput_given = args.throughput is not None
+        if args.throughput is None:
+            args.throughput = DEFAULT_THROUGHPUT
+    from batchlab.config import ConfigError
+
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:  # a config file that is not a YAML mapping, or an invalid config: one line naming it
+        return _fail(str(exc))
+
+
+COMMANDS = {"estimate": estimate_command, "smoke-data": smoke_data_command, "check-config": check_config_command}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The config: validation against the JSON schema, then expansion into a grid of runs.
 
-`check_config` fills the schema's defaults in place (through `snakemake.utils.validate`)
-and stops on the first problem with a message that names the offending key. `build_grid`
+`load_config_file` reads one YAML file, refusing in one line that names it a file that is not
+a mapping (binary, empty, broken YAML). `check_config` fills the schema's defaults in place
+(through `snakemake.utils.validate`) and stops on the first problem with a message that names
+the offending key. `build_grid`
 turns every study into its runs: the product of training fractions x models x batch sizes x BN batch sizes x
 LR rules x base LRs x seeds. Each run's `run_id` is its readable directory under
 `results/runs/`, e.g. `demo/cnn/bs64/linear/lr0.1/seed0`.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,86 @@ FILTER_KEYS = {"models": "models", "batch_sizes": "batch_sizes", "lr_rules": "lr
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key."""
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """The mapping of one YAML config file; a ConfigError of one line naming the file when it has none.
+
+    snakemake refuses such a file too, but before the Snakefile runs and without naming it (a binary
+    file gets a traceback), so `python -m batchlab check-config` asks first."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not a text file: byte {exc.object[exc.start]:#04x} at "
+                          f"offset {exc.start} is not UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
+    if data is None:
+        raise ConfigError(f"config file {path} is empty: a config is a mapping of keys such as studies")
+    if not isinstance(data, dict):
+        what = "a list" if isinstance(data, list) else f"the single value {str(data)[:40]!r}"
+        raise ConfigError(f"config file {path} holds {what}, not a mapping of config keys")
+    return data
+
+
+def _yaml_problem(exc) -> str:
+    """What PyYAML found wrong, on one line (its own message spans several, quoting the line)."""
+    import yaml
+
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character: a binary file that happens to be UTF-8
+        return f"character #x{exc.character:04x} at offset {exc.position} is not allowed"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        return f"{exc.problem} at line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
+    return " ".join(str(exc).split())
+
+
+def load_configs(paths: list[str | os.PathLike]) -> dict:
+    """The checked config of one or more YAML files, each laid over the ones before it, as snakemake
+    does with several --configfile; every ConfigError names the file or files."""
+    from snakemake.utils import update_config
+
+    config: dict = {}
+    for path in paths:
+        update_config(config, load_config_file(path))
+    with naming_files(paths):
+        return check_config(config)
+
+
+@contextmanager
+def naming_files(paths, overrides: bool = False):
+    """Prefix the ConfigError raised inside with the config files (and --config overrides) it came from."""
+    try:
+        yield
+    except ConfigError as exc:
+        source = " + ".join(map(str, paths)) + (" + --config" if overrides else "")
+        raise ConfigError(f"{source or '--config'}: {exc}") from None
+
+
+def job_device(name: str) -> str:
+    """The device a job computes on: `auto` resolved on this machine, `cpu` and `cuda` as asked.
+
+    The jobs that compute on the device carry it in their params, and snakemake reruns a job whose
+    params changed. What counts is the hardware, not how the config spells it: `auto` and `cpu` on a
+    CPU machine (`auto` and `cuda` on a GPU one) are one device, and switching between them reruns
+    nothing. A config that asks for other hardware (cpu -> cuda) reruns those jobs there; the trainer
+    still keeps its finished members (train.result_hash: a run is its config, not where it ran, and
+    its run.json names the device), and the analyses are measured again.
+    Every snakemake process that reads the Snakefile resolves it on its own machine: the one that
+    decides what reruns (and records the params), and, under a cluster executor, the one that runs
+    the job on its node, so each job computes where it runs (CUDA on a GPU node, the CPU elsewhere).
+    """
+    from batchlab.train import resolve_device  # here, not at the top: batchlab.train imports this module
+
+    return resolve_device(name).type if name == "auto" else name
 
 
 def _key(path) -> str:

@@ -1,15 +1,18 @@
 """Rule analyse_stack: the checkpoints of a stack's analysed runs -> their sharpness rows, one table."""
+from batchlab.gpus import claim_job_gpu
 from batchlab.logs import start_job
 
 start_job(snakemake.log[0], snakemake.threads)
 
-from batchlab import io  # noqa: E402
-from batchlab.analysis.measure import analyse_runs  # noqa: E402
-from batchlab.config import RunSpec  # noqa: E402
-from batchlab.data import load_prepared  # noqa: E402
-from batchlab.train import resolve_device  # noqa: E402
+# Before torch touches CUDA, which reads CUDA_VISIBLE_DEVICES only once; held until the job ends.
+with claim_job_gpu(snakemake.config, snakemake.params.device):
+    from batchlab import io
+    from batchlab.analysis.measure import analyse_runs
+    from batchlab.config import RunSpec
+    from batchlab.data import load_prepared
+    from batchlab.train import resolve_device
 
-data = load_prepared(snakemake.input.data, resolve_device(snakemake.params.device))
-runs = [(run_dir, RunSpec.from_dict(spec), along) for run_dir, spec, along
-        in zip(snakemake.params.run_dirs, snakemake.params.specs, snakemake.params.along_training)]
-io.write_parquet(analyse_runs(runs, data, snakemake.params.cfg), snakemake.output[0])
+    data = load_prepared(snakemake.input.data, resolve_device(snakemake.params.device))
+    runs = [(run_dir, RunSpec.from_dict(spec), along) for run_dir, spec, along
+            in zip(snakemake.params.run_dirs, snakemake.params.specs, snakemake.params.along_training)]
+    io.write_parquet(analyse_runs(runs, data, snakemake.params.cfg), snakemake.output[0])

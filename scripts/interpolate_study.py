@@ -1,19 +1,22 @@
 """Rule interpolate_study: each pair's healthy ends -> loss and accuracy along the line between them, one table."""
+from batchlab.gpus import claim_job_gpu
 from batchlab.logs import start_job
 
 start_job(snakemake.log[0], snakemake.threads)
 
-from pathlib import Path  # noqa: E402
+# Before torch touches CUDA, which reads CUDA_VISIBLE_DEVICES only once; held until the job ends.
+with claim_job_gpu(snakemake.config, snakemake.params.device):
+    from pathlib import Path
 
-from batchlab import io  # noqa: E402
-from batchlab.analysis.interpolate import interpolate_run_pairs  # noqa: E402
-from batchlab.config import Pair, RunSpec  # noqa: E402
-from batchlab.data import load_prepared  # noqa: E402
-from batchlab.train import resolve_device  # noqa: E402
+    from batchlab import io
+    from batchlab.analysis.interpolate import interpolate_run_pairs
+    from batchlab.config import Pair, RunSpec
+    from batchlab.data import load_prepared
+    from batchlab.train import resolve_device
 
-pairs = []
-for fields, dirs, spec in zip(snakemake.params.pairs, snakemake.params.run_dirs, snakemake.params.specs):
-    pair = Pair(**{**fields, "candidates": tuple(fields["candidates"])})
-    pairs.append((pair, RunSpec.from_dict(spec), {run_id: Path(d) for run_id, d in zip(pair.candidates, dirs)}))
-data = load_prepared(snakemake.input.data, resolve_device(snakemake.params.device))
-io.write_parquet(interpolate_run_pairs(pairs, data, snakemake.params.cfg), snakemake.output[0])
+    pairs = []
+    for fields, dirs, spec in zip(snakemake.params.pairs, snakemake.params.run_dirs, snakemake.params.specs):
+        pair = Pair(**{**fields, "candidates": tuple(fields["candidates"])})
+        pairs.append((pair, RunSpec.from_dict(spec), {run_id: Path(d) for run_id, d in zip(pair.candidates, dirs)}))
+    data = load_prepared(snakemake.input.data, resolve_device(snakemake.params.device))
+    io.write_parquet(interpolate_run_pairs(pairs, data, snakemake.params.cfg), snakemake.output[0])

@@ -264,3 +264,103 @@ def test_a_missing_root_that_may_not_download_is_refused(tmp_path, monkeypatch):
     check_data_roots(cfg)  # there now
     cfg["datasets"]["cifar10"] = {"root": "elsewhere", "download": True}
     check_data_roots(cfg)  # torchvision will fetch it
+
+
+# --- config files that are not a YAML mapping: one line naming the file, before any job ------
+
+NOT_A_CONFIG = {  # what the file holds -> what the message says of it
+    "binary": (bytes(range(256)), "is not a text file: byte 0x80 at offset 128 is not UTF-8"),
+    "empty": (b"", "is empty"),
+    "bad_yaml": (b"key: [unclosed\n", "is not valid YAML: expected ',' or ']'"),
+    "list": (b"- device: cpu\n- studies: {}\n", "holds a list, not a mapping of config keys"),
+    "scalar": (b"cpu\n", "holds the single value 'cpu', not a mapping of config keys"),
+}
+
+
+def cli(capsys, *args: str) -> tuple[int, list[str]]:
+    from batchlab.__main__ import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize("kind", NOT_A_CONFIG)
+def test_check_config_refuses_a_file_that_is_not_a_yaml_mapping_in_one_line_naming_it(kind, tmp_path, capsys):
+    content, reason = NOT_A_CONFIG[kind]
+    path = tmp_path / f"{kind}.yaml"
+    path.write_bytes(content)
+    code, err = cli(capsys, "check-config", str(path))
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: config file {path} {reason}")
+
+
+@pytest.mark.parametrize("command", ["estimate", "smoke-data"])
+def test_every_command_reads_config_files_through_the_same_check(command, tmp_path, capsys):
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    (tmp_path / "empty.yaml").write_text("# nothing but a comment\n")
+    code, err = cli(capsys, command, str(tmp_path / "ok.yaml"), str(tmp_path / "empty.yaml"))
+    assert code == 2 and err == [f"error: config file {tmp_path / 'empty.yaml'} is empty: a config is a mapping of keys such as studies"]
+
+
+def test_check_config_runs_as_a_command_and_names_the_file_of_an_invalid_config(tmp_path):
+    import subprocess
+    import sys
+
+    def check(*paths: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "batchlab", "check-config", *map(str, paths)],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    result = check(tmp_path / "binary.yaml")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"error: config file {tmp_path / 'binary.yaml'} is not a text file: byte 0x80 at offset 128 is not UTF-8"]
+    bad = copy.deepcopy(TINY_CONFIG)
+    bad["devcie"] = "cpu"
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(bad))
+    result = check(REPO / "config.yaml", tmp_path / "typo.yaml")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert f"{REPO / 'config.yaml'} + {tmp_path / 'typo.yaml'}: invalid config at '<top level>'" in result.stderr
+    assert "'devcie' was unexpected" in result.stderr
+    result = check(REPO / "config.yaml")
+    assert result.returncode == 0 and "valid" in result.stdout
+
+
+def test_load_config_file_returns_the_mapping(tmp_path):
+    from batchlab.config import load_config_file
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    assert load_config_file(tmp_path / "c.yaml") == TINY_CONFIG
+    with pytest.raises(ConfigError, match=f"config file {tmp_path / 'missing.yaml'} does not exist"):
+        load_config_file(tmp_path / "missing.yaml")
+
+
+# Where the Snakefile has control first: the default config.yaml (snakemake reads a --configfile
+# itself, before the Snakefile, and refuses a broken one without naming it), and the checks of a
+# config that is a mapping.
+
+def snakemake(workdir: Path, *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory",
+                           str(workdir), "-n", "--cores", "1", *args], capture_output=True, text=True, timeout=300, cwd=workdir)
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("kind", ["binary", "list"])
+def test_the_snakefile_refuses_a_default_config_that_is_not_a_yaml_mapping_naming_it(kind, tmp_path):
+    content, reason = NOT_A_CONFIG[kind]
+    (tmp_path / "config.yaml").write_bytes(content)
+    result = snakemake(tmp_path)
+    assert result.returncode != 0 and f"config file config.yaml {reason}" in (result.stdout + result.stderr).splitlines()
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.workflow
+def test_the_snakefile_names_the_config_files_of_an_invalid_config(tmp_path):
+    bad = copy.deepcopy(TINY_CONFIG)
+    bad["studies"]["tiny"]["batch_sizes"] = [16, "big"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    result = snakemake(tmp_path, "--configfile", "bad.yaml", "--config", "device=cpu")
+    assert result.returncode != 0
+    assert (f"{tmp_path / 'bad.yaml'} + --config: invalid config at 'studies.tiny.batch_sizes[1]': 'big' is not of type "
+            f"'integer'") in (result.stdout + result.stderr).splitlines()

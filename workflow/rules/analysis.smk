@@ -19,7 +19,8 @@ rule analyse_stack:
         run_dirs=lambda wildcards: [run_dir(run_id) for run_id in stack_analysed_runs(wildcards)],
         along_training=lambda wildcards: [ANALYSED[run_id] for run_id in stack_analysed_runs(wildcards)],
         cfg=lambda wildcards: config["studies"][RUNS[stack_analysed_runs(wildcards)[0]].study]["analysis"],
-        device=config["device"],
+        device=DEVICE,
+        library=library("scripts/analyse_stack.py"),
     threads: config["threads_per_run"]
     resources:
         gpu=config["gpus_per_run"],

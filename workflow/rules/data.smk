@@ -1,4 +1,8 @@
 # Each data set is prepared once into results/data/<name>.npz; training jobs read that file.
+# On a cluster it runs where snakemake runs: compute nodes often cannot download.
+
+localrules:
+    prepare_data,
 
 
 rule prepare_data:
@@ -6,6 +10,7 @@ rule prepare_data:
         "results/data/{dataset}.npz",
     params:
         options=lambda wildcards: config["datasets"].get(wildcards.dataset, {}),
+        library=library("scripts/prepare_data.py"),
     log:
         "results/logs/prepare_data/{dataset}.log",
     script:

@@ -44,6 +44,7 @@ for number, (section, figures) in enumerate(SECTIONS.items(), start=1):
             pdf=[f"results/figures/{figure}.pdf" for figure in figures],
         params:
             tables={figure: FIGURES[figure][0] for figure in figures},
+            library=library("scripts/figures.py"),
         log:
             f"results/logs/figures/section{number}.log",
         script:

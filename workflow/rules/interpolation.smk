@@ -14,7 +14,8 @@ rule interpolate_study:
         run_dirs=lambda wildcards: [[run_dir(r) for r in pair.candidates] for pair in STUDY_PAIRS[wildcards.study]],
         specs=lambda wildcards: [RUNS[pair.candidates[0]].to_dict() for pair in STUDY_PAIRS[wildcards.study]],
         cfg=lambda wildcards: config["studies"][wildcards.study]["interpolation"],
-        device=config["device"],
+        device=DEVICE,
+        library=library("scripts/interpolate_study.py"),
     threads: config["threads_per_run"]
     resources:
         gpu=config["gpus_per_run"],

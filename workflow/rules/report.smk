@@ -11,6 +11,7 @@ rule report_summary:
         "results/tables/summary.parquet",
     params:
         settings={name: study["speedup"] for name, study in config["studies"].items()},
+        library=library("scripts/report_summary.py"),
     log:
         "results/logs/report_summary.log",
     script:
@@ -30,6 +31,7 @@ rule report:
     params:
         figures=[{"name": figure, "section": category[0]} for figure, (_, category) in FIGURES.items()],
         config=config,
+        library=library("scripts/report.py"),
     log:
         "results/logs/report.log",
     script:

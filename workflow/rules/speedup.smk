@@ -11,6 +11,7 @@ rule speedup_tables:
         critical="results/tables/critical_batch.parquet",
     params:
         settings={name: study["speedup"] for name, study in config["studies"].items()},
+        library=library("scripts/speedup_tables.py"),
     log:
         "results/logs/speedup_tables.log",
     script:

@@ -10,6 +10,7 @@ rule gather_tables:
     params:
         summaries=all_run_files("run.json"),
         metrics=all_run_files("metrics.parquet"),
+        library=library("scripts/gather_tables.py"),
     log:
         "results/logs/gather_tables.log",
     script:
@@ -23,6 +24,7 @@ rule gather_sharpness:
         "results/tables/sharpness.parquet",
     params:
         table="sharpness",
+        library=library("scripts/concat_tables.py"),
     log:
         "results/logs/gather_sharpness.log",
     script:
@@ -36,6 +38,7 @@ rule gather_interpolation:
         "results/tables/interpolation.parquet",
     params:
         table="interpolation",
+        library=library("scripts/concat_tables.py"),
     log:
         "results/logs/gather_interpolation.log",
     script:
@@ -48,6 +51,8 @@ rule sharpness_ratios:
         sharpness=rules.gather_sharpness.output[0],
     output:
         "results/tables/sharpness_ratios.parquet",
+    params:
+        library=library("scripts/sharpness_ratios.py"),
     log:
         "results/logs/sharpness_ratios.log",
     script:

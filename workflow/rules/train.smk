@@ -14,7 +14,8 @@ rule train_stack:
     params:
         specs=lambda wildcards: [RUNS[run_id].to_dict() for run_id in STACKS[wildcards.stack].runs],
         run_dirs=lambda wildcards: [run_dir(run_id) for run_id in STACKS[wildcards.stack].runs],
-        device=config["device"],
+        device=DEVICE,
+        library=library("scripts/train.py"),
     threads: config["threads_per_run"]
     resources:
         gpu=config["gpus_per_run"],
