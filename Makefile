@@ -11,7 +11,7 @@ SNAKEMAKE_ARGS ?=
 
 PRESET ?= golmant
 
-.PHONY: demo test smoke estimate venv browser clean-results
+.PHONY: demo test smoke estimate venv browser slurm clean-results
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Where torch sees CUDA, the gpu profile: each training job on a GPU of its own, at most its
+# `resources: gpu` at once (workflow/profiles/gpu/config.yaml). PROFILE=<folder> names another.
+# Expanded when the recipe runs, after .venv exists.
+PROFILE ?= $(shell $(BIN)/python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null && echo workflow/profiles/gpu)
+
 # The greedy scheduler: snakemake's default ILP job selection costs about 2 s of a core per
 # job on a grid of short jobs (measured: 163 s against 94 s for 36 tiny jobs on 2 cores).
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --scheduler greedy --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+	$(BIN)/python -m batchlab check-config $(CONFIG)
+	$(BIN)/snakemake --cores $(CORES) --scheduler greedy --configfile $(CONFIG) $(patsubst %,--profile %,$(PROFILE)) $(SNAKEMAKE_ARGS)
 
 # A paper preset's smoke variant (config/smoke/<preset>.yaml laid over config/<preset>.yaml) on
 # small generated files in the real formats, written first under data/fake/: every rule runs in
@@ -37,7 +43,7 @@ smoke: $(STAMP)
 estimate: $(STAMP)
 	$(BIN)/python -m batchlab estimate $(CONFIG)
 
-test: $(STAMP) browser
+test: $(STAMP) browser slurm
 	$(BIN)/python -m pytest
 
 # The report is checked in a real headless browser: Debian's Chromium and its driver,
@@ -46,6 +52,13 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "could not install chromium and chromium-driver: the report's browser test will fail"
+
+# The SLURM profile is tested on a real one-node SLURM (tests/slurm_cluster.py starts and stops
+# its daemons): Debian's slurmctld, slurmd, client and munge, installed here when missing.
+slurm:
+	@command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null; } || \
+	  echo "could not install slurmctld, slurmd, slurm-client and munge: the SLURM tests will fail"
 
 clean-results:
 	rm -rf results .snakemake

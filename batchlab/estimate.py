@@ -23,7 +23,7 @@ With a convergence budget (`budget.stop`) every run is counted to its cap, an up
 (noted). Stacks are costed at their full K throughout, though a member that diverges or
 stops early leaves its stack. The hours cover training and its evaluations on one device,
 one job at a time; analyses, interpolation, data preparation and tables are counted as jobs,
-not timed.
+not timed. `longest_job_hours` is the longest stack's: the time limit a cluster job must cover.
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ class _Tally:
     eval_examples: int = 0
     train_s: float = 0.0
     eval_s: float = 0.0
+    longest_job_s: float = 0.0  # the longest stack: what a cluster job's time limit must cover
     timed: bool = True  # every stack of this model had throughput figures
     notes: list[str] = field(default_factory=list)
     flags: set = field(default_factory=set)  # ("k", model, K, from K) and ("b", model, B, lo, hi): extrapolations
@@ -240,12 +241,14 @@ def estimate(config: dict, throughput: pd.DataFrame | None = None, device_name: 
         if measured_on and spec.dataset not in measured_on:
             t.notes.append(f"{spec.model} was measured on {', '.join(measured_on)} data; {spec.study} trains it on "
                            f"{spec.dataset}")
-        t.train_s += plan.total_steps * tp.step_seconds(spec.model, spec.batch_size, k, t.flags)
+        stack_train_s = plan.total_steps * tp.step_seconds(spec.model, spec.batch_size, k, t.flags)
         eval_s = tp.eval_seconds(spec.model, k, t.flags)
         if eval_s is None:
             t.notes.append(f"no evaluation throughput for {spec.model} on {tp.device}: evaluations not timed")
-        else:
-            t.eval_s += evaluated * eval_s
+            eval_s = 0.0
+        t.train_s += stack_train_s
+        t.eval_s += evaluated * eval_s
+        t.longest_job_s = max(t.longest_job_s, stack_train_s + evaluated * eval_s)
 
     notes: list[str] = []
     rows = []
@@ -260,6 +263,7 @@ def estimate(config: dict, throughput: pd.DataFrame | None = None, device_name: 
                      "analysis_jobs": t.analysis_jobs, "run_steps": t.run_steps, "train_examples": t.train_examples,
                      "eval_examples": t.eval_examples, "train_hours": t.train_s / 3600 if t.timed else math.nan,
                      "eval_hours": t.eval_s / 3600 if t.timed else math.nan, "hours": hours,
+                     "longest_job_hours": t.longest_job_s / 3600 if t.timed else math.nan,
                      "notes": ",".join(map(str, sorted(set(numbers))))})
     by_model = pd.DataFrame(rows)
 
@@ -267,9 +271,11 @@ def estimate(config: dict, throughput: pd.DataFrame | None = None, device_name: 
     hours = ["train_hours", "eval_hours", "hours"]
     by_study = by_model.groupby("study", sort=False)[counted].sum()
     by_study[hours] = by_model.groupby("study", sort=False)[hours].sum(min_count=1)  # NaN only where no model was timed
+    by_study["longest_job_hours"] = by_model.groupby("study", sort=False)["longest_job_hours"].max()
     by_study.insert(3, "interpolation_jobs", [int(s in pair_studies) for s in by_study.index])
     total = by_study.sum(numeric_only=True)
     total[hours] = by_model[hours].sum(min_count=1)
+    total["longest_job_hours"] = by_model["longest_job_hours"].max()
     by_study.loc["total"] = total
     by_study = by_study.reset_index().rename(columns={"index": "study"})
 
@@ -304,7 +310,7 @@ def _hours(h) -> str:
 def format_estimate(est: Estimate) -> str:
     """The estimate as text: a table per study and model, one per study with the total, the jobs, the notes."""
     counts = ["runs", "train_jobs", "analysis_jobs", "run_steps", "train_examples", "eval_examples"]
-    hours = ["train_hours", "eval_hours", "hours"]
+    hours = ["train_hours", "eval_hours", "hours", "longest_job_hours"]
     lines = []
     if est.device:
         lines.append(f"throughput from: {est.source}")

@@ -96,7 +96,21 @@ def test_hours_of_a_one_stack_config_by_hand():
     assert row["train_hours"] == pytest.approx(train_s / 3600)
     assert row["eval_hours"] == pytest.approx(eval_s / 3600)
     assert est.total["hours"] == pytest.approx(2.6 / 3600)
+    assert est.total["longest_job_hours"] == pytest.approx(2.6 / 3600)  # the one stack is the whole job
     assert est.notes == []  # measured at exactly this batch size and K: nothing extrapolated
+
+
+def test_the_longest_job_is_the_slowest_stack_not_the_sum():
+    # Two stacks of one run: batch 16 (32 steps at 1 s each) and batch 64 (8 steps at 2 s each).
+    cfg = tiny(batch_sizes=[16, 64], lr_rules=["constant"], eval={"regular_points": 2, "log_points": 0},
+               checkpoints={"log_points": 0})
+    est = estimate(cfg, table(("mlp", 16, 1, 16.0), ("mlp", 64, 1, 32.0), eval_rate=1e12))
+    row = est.by_model.iloc[0]
+    assert row["train_jobs"] == 2
+    assert row["train_hours"] == pytest.approx((32 + 16) / 3600)
+    assert row["longest_job_hours"] == pytest.approx(32 / 3600, rel=1e-6)
+    assert est.total["longest_job_hours"] == pytest.approx(32 / 3600, rel=1e-6)
+    assert "longest job hours" in format_estimate(est)
 
 
 def test_batch_sizes_interpolate_in_log_log_and_hold_flat_outside():

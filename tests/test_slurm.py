@@ -1,0 +1,157 @@
+"""The SLURM profile on a real single-node SLURM (tests/slurm_cluster.py).
+
+Two workflows go through `snakemake --executor slurm` at once, beside a local run of the first:
+- a tiny config, whose tables and final weights must equal the local run's;
+- one long training stack under a one-minute time limit: SLURM kills it, snakemake submits it
+  again, and the second attempt resumes from the checkpoint the first one left.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from batchlab import io
+from batchlab.config import build_grid, check_config
+from batchlab.data.mnist1d import prepare_mnist1d
+from batchlab.train import train_run
+from tests.conftest import REPO, TINY_CONFIG
+from tests.slurm_cluster import start_cluster
+
+pytestmark = pytest.mark.workflow
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+TABLES = ("runs", "curves", "sharpness")
+TARGETS = [f"results/tables/{name}.parquet" for name in TABLES]
+
+# What this test cluster needs on top of the profile: squeue for status (no accounting database),
+# a short first wait, no account, no GPUs; one thread per job, as in the local run.
+SLURM_ARGS = [
+    "--profile", str(REPO / "workflow/profiles/slurm"),
+    "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5", "--slurm-no-account",
+    "--set-resources", "train_stack:gpu=0", "train_stack:cpus_per_task=1", "analyse_stack:cpus_per_task=1",
+    "--set-threads", "train_stack=1", "analyse_stack=1", "interpolate_study=1",
+]
+SAME_MACHINE = {"device": "cpu", "threads_per_run": 1}
+
+# One CNN stack long enough that a one-minute limit cuts it, SLURM enforcing it 60 to 90 s after
+# the start: its epochs are set for LONG_STACK_S of training at the speed this machine shows
+# before the workflows start, which is the fastest it will see (they share its cores).
+LONG_STACK_S = 150
+LONG_STACK = {
+    "device": "cpu",
+    "threads_per_run": 1,
+    "datasets": {"mnist1d": {"n_train": 4000, "n_test": 500}},
+    "studies": {"long": {
+        "dataset": "mnist1d", "models": ["cnn"], "batch_sizes": [128], "lr_rules": ["constant"], "base_lrs": [0.05],
+        "seeds": [0], "optimizer": {"name": "sgd", "momentum": 0.9}, "budget": {"epochs": 10},
+        "eval": {"regular_points": 5, "log_points": 3}, "checkpoints": {"log_points": 3},
+    }},
+}
+LONG_STACK_MARKER = "results/stacks/long/cnn/bs128/stack0.json"
+LONG_RUN = "long/cnn/bs128/constant/lr0.05/seed0"
+
+
+def long_stack_config(workdir: Path) -> dict:
+    """LONG_STACK with as many epochs as LONG_STACK_S of training take here, timed on 10 epochs."""
+    config = copy.deepcopy(LONG_STACK)
+    data = workdir / "mnist1d.npz"
+    prepare_mnist1d(data, **config["datasets"]["mnist1d"])
+    spec = next(iter(build_grid(check_config(copy.deepcopy(config))).values()))
+    started = time.perf_counter()
+    train_run(spec, data, workdir / "run", device="cpu", progress=False)
+    epoch_s = (time.perf_counter() - started) / spec.budget["epochs"]
+    config["studies"]["long"]["budget"]["epochs"] = math.ceil(LONG_STACK_S / epoch_s)
+    return config
+
+
+def start_snakemake(workdir: Path, config: dict, targets: list[str], *args: str) -> subprocess.Popen:
+    # Targets first: options such as --set-threads take every word that follows them.
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    log = open(workdir / "snakemake.log", "w")
+    return subprocess.Popen(
+        [str(SNAKEMAKE), *targets, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", "config.yaml", *args],
+        stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def finish(process: subprocess.Popen, workdir: Path, timeout_s: float) -> str:
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        process.wait()
+    output = (workdir / "snakemake.log").read_text()
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def slurm_runs(tmp_path_factory):
+    """Both SLURM workflows and the local one, run at the same time; their directories and logs."""
+    if os.environ.get("BATCHLAB_SKIP_SLURM") == "1":
+        pytest.skip("BATCHLAB_SKIP_SLURM=1: not starting a SLURM cluster on this machine")
+    root = tmp_path_factory.mktemp("slurm")
+    cluster = start_cluster(root / "cluster")
+    try:
+        tiny = {**copy.deepcopy(TINY_CONFIG), **SAME_MACHINE}
+        long_stack = long_stack_config(root / "timing")
+        started = time.monotonic()
+        slurm_tiny = start_snakemake(root / "slurm", tiny, TARGETS, *SLURM_ARGS)
+        # min(...) keeps '=' out of the expression: one minute, then six.
+        slurm_long = start_snakemake(root / "long", long_stack, [LONG_STACK_MARKER], *SLURM_ARGS,
+                                     "--set-resources", "train_stack:runtime=min(attempt,2)*5-4")
+        local = start_snakemake(root / "local", tiny, TARGETS, "--cores", "1", "--scheduler", "greedy")
+        outputs = {
+            "local": finish(local, root / "local", 600),
+            "slurm": finish(slurm_tiny, root / "slurm", 900),
+            "long": finish(slurm_long, root / "long", 900),
+        }
+        print(f"SLURM workflows finished in {time.monotonic() - started:.0f} s")
+        yield root, outputs
+    finally:
+        cluster.stop()
+
+
+def without_timing(table: pd.DataFrame) -> pd.DataFrame:
+    return table.drop(columns=[c for c in table.columns if c.startswith("wall_time")]).sort_values(
+        [c for c in ("run_id", "step", "metric", "epsilon") if c in table.columns], ignore_index=True)
+
+
+def test_slurm_run_equals_local_run(slurm_runs):
+    root, outputs = slurm_runs
+    assert "has been submitted with SLURM jobid" in outputs["slurm"]
+    assert re.search(r"Group job analyses", outputs["slurm"]) and re.search(r"Group job tables", outputs["slurm"])
+    for name in TABLES:
+        local = without_timing(pd.read_parquet(root / "local/results/tables" / f"{name}.parquet"))
+        slurm = without_timing(pd.read_parquet(root / "slurm/results/tables" / f"{name}.parquet"))
+        pd.testing.assert_frame_equal(slurm, local, check_exact=True)
+    runs = pd.read_parquet(root / "local/results/tables/runs.parquet")
+    for run_id in runs["run_id"]:
+        local_final = io.load_torch(root / "local/results/runs" / run_id / "final.pt")
+        slurm_final = io.load_torch(root / "slurm/results/runs" / run_id / "final.pt")
+        torch.testing.assert_close(slurm_final["model"], local_final["model"], rtol=0, atol=0)
+
+
+def test_timed_out_stack_is_retried_and_resumes_from_its_checkpoint(slurm_runs):
+    root, outputs = slurm_runs
+    assert "SLURM status is: 'TIMEOUT'" in outputs["long"], outputs["long"][-3000:]
+    train_log = (root / "long/results/logs/train/long/cnn/bs128/stack0.log").read_text()
+    resumed = [int(step) for step in re.findall(rf"resuming {re.escape(LONG_RUN)} from step (\d+)", train_log)]
+    assert resumed and resumed[0] > 0, train_log[-3000:]
+    marker = yaml.safe_load((root / "long" / LONG_STACK_MARKER).read_text())
+    assert marker["runs"][LONG_RUN]["status"] == "completed"
+    curves = pd.read_parquet(root / f"long/results/runs/{LONG_RUN}/metrics.parquet")
+    assert curves["step"].tolist() == list(range(marker["runs"][LONG_RUN]["steps"] + 1))
+    assert curves["batch_loss"].iloc[1:].notna().all()  # the resumed attempt kept the first one's steps
