@@ -2,7 +2,7 @@
 
 Debian's slurmctld, slurmd, slurm-client and munge (`make slurm` installs them as root) are
 started here with a config of our own and stopped again, by their process ids, when the tests
-end, so the machine is left as it was found. Facts this layout rests on:
+end, and the config removed, so the machine is left as it was found. Facts this layout rests on:
 - the job step plugin drops SLURM_CONF, so the config must sit at /etc/slurm/slurm.conf; a
   config that this module did not write is never overwritten (the machine has a cluster of its
   own), and the tests that need SLURM fail saying so;
@@ -83,6 +83,8 @@ class Cluster:
         for name in ("slurmd", "slurmctld", "munged"):
             if daemon := self.daemons.pop(name, None):
                 _stop(daemon)
+        if SLURM_CONF.exists() and MARKER in SLURM_CONF.read_text():
+            SLURM_CONF.unlink()  # the machine as it was: no cluster config of ours left behind
 
 
 def _stop(daemon: subprocess.Popen, wait_s: float = 15) -> None:
