@@ -28,6 +28,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_DIR = "/tmp/batchlab-gpu-locks"
+_outer: list[str | None] = []  # CUDA_VISIBLE_DEVICES as each claim held in this process found it
 
 
 def parse_nvidia_smi_list(text: str) -> list[int]:
@@ -67,7 +68,7 @@ def job_gpu_ids(config: dict, device: str | None = None) -> list[int]:
     return nvidia_smi_gpus()
 
 
-def lock_path(lock_dir: str | os.PathLike, gpu: int, slot: int) -> Path:
+def lock_path(lock_dir: str | os.PathLike, gpu: int | str, slot: int) -> Path:
     return Path(lock_dir) / f"gpu{gpu}.slot{slot}.lock"
 
 
@@ -108,13 +109,29 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def _claim_free_slot(ids: list[int], lock_dir: Path, slots_per_gpu: int) -> tuple[int, int, int] | None:
+def visible_devices(ids: list[int]) -> dict[int, str]:
+    """What CUDA_VISIBLE_DEVICES must name for each of `ids`: the id itself, or, where the variable was
+    set before (a scheduler's allocation, a user's restriction), the id-th device it lists, as CUDA
+    counts them. Locks are taken on these names, so jobs of two allocations on one node never wait
+    for each other's index 0."""
+    preset = _outer[0] if _outer else os.environ.get("CUDA_VISIBLE_DEVICES")  # not a claim's own value
+    if preset is None:
+        return {gpu: str(gpu) for gpu in ids}
+    listed = [name.strip() for name in preset.split(",") if name.strip()]
+    if missing := [gpu for gpu in ids if gpu >= len(listed)]:
+        raise ValueError(f"gpus {missing} are not among the {len(listed)} GPU(s) of CUDA_VISIBLE_DEVICES={preset!r}; "
+                         f"with it set, `gpus` counts its devices from 0")
+    return {gpu: listed[gpu] for gpu in ids}
+
+
+def _claim_free_slot(ids: list[int], devices: dict[int, str], lock_dir: Path,
+                     slots_per_gpu: int) -> tuple[int, int, int] | None:
     """(gpu, slot, descriptor) of a free slot, or None when all are held.
 
     Slot 0 of every GPU is tried before slot 1 of any, so jobs spread over the GPUs before two share one."""
     for slot in range(slots_per_gpu):
         for gpu in ids:
-            if (fd := _try_lock(lock_path(lock_dir, gpu, slot))) is not None:
+            if (fd := _try_lock(lock_path(lock_dir, devices[gpu], slot))) is not None:
                 return gpu, slot, fd
     return None
 
@@ -137,26 +154,26 @@ def claim_gpu(ids: list[int], lock_dir: str | os.PathLike = DEFAULT_LOCK_DIR, sl
         yield None
         return
     _check_cuda_untouched()
+    devices = visible_devices(ids)
     lock_dir = Path(lock_dir)
     _make_lock_dir(lock_dir)
-    claimed = _claim_free_slot(ids, lock_dir, slots_per_gpu)
+    claimed = _claim_free_slot(ids, devices, lock_dir, slots_per_gpu)
     if claimed is None:
         log.info("waiting for a GPU: all %d slots of GPUs %s held (locks in %s)", len(ids) * slots_per_gpu, ids, lock_dir)
     while claimed is None:
         time.sleep(poll_s)
-        claimed = _claim_free_slot(ids, lock_dir, slots_per_gpu)
+        claimed = _claim_free_slot(ids, devices, lock_dir, slots_per_gpu)
     gpu, slot, fd = claimed
     saved = {var: os.environ.get(var) for var in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
-    if saved["CUDA_VISIBLE_DEVICES"] is not None:
-        log.warning("CUDA_VISIBLE_DEVICES=%r, set before, replaced by the claimed GPU %d", saved["CUDA_VISIBLE_DEVICES"],
-                    gpu)
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices[gpu]
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA numbers GPUs as nvidia-smi does, not fastest first
-    log.info("claimed GPU %d (its slot %d, of %d per GPU; lock %s)", gpu, slot, slots_per_gpu,
-             lock_path(lock_dir, gpu, slot))
+    log.info("claimed GPU %d (device %s; its slot %d, of %d per GPU; lock %s)", gpu, devices[gpu], slot, slots_per_gpu,
+             lock_path(lock_dir, devices[gpu], slot))
+    _outer.append(saved["CUDA_VISIBLE_DEVICES"])
     try:
         yield gpu
     finally:
+        _outer.pop()
         for var, value in saved.items():  # once released the GPU is another job's to claim
             if value is None:
                 os.environ.pop(var, None)

@@ -134,6 +134,23 @@ def test_explicit_ids_are_claimed_whatever_the_device(tmp_path, monkeypatch):
         assert gpu == 2 and os.environ["CUDA_VISIBLE_DEVICES"] == "2"
 
 
+def test_explicit_ids_count_within_a_preset_cuda_visible_devices(tmp_path, monkeypatch):
+    # A SLURM allocation (or a user) made physical GPUs 4 and 6 visible: ids 0 and 1 are those two,
+    # and the locks are on 4 and 6, so jobs of another allocation of this node do not wait for them.
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    config = checked(device="cuda", gpus=[0, 1], gpu_lock_dir=str(tmp_path))
+    with claim_job_gpu(config) as first:
+        assert first == 0 and os.environ["CUDA_VISIBLE_DEVICES"] == "4"
+        with claim_gpu([0, 1], tmp_path) as second:
+            assert second == 1 and os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["gpu4.slot0.lock", "gpu6.slot0.lock"]
+    with pytest.raises(ValueError, match=r"gpus \[2\] are not among the 2 GPU\(s\) of CUDA_VISIBLE_DEVICES='4,6'"):
+        with claim_gpu([0, 2], tmp_path):
+            pass
+
+
 def test_claiming_after_torch_initialised_cuda_is_refused(tmp_path, monkeypatch):
     import torch
 
