@@ -29,7 +29,7 @@ from pathlib import Path
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MARKER = "# written by batchlab's tests (tests/slurm_cluster.py)"
 CPUS, MEMORY_MB = 16, 256_000
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
+TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")  # the daemons and the clients used
 
 # KillWait: seconds between SIGTERM and SIGKILL at a time limit (the trainer saves on SIGTERM).
 # MinJobAge: seconds a finished job stays visible to squeue; at least 3 x the plugin's wait
@@ -76,9 +76,6 @@ class Cluster:
     state: Path
     daemons: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def squeue(self) -> str:
-        return subprocess.run(["squeue", "-h", "-o", "%i %j %T %r"], capture_output=True, text=True).stdout
-
     def stop(self) -> None:
         for name in ("slurmd", "slurmctld", "munged"):
             if daemon := self.daemons.pop(name, None):
@@ -98,7 +95,7 @@ def _stop(daemon: subprocess.Popen, wait_s: float = 15) -> None:
 
 
 def _check_tools() -> None:
-    missing = [tool for tool in DAEMONS if shutil.which(tool) is None]
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         raise SlurmUnavailable(f"{', '.join(missing)} not found: `make slurm` (as root) installs Debian's SLURM and munge")
     if os.geteuid() != 0:

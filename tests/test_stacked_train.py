@@ -1,6 +1,5 @@
 """The stacked trainer against today's way: a plain nn.Module trained alone with torch.optim."""
 
-import copy
 import dataclasses
 
 import numpy as np
