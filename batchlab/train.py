@@ -78,9 +78,10 @@ from batchlab.data import Dataset, load_prepared
 from batchlab.data.augment import apply_augment
 from batchlab.health import stall_reason, stop_reason
 from batchlab.lr_rules import lr_factor
-from batchlab.metrics import member_confusion, member_losses, member_sums, mean_iou, perplexity
+from batchlab.metrics import member_confusion, member_sums, mean_iou, perplexity
 from batchlab.stacked.models import StackedModel, build_stacked_model
 from batchlab.stacked.optim import StackedOptimizer
+from batchlab.stacked.step import make_step, resolve_step_mode
 
 log = logging.getLogger(__name__)
 EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -414,19 +415,6 @@ def evaluate_stack(model: StackedModel, x: torch.Tensor, y: torch.Tensor, batch_
     return (*scores, mean_iou(confusion).cpu().numpy()) if miou else scores
 
 
-def stacked_step(model: StackedModel, optimizer: StackedOptimizer, xb: torch.Tensor, yb: torch.Tensor,
-                 lr: torch.Tensor) -> torch.Tensor:
-    """One update of every member; returns the (K,) batch losses as a device tensor.
-
-    The members share no parameters, so the gradient of the summed losses is each member's own.
-    """
-    losses = member_losses(model.forward(xb, train=True), yb)  # logits (K, B, C, *positions)
-    optimizer.zero_grad()
-    losses.sum().backward()
-    optimizer.step(lr)
-    return losses.detach()
-
-
 def save_member_checkpoint(path: Path, member: Member, model: StackedModel, optimizer: StackedOptimizer, k: int,
                            step: int, wall: float) -> None:
     io.save_torch(
@@ -447,9 +435,10 @@ def save_member_checkpoint(path: Path, member: Member, model: StackedModel, opti
 class Stack:
     """The members still training, their stacked weights and optimizer state, and their host curves."""
 
-    def __init__(self, members: list[Member], data: Dataset, dev: torch.device):
+    def __init__(self, members: list[Member], data: Dataset, dev: torch.device, step_mode: str):
         spec = members[0].spec
         self.members = members
+        self.step_mode = step_mode
         self.model = build_stacked_model(spec.model, data.input_shape, data.num_classes, [m.spec.seed for m in members],
                                          spec.bn_batch_size, device=dev, dtype=data.dtype)
         self.optimizer = StackedOptimizer(self.model.params, spec.optimizer)
@@ -458,6 +447,11 @@ class Stack:
                 self.model.load_member(k, m.resumed["model"])
                 self.optimizer.load_member(k, m.resumed["optimizer"])
         self.peak_lr = torch.tensor([m.spec.lr for m in members], device=dev, dtype=data.dtype)
+        self._step = make_step(self.model, self.optimizer, step_mode)
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """One update of every member (see batchlab.stacked.step); the (K,) batch losses."""
+        return self._step(xb, yb, lr)
 
     def keep(self, keep: list[int]) -> None:
         """Drop the members not in `keep`: a finished member stops costing compute."""
@@ -465,6 +459,7 @@ class Stack:
         self.model = self.model.select(keep)
         self.optimizer = self.optimizer.select(keep, self.model.params)
         self.peak_lr = self.peak_lr[keep]
+        self._step = make_step(self.model, self.optimizer, self.step_mode)  # a captured step knows the old tensors only
 
 
 def member_batches(data: Dataset, perms: torch.Tensor, seeds: list[int], step: int, pos: int, batch_size: int):
@@ -487,6 +482,8 @@ def train_stack(
     device: str = "auto",
     max_steps: int | None = None,
     progress: bool = True,
+    step_mode: str = "auto",
+    cudnn_benchmark: bool = True,
 ) -> list[dict]:
     """Train the runs of one stack together, each into its own run directory; their summaries, in order.
 
@@ -495,10 +492,15 @@ def train_stack(
     done, leaving resume checkpoints and no final outputs (for chunked jobs under a time
     limit, and for tests of resume); those members' summaries say "interrupted". SIGTERM
     does the same at the next step boundary, then raises Interrupted so that the job fails
-    and its retry resumes.
+    and its retry resumes. `step_mode` says how the device runs each update (see
+    batchlab.stacked.step): `auto`, `eager` or `cuda_graph`. `cudnn_benchmark` lets cuDNN
+    time its convolution algorithms on a GPU (torch.backends.cudnn.benchmark).
     """
     check_stackable(specs)
     dev = resolve_device(device)
+    step_mode = resolve_step_mode(step_mode, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark
     if not isinstance(data, Dataset):
         data = load_prepared(data, dev)
     if data.x_train.device.type != dev.type:
@@ -517,22 +519,22 @@ def train_stack(
     with sigterm_event() as stop:
         for start in sorted({m.start_step for m in members}):
             group = [m for m in members if m.start_step == start]
-            summaries.update(_train_from(group, data, plan, dev, max_steps, progress, stop))
+            summaries.update(_train_from(group, data, plan, dev, max_steps, progress, stop, step_mode))
     return [summaries[spec.run_id] for spec in specs]
 
 
 def train_run(spec: RunSpec, data: Dataset | str | Path, run_dir: str | Path, device: str = "auto",
-              max_steps: int | None = None, progress: bool = True) -> dict:
-    """Train one run: a stack of one (see `train_stack`)."""
-    return train_stack([spec], data, [run_dir], device, max_steps, progress)[0]
+              max_steps: int | None = None, progress: bool = True, **speed) -> dict:
+    """Train one run: a stack of one (see `train_stack`; `speed`: its step_mode and cudnn_benchmark)."""
+    return train_stack([spec], data, [run_dir], device, max_steps, progress, **speed)[0]
 
 
 def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.device, max_steps: int | None,
-                progress: bool, stop: threading.Event) -> dict[str, dict]:
+                progress: bool, stop: threading.Event, step_mode: str) -> dict[str, dict]:
     """Train members that all stand at the same step, until each has finished (or `max_steps`, or `stop`)."""
     spec = members[0].spec
     S, B, step = plan.total_steps, spec.batch_size, members[0].start_step
-    stack = Stack(members, data, dev)
+    stack = Stack(members, data, dev, step_mode)
     log.info("training %d run(s) together from step %d: %s", len(members), step, ", ".join(m.spec.run_id for m in members))
     t_start = clock()
 
@@ -598,7 +600,7 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         factor = lr_factor(step, S, sched["warmup_steps"], sched["decay"], sched["decay_gamma"], milestones)
         if factor != factor_now:
             lr, factor_now = stack.peak_lr * factor, factor
-        losses[step + 1].index_copy_(0, cols, stacked_step(stack.model, stack.optimizer, xb, yb, lr))
+        losses[step + 1].index_copy_(0, cols, stack.step(xb, yb, lr))
         factors[step + 1] = factor
         step += 1
         bar.update(1)
@@ -626,7 +628,7 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
                 m = stack.members[k]
                 status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, data.num_classes)
                 summaries[m.spec.run_id] = _write_outputs(m, stack.model.member_state_dict(k), plan, step, status,
-                                                          stopped, diverged_step, dev, wall(m), data.task)
+                                                          stopped, diverged_step, dev, wall(m), data.task, step_mode)
             if not keep:
                 stack.members = []
                 break
@@ -664,7 +666,7 @@ def health_status(spec: RunSpec, curve: Curve, num_classes: int) -> str:
 
 
 def _write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, status: str, stopped: str,
-                   diverged_step: int | None, dev: torch.device, wall_time: float, task: str) -> dict:
+                   diverged_step: int | None, dev: torch.device, wall_time: float, task: str, step_mode: str) -> dict:
     spec, run_dir, curve = member.spec, member.run_dir, member.curve
     metrics = curve.frame(step, plan.steps_per_epoch, spec.batch_size)
     io.write_parquet(metrics, run_dir / "metrics.parquet")
@@ -691,6 +693,8 @@ def _write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, stat
         "wall_time_s": wall_time,
         "resumed_from_step": member.resumed["step"] if member.resumed is not None else None,
         "device": provenance.device_name(dev),
+        "step_mode": step_mode,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark if dev.type == "cuda" else None,
         "versions": provenance.versions(),
         "git": provenance.git_commit(),
         "code_hash": provenance.code_hash(),

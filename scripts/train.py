@@ -12,7 +12,8 @@ with claim_job_gpu(snakemake.config, snakemake.params.device) as gpu:
 
     summaries = train_stack(
         [RunSpec.from_dict(spec) for spec in snakemake.params.specs], snakemake.input.data, snakemake.params.run_dirs,
-        device=snakemake.params.device,
+        device=snakemake.params.device, step_mode=snakemake.config["step_mode"],
+        cudnn_benchmark=snakemake.config["cudnn_benchmark"],
     )
     runs = {s["run_id"]: {"status": s["status"], "steps": s["steps"]} for s in summaries}
     io.write_json({"gpu": gpu, "runs": runs}, snakemake.output[0])

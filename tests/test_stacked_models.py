@@ -47,7 +47,7 @@ assert {MODEL_INPUTS[name] for name, _, _ in CASES} == set(KIND_SHAPES), "a case
 def layout(request, monkeypatch):
     """Every test twice: the conv nets as grouped convolutions, and (as on a CPU at large
     batches) member by member through the plain module."""
-    monkeypatch.setattr(models, "CPU_MEMBER_LOOP_MIN_BATCH", 10**9 if request.param == "grouped" else 1)
+    monkeypatch.setitem(models.MEMBER_LOOP_MIN_BATCH, "cpu", None if request.param == "grouped" else 1)
     return request.param
 
 

@@ -308,7 +308,7 @@ class FakeClock:
         return self.now
 
     def install(self, monkeypatch):
-        step, save = train.stacked_step, train.save_member_checkpoint
+        step, save = train.Stack.step, train.save_member_checkpoint
 
         def timed_step(*args):
             self.now += self.step_s
@@ -320,7 +320,7 @@ class FakeClock:
             save(path, *args)
 
         monkeypatch.setattr(train, "clock", self)
-        monkeypatch.setattr(train, "stacked_step", timed_step)
+        monkeypatch.setattr(train.Stack, "step", timed_step)
         monkeypatch.setattr(train, "save_member_checkpoint", timed_save)
 
 
@@ -347,7 +347,7 @@ def test_resume_checkpoints_come_as_often_as_their_cost_allows(tmp_path, tiny_da
 def sigterm_during_update(monkeypatch, update: int):
     """SIGTERM arrives during update `update`, as a cluster's would. Training must stop with Interrupted
     and put back the handler it found, which itself never sees the signal."""
-    calls, step = itertools.count(1), train.stacked_step
+    calls, step = itertools.count(1), train.Stack.step
 
     def step_then_sigterm(*args):
         if next(calls) == update:
@@ -360,14 +360,14 @@ def sigterm_during_update(monkeypatch, update: int):
         outside.append(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
-    monkeypatch.setattr(train, "stacked_step", step_then_sigterm)
+    monkeypatch.setattr(train.Stack, "step", step_then_sigterm)
     try:
         with pytest.raises(train.Interrupted, match=f"SIGTERM at step {update} "):
             yield
         assert signal.getsignal(signal.SIGTERM) is handler and not outside
     finally:
         signal.signal(signal.SIGTERM, previous)
-        monkeypatch.setattr(train, "stacked_step", step)
+        monkeypatch.setattr(train.Stack, "step", step)
 
 
 def test_sigterm_saves_a_resume_checkpoint_and_stops_and_the_rerun_is_bit_identical(tmp_path, tiny_data, monkeypatch):

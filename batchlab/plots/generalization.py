@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 

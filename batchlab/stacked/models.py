@@ -21,7 +21,7 @@ Layouts inside the forward:
   flat (K*C,) views, so its in-place updates land in the stacked buffers. Ghost BatchNorm
   splits each member's batch into sub-batches of m samples exactly as
   `batchlab.models.resnet.GhostBatchNorm2d` does;
-- on a CPU, from CPU_MEMBER_LOOP_MIN_BATCH examples per member on, the conv nets run member
+- on a CPU, from MEMBER_LOOP_MIN_BATCH['cpu'] examples per member on, the conv nets run member
   by member instead: the plain module through torch.func.functional_call on views of member
   k's weights and buffers (K dense convolutions are faster there than one grouped one);
 - the bidirectional GRU and the LSTM language model are written out with batched matmuls
@@ -55,7 +55,7 @@ from batchlab.models.mnist1d import CNN, GRU, MLP
 from batchlab.models.resnet import BasicBlock, CifarResNet, ghost_batch_norm
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-# On a CPU, from this many examples per member on, the conv nets run member by member through
+# On a CPU, from 128 examples per member on, the conv nets run member by member through
 # the plain module, K dense convolutions, rather than as one grouped convolution over K*C
 # channels: for the CNN at K = 12 on one thread, a train step is 1.4x faster at batch 128 and
 # 2.2x at 512, an evaluation 3x, but at batch 16 the member loop is 3.5x slower. The same holds
@@ -63,7 +63,7 @@ BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 # 1.2x faster at batch 128 and 512 (an evaluation 1.4x and 1.2x) but 1.3x slower at 16; of drn
 # 1.6x and 1.5x faster (an evaluation 2.2x and 1.9x), at 16 the same. The LSTM stays all at
 # once: member by member it is no faster at batch 64 and 1.1-1.4x slower at 20 and 8.
-CPU_MEMBER_LOOP_MIN_BATCH = 128
+MEMBER_LOOP_MIN_BATCH: dict[str, int | None] = {"cpu": 128, "cuda": None}  # per device type; None: never
 
 
 # ---------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ class KeskarC1Arch:
 
 Arch = MLPArch | CNNArch | GRUArch | ResNetArch | LSTMArch | DRNArch | KeskarF1Arch | KeskarC1Arch
 # Convolutional families: on a CPU at large batches they run member by member (see
-# CPU_MEMBER_LOOP_MIN_BATCH).
+# MEMBER_LOOP_MIN_BATCH).
 CONV_ARCHS = (CNNArch, ResNetArch, DRNArch, KeskarC1Arch)
 
 
@@ -625,8 +625,9 @@ class StackedModel:
 
     def runs_member_by_member(self, batch_size: int, device: torch.device) -> bool:
         """Whether `forward` runs the members one by one at this many examples per member (see
-        CPU_MEMBER_LOOP_MIN_BATCH), rather than all at once."""
-        return isinstance(self.arch, CONV_ARCHS) and device.type == "cpu" and batch_size >= CPU_MEMBER_LOOP_MIN_BATCH
+        MEMBER_LOOP_MIN_BATCH), rather than all at once."""
+        least = MEMBER_LOOP_MIN_BATCH.get(device.type)
+        return isinstance(self.arch, CONV_ARCHS) and least is not None and batch_size >= least
 
     @torch.no_grad()
     def load_member(self, k: int, state_dict: dict[str, Tensor]) -> None:
