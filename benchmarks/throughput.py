@@ -4,8 +4,9 @@ For each model, batch size and stack size K it builds the stack exactly as the t
 (`build_stacked_model`, `StackedOptimizer`), on random data of the model's data set's shape
 and kind (float signals or images, token ids for a language model; targets per example,
 per token or per pixel), and times the trainer's hot loop: each member's batch drawn from its
-own permutation (with the data set's augmentation) by `member_batches`, then `stacked_step`,
-its losses written into a device buffer. A few warm-up steps first, then `--steps` timed
+own permutation (with the data set's augmentation) by `member_batches`, then the stacked step
+as the trainer's default `step_mode: auto` runs it (a CUDA graph on a GPU), its losses written
+into a device buffer. A few warm-up steps first, then `--steps` timed
 steps between device synchronisations. Then one forward-only evaluation pass
 (`evaluate_stack`, the trainer's evaluation) over `--eval-examples` examples, timed the same
 way. No evaluations, checkpoints or outputs inside the timed steps: `batchlab.estimate` adds
@@ -46,7 +47,8 @@ from batchlab.io import atomic_path
 from batchlab.models import MODEL_INPUTS, MODEL_NAMES
 from batchlab.stacked.models import build_stacked_model
 from batchlab.stacked.optim import StackedOptimizer
-from batchlab.train import epoch_permutation, evaluate_stack, member_batches, resolve_device, stacked_step
+from batchlab.stacked.step import GRAPH_WARMUP_STEPS, make_step, resolve_step_mode
+from batchlab.train import epoch_permutation, evaluate_stack, member_batches, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "throughput.csv"
@@ -136,14 +138,15 @@ def sync(dev: torch.device) -> None:
 
 
 def time_steps(model_name: str, data: Dataset, batch_size: int, k: int, steps: int, warmup: int,
-               dev: torch.device, repeats: int = 1) -> float:
+               dev: torch.device, repeats: int = 1, step_mode: str = "auto") -> float:
     """Seconds for `steps` stacked steps of K members at `batch_size`, after `warmup` untimed ones: the
     fastest of `repeats` blocks of `steps` (as timeit does: on a shared machine the slower ones time the
-    neighbours)."""
+    neighbours). Each step runs as the trainer runs it with `step_mode` (batchlab.stacked.step)."""
     seeds = list(range(k))
     dtype = data.dtype
     model = build_stacked_model(model_name, data.input_shape, data.num_classes, seeds, device=dev, dtype=dtype)
     optimizer = StackedOptimizer(model.params, OPTIMIZER)
+    step_fn = make_step(model, optimizer, resolve_step_mode(step_mode, dev))
     lr = torch.full((k,), LR, device=dev, dtype=dtype)
     steps_per_epoch = data.n_train // batch_size
     losses = torch.full((warmup + repeats * steps + 1, k), float("nan"), device=dev, dtype=dtype)
@@ -158,7 +161,7 @@ def time_steps(model_name: str, data: Dataset, batch_size: int, k: int, steps: i
                 perms = torch.stack([epoch_permutation(data.n_train, s, epoch) for s in seeds]).to(dev)
                 perm_epoch = epoch
             xb, yb = member_batches(data, perms, seeds, step, pos, batch_size)
-            losses[step + 1].index_copy_(0, cols, stacked_step(model, optimizer, xb, yb, lr))
+            losses[step + 1].index_copy_(0, cols, step_fn(xb, yb, lr))
 
     run(0, warmup)
     best = math.inf
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 32, 128, 512])
     parser.add_argument("--k", nargs="+", type=int, default=[12], help="stack sizes (the schema's max_stack default: 12)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--warmup", type=int, default=GRAPH_WARMUP_STEPS + 2, help="untimed steps first (a CUDA graph is captured in them)")
     parser.add_argument("--repeats", type=int, default=1, help="time --steps this often and keep the fastest")
     parser.add_argument("--eval-examples", type=int, default=None,
                         help="examples of the timed evaluation (default: the test split, at most 4096 on a GPU, "
@@ -223,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True  # as the trainer's default (the config's cudnn_benchmark)
     device = device_label(dev)
     print(f"{device}, torch {torch.__version__}; {args.warmup} warm-up steps, then the fastest of {args.repeats} x "
           f"{args.steps} timed steps per case", flush=True)
