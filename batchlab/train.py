@@ -524,9 +524,10 @@ def train_stack(
 
 
 def train_run(spec: RunSpec, data: Dataset | str | Path, run_dir: str | Path, device: str = "auto",
-              max_steps: int | None = None, progress: bool = True, **speed) -> dict:
-    """Train one run: a stack of one (see `train_stack`; `speed`: its step_mode and cudnn_benchmark)."""
-    return train_stack([spec], data, [run_dir], device, max_steps, progress, **speed)[0]
+              max_steps: int | None = None, progress: bool = True, step_mode: str = "auto",
+              cudnn_benchmark: bool = True) -> dict:
+    """Train one run: a stack of one (see `train_stack`)."""
+    return train_stack([spec], data, [run_dir], device, max_steps, progress, step_mode, cudnn_benchmark)[0]
 
 
 def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.device, max_steps: int | None,

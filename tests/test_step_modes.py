@@ -67,7 +67,7 @@ def test_a_replayed_graph_updates_as_the_eager_step_with_each_steps_batch_and_lr
     models, steps = {}, {}
     for mode in ("eager", "cuda_graph"):
         models[mode] = build_stacked_model("resnet8", (3, 8, 8), 10, [0, 1, 2], device=dev, dtype=torch.float64)
-        steps[mode] = (make_step(models[mode], StackedOptimizer(models[mode].params, opt_cfg), mode))
+        steps[mode] = make_step(models[mode], StackedOptimizer(models[mode].params, opt_cfg), mode)
     g = torch.Generator(device=dev).manual_seed(0)
     for i in range(GRAPH_WARMUP_STEPS + 6):
         xb = torch.randn(3, 4, 3, 8, 8, generator=g, device=dev, dtype=torch.float64)

@@ -6,10 +6,10 @@
   Python and kernel-launch cost that dominates a small batch on a GPU. The inputs, the labels
   and the learning rates are copied into the graph's own tensors before each replay.
 
-`auto` is `cuda_graph` on CUDA and `eager` elsewhere. On an H200 a captured step trained
-ResNet-8 and ResNet-32 at batch 8 about 5x faster than eager, one run or a stack, and never
-slower at any batch size; `torch.compile` of the forward was measured too and gained at most
-1.09x, so it is not offered (benchmarks/README.md, `step_modes.py`).
+`auto` is `cuda_graph` on CUDA and `eager` elsewhere. On an H200 a captured step trained one
+ResNet-8 or ResNet-32 at batch 8 5-6x faster than eager, a stack of 12 2.4-2.7x faster, and
+was slower in no case measured; `torch.compile` of the forward was measured too and gained at
+most 1.09x, so it is not offered (benchmarks/README.md, `step_modes.py`).
 """
 
 from __future__ import annotations
