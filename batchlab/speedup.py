@@ -3,9 +3,15 @@
 Golmant et al. 2018 and Shallue et al. 2018 ask how many steps each batch size needs to
 reach a target, and where a larger batch stops paying. The rules, in order:
 
-1. A run's steps to target: the first *evaluated* step at which the metric reaches the
-   target (loss or error <= target; a fixed value, or one that rule 7 sets). A run that did
-   not complete (diverged or stalled), or one that never gets there, has not reached it.
+1. A run's steps to target: the first *evaluated* step after step 0 at which the metric
+   reaches the target (loss or error <= target; a fixed value, or one that rule 7 sets). A
+   run that did not complete (diverged or stalled), or one that never gets there, has not
+   reached it, and no run reaches a target that rule 7 refuses. Why a run did not reach it,
+   its case: the refusal (`target_above_initial`), "budget" (it completed without getting
+   there), or its status ("diverged", "stalled"). The reason for a set of runs
+   (`not_reached_reason`) is the most common case among those that did not reach, "mixed"
+   when two cases tie; each row of speedup.parquet that did not reach gives the reason of
+   the runs at its batch size (over the curve's LR settings), None where it reached.
 2. A (batch size, LR) cell: if more than half of its seeds did not reach the target,
    the cell did not; otherwise its steps are the median over the seeds that did.
 3. Per batch size, the minimum over the LR grid, with the LR that gave it (Shallue's
@@ -13,7 +19,11 @@ reach a target, and where a larger batch stops paying. The rules, in order:
    base LRs), and over every rule and LR together as the rule `best`. A curve is one
    (study, model, training fraction, LR rule): runs trained on 100%, 50% or 25% of the
    training set (Golmant et al. 2018's grid axis `train_fraction`; 1.0 for a runs table
-   without the column) give curves and fits of their own.
+   without the column) give curves and fits of their own. `best_lr_edge` says where the
+   chosen LR setting's base LR sits in its own rule's base-LR grid in the study (for `best`
+   too, the rule of the chosen setting): "low" the smallest, "high" the largest, "only" a
+   grid of one value, else None (and None where not reached). At an edge the grid may not
+   bracket the optimum LR.
 4. Speed-up: steps at the smallest batch size of the curve over steps at B; perfect
    scaling is B over that smallest batch size. Its 95% interval is a bootstrap over
    seeds: each cell's seeds are resampled with replacement and rules 2-4 applied again.
@@ -41,8 +51,17 @@ reach a target, and where a larger batch stops paying. The rules, in order:
      bound ">lo" or "<hi" instead;
    - `interval_too_wide`: a closed interval wider than a factor 100 (kept, so a reader
      sees why there is no number);
-   - `ok`: B_crit, S_min and the interval are reported.
-   Only an `ok` fit gives B_crit and S_min as numbers. Each point's regime follows from
+   - `not_reached`: it would be `beyond_grid` or `above_range`, but a batch size of the
+     curve larger than the largest reached one did not reach the target: a bound B_crit > lo
+     would claim near-linear scaling those batches did not show, so there is none (the
+     interval is kept). `not_reached_reason` gives rule 1's reason over the runs of every
+     batch size above the largest reached one (all of them when none reached), whatever the
+     status, and is None when the largest batch size reached;
+   - `target_above_initial`: rule 7 refused the target, nothing reached it;
+   - `ok`: B_crit, S_min and the interval are reported; it stays `ok` when the largest
+     batches did not reach.
+   FIT_STATUS_TEXT gives each status as a reader's phrase. Only an `ok` fit gives B_crit
+   and S_min as numbers. Each point's regime follows from
    the local scaling exponent B_crit / (B + B_crit) of an `ok` fit: near-linear when it
    is at least 0.8, plateau when at most 0.2, diminishing in between; none for a point
    that did not reach the target, and none at all when the fit is not `ok`.
@@ -63,11 +82,14 @@ reach a target, and where a larger batch stops paying. The rules, in order:
    target is the 25th percentile of those values (np.percentile, linear interpolation). So
    some evaluation of the largest batch is at or below it. When no run of the largest batch completed (with an evaluation
    past step 0), the largest batch size that has one sets it instead (`target_fallback`
-   true); when no batch size has one, the target is NaN and nothing reaches it. Rules 1-6
-   then apply as for a fixed value. Both tables keep the resolved number in `target_value`
-   and say where it came from: `target_rule` ("fixed" or "largest_batch_q25"),
-   `target_batch_size` (the batch whose runs set it; missing for a fixed value) and
-   `target_fallback`.
+   true); when no batch size has one, the target is NaN and nothing reaches it. A resolved
+   target, fixed or not, at or above the initial value (`target_initial_value`: the median
+   over the model's completed runs, at that training fraction, of the metric at step 0;
+   NaN, and no check, without one) is refused: no run reaches it (rules 1 and 6) and the
+   fit's status is `target_above_initial`. Rules 1-6 then apply as for a fixed value. Both
+   tables keep the resolved number in `target_value` and say where it came from:
+   `target_rule` ("fixed" or "largest_batch_q25"), `target_batch_size` (the batch whose
+   runs set it; missing for a fixed value), `target_fallback` and `target_initial_value`.
 """
 
 from __future__ import annotations
@@ -87,28 +109,47 @@ TARGET_FIXED = "fixed"
 LARGEST_BATCH_Q25 = "largest_batch_q25"
 TARGET_RULES = (LARGEST_BATCH_Q25,)  # the strings a target list may hold beside numbers (rule 7)
 TARGET_QUANTILE = 25.0  # rule 7: Golmant's lowest quartile
-TARGET_COLUMNS = ("target_metric", "target_value", "target_rule", "target_batch_size", "target_fallback")
+TARGET_COLUMNS = ("target_metric", "target_value", "target_initial_value", "target_rule", "target_batch_size",
+                  "target_fallback")
 SPEEDUP_COLUMNS = (
     "study", "model", "train_fraction", "lr_rule", *TARGET_COLUMNS, "batch_size", "steps_to_target", "best_lr",
-    "best_base_lr", "reached", "n_seeds", "n_seeds_reached", "speedup", "speedup_ci_low", "speedup_ci_high",
-    "perfect_speedup", "regime",
+    "best_base_lr", "best_lr_edge", "reached", "not_reached_reason", "n_seeds", "n_seeds_reached", "speedup",
+    "speedup_ci_low", "speedup_ci_high", "perfect_speedup", "regime",
 )
 CRITICAL_COLUMNS = (
     "study", "model", "train_fraction", "lr_rule", *TARGET_COLUMNS, "b_crit", "s_min", "ci_low", "ci_high",
-    "n_points", "fit_status", "b_crit_bound", "b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high",
-    "b_noise_n_runs",
+    "n_points", "fit_status", "b_crit_bound", "not_reached_reason", "b_noise_predicted", "b_noise_ci_low",
+    "b_noise_ci_high", "b_noise_n_runs",
 )
 NOISE_COLUMNS = ("b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high", "b_noise_n_runs")
 # dtypes of the tables, so that an empty table still filters by `reached` and sorts by number
-_STRING_COLUMNS = {"study", "model", "lr_rule", "target_metric", "target_rule", "regime", "fit_status", "b_crit_bound"}
+_STRING_COLUMNS = {"study", "model", "lr_rule", "target_metric", "target_rule", "regime", "fit_status", "b_crit_bound",
+                   "best_lr_edge", "not_reached_reason"}
 _INT_COLUMNS = {"batch_size", "n_seeds", "n_seeds_reached", "n_points", "b_noise_n_runs"}
 _NULLABLE_INT_COLUMNS = {"target_batch_size"}  # missing for a fixed target
 _BOOL_COLUMNS = {"reached", "target_fallback"}
 
 FIT_OK = "ok"
+NOT_REACHED = "not_reached"  # rule 5: an upper bound withheld, the larger batches did not reach the target
+TARGET_ABOVE_INITIAL = "target_above_initial"  # rule 7: a target no run can reach
+UPPER_BOUNDS = ("beyond_grid", "above_range")  # the statuses that claim scaling past the largest reached batch
+MIXED = "mixed"  # rule 1: no single most common reason the runs did not reach
 SCAN_MARGIN = 100.0  # rule 5's scan reaches this factor beyond the smallest and largest batch
 ESTIMATE_MARGIN = 10.0  # a point estimate further out than this is extrapolation, never a number
 MAX_INTERVAL_RATIO = 100.0  # a wider interval says too little to report a number
+# every fit_status as a reader's phrase (the report and the figures say why there is no B_crit with these)
+FIT_STATUS_TEXT = {
+    "too_few_points": "fewer than 3 batch sizes reached the target",
+    "unconstrained": "the data do not bound it",
+    "beyond_grid": "beyond the largest batch",
+    "below_grid": "below the smallest batch",
+    "above_range": f"estimate beyond {ESTIMATE_MARGIN:g}× the largest batch",
+    "below_range": f"estimate below 1/{ESTIMATE_MARGIN:g} of the smallest batch",
+    "interval_too_wide": f"interval wider than {MAX_INTERVAL_RATIO:g}×",
+    TARGET_ABOVE_INITIAL: "the target is not below the initial value: no run can reach it",
+    NOT_REACHED: "the larger batches did not reach the target",
+    FIT_OK: "fitted",
+}
 SCAN_POINTS = 400
 NEAREST_CHECKPOINT_FACTOR = 2.0  # rule 6: a checkpoint further from the target step measures another state
 
@@ -154,11 +195,22 @@ class ResolvedTarget(NamedTuple):
     rule: str  # TARGET_FIXED or one of TARGET_RULES
     batch_size: int | None = None  # the batch whose runs set it; None for a fixed value
     fallback: bool = False  # the largest batch had no completed run, a smaller one set it
+    initial: float = np.nan  # the median over the completed runs of the metric at step 0
+
+    @property
+    def refused(self) -> str | None:
+        """Why no run may reach the target (TARGET_ABOVE_INITIAL), or None; the only place rule 7 refuses one."""
+        return TARGET_ABOVE_INITIAL if self.value >= self.initial else None
+
+    @property
+    def reachable_value(self) -> float:
+        """The value rules 1 and 6 compare against: NaN, which nothing reaches, for a refused target."""
+        return np.nan if self.refused else self.value
 
     def columns(self) -> dict:
         """The target columns of the tables, but target_metric."""
-        return dict(target_value=self.value, target_rule=self.rule, target_batch_size=self.batch_size,
-                    target_fallback=self.fallback)
+        return dict(target_value=self.value, target_initial_value=self.initial, target_rule=self.rule,
+                    target_batch_size=self.batch_size, target_fallback=self.fallback)
 
 
 def check_target(target: float | str) -> None:
@@ -174,32 +226,59 @@ def resolve_target(runs: pd.DataFrame, curves: pd.DataFrame, metric: str, target
                    model: str) -> ResolvedTarget:
     """Rule 7 for one model of one study: `runs` (one study's, with model, batch_size, status) and their `curves`.
 
-    A number is returned as it is; `largest_batch_q25` becomes the lower quartile of the metric over the evaluated
+    A number is kept as it is; `largest_batch_q25` becomes the lower quartile of the metric over the evaluated
     steps (but step 0) of the completed runs at the model's largest batch size, or at the largest that has some.
+    Either carries the initial value, the median of the metric at step 0 over the model's completed runs.
     """
     check_target(target)
-    if not isinstance(target, str):
-        return ResolvedTarget(float(target), TARGET_FIXED)
     model_runs = runs[runs["model"] == model]
     largest = model_runs["batch_size"].max()
     done = model_runs[model_runs["status"] == "completed"]
-    evaluated = curves[curves["run_id"].isin(done["run_id"]) & (curves["step"] > 0)]
+    evaluated = curves[curves["run_id"].isin(done["run_id"])]
     evaluated = evaluated.assign(value=metric_values(evaluated, metric))
     evaluated = evaluated[np.isfinite(evaluated["value"])]
+    initial = float(evaluated.loc[evaluated["step"] == 0, "value"].median())  # NaN without a step-0 evaluation
+    evaluated = evaluated[evaluated["step"] > 0]
+    if not isinstance(target, str):
+        return ResolvedTarget(float(target), TARGET_FIXED, initial=initial)
     if evaluated.empty:
-        return ResolvedTarget(np.nan, target)
+        return ResolvedTarget(np.nan, target, initial=initial)
     batch_of = evaluated["run_id"].map(done.drop_duplicates("run_id").set_index("run_id")["batch_size"])
     batch = batch_of.max()
     pooled = evaluated.loc[batch_of == batch, "value"].to_numpy(dtype=float)
-    return ResolvedTarget(float(np.percentile(pooled, TARGET_QUANTILE)), target, int(batch), bool(batch != largest))
+    return ResolvedTarget(float(np.percentile(pooled, TARGET_QUANTILE)), target, int(batch), bool(batch != largest),
+                          initial)
 
 
 def run_steps_to_target(runs: pd.DataFrame, curves: pd.DataFrame, metric: str, target: float) -> pd.Series:
     """Rule 1, for every run: steps to target, aligned with `runs`; NaN where not reached or not completed."""
     value = metric_values(curves, metric)
-    first = curves.loc[value.notna() & (value <= target)].groupby("run_id")["step"].min()
+    first = curves.loc[(curves["step"] > 0) & value.notna() & (value <= target)].groupby("run_id")["step"].min()
     steps = runs["run_id"].map(first).astype(float).where(runs["status"] == "completed")
     return steps.rename("steps")
+
+
+def run_cases(runs: pd.DataFrame, steps, refused: str | None = None) -> np.ndarray:
+    """Rule 1's case of each run that did not reach the target, aligned with `runs`: the refusal (rule 7), "budget"
+    (it completed without getting there), or its status ("diverged", "stalled"); None where it reached."""
+    case = refused or runs["status"].replace("completed", "budget").to_numpy(dtype=object)
+    return np.where(np.isnan(np.asarray(steps, dtype=float)), case, None)
+
+
+def most_common_case(cases) -> str | None:
+    """Rule 1's reason a set of runs did not reach: their most common case, MIXED on a tie, None for no case."""
+    counts = pd.Series(cases, dtype=object).dropna().value_counts()
+    if counts.empty:
+        return None
+    return counts.index[0] if (counts == counts.iloc[0]).sum() == 1 else MIXED
+
+
+def lr_edges(runs: pd.DataFrame) -> np.ndarray:
+    """Rule 3, per run of one study: where its base LR sits in its rule's base-LR grid, "low" (the smallest), "high"
+    (the largest), "only" (a grid of one), else None."""
+    grid = runs.groupby("lr_rule")["base_lr"]
+    low, high, base = grid.transform("min"), grid.transform("max"), runs["base_lr"]
+    return np.select([low == high, base == low, base == high], ["only", "low", "high"], None).astype(object)
 
 
 def cell_steps(seed_steps: np.ndarray) -> np.ndarray:
@@ -234,7 +313,8 @@ def _tune(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def speedup_curve(group: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Rules 2-4 for one curve: `group` has one row per run with setting, base_lr, lr, batch_size, steps."""
+    """Rules 2-4 for one curve: `group` has one row per run with setting, base_lr, lr, lr_edge (`lr_edges`),
+    batch_size, steps and case (`run_cases`)."""
     arr, lrs, batches, group = _seed_matrix(group)
     steps, best_idx = _tune(arr)
     rows = []
@@ -259,7 +339,10 @@ def speedup_curve(group: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
             batch_size=int(b), steps_to_target=steps[j],
             best_lr=float(lr_of.loc[(lr_key, b), "lr"]) if reached else np.nan,
             best_base_lr=float(lr_of.loc[(lr_key, b), "base_lr"]) if reached else np.nan,
-            reached=reached, n_seeds=int(n_seeds[best_idx[j], j]),
+            best_lr_edge=lr_of.loc[(lr_key, b), "lr_edge"] if reached else None,
+            reached=reached,
+            not_reached_reason=None if reached else most_common_case(group.loc[group["batch_size"] == b, "case"]),
+            n_seeds=int(n_seeds[best_idx[j], j]),
             n_seeds_reached=int(((arr[best_idx[j], j] != -1) & ~np.isnan(arr[best_idx[j], j])).sum()),
             speedup=ref / steps[j] if reached and np.isfinite(ref) else np.nan,
             speedup_ci_low=np.percentile(sp, 2.5) if len(sp) > n_boot // 2 else np.nan,
@@ -331,12 +414,14 @@ def _judge(fit: dict, b_min: float, b_max: float, open_low: bool, open_high: boo
 def fit_critical_batch(batch_sizes, steps, level: float = 0.95) -> dict:
     """Rule 5: B_crit, S_min and B_crit's profile interval, with `fit_status` and `b_crit_bound` for what is reported.
 
-    B_crit and S_min are numbers only when `fit_status` is "ok"; ci_low and ci_high are kept for every status
-    that has an interval (0 or inf on the side that runs off the scan).
+    `steps` is NaN at a batch size that did not reach the target. B_crit and S_min are numbers only when
+    `fit_status` is "ok"; ci_low and ci_high are kept for every status that has an interval (0 or inf on the side
+    that runs off the scan).
     """
     b = np.asarray(batch_sizes, dtype=float)
     s = np.asarray(steps, dtype=float)
     keep = np.isfinite(s) & (s > 0) & np.isfinite(b) & (b > 0)
+    unreached = b[~keep & np.isfinite(b) & (b > 0)]
     b, s = b[keep], s[keep]
     out = dict(b_crit=np.nan, s_min=np.nan, ci_low=np.nan, ci_high=np.nan, n_points=int(len(b)),
                fit_status="too_few_points", b_crit_bound=None)
@@ -358,6 +443,8 @@ def fit_critical_batch(batch_sizes, steps, level: float = 0.95) -> dict:
                ci_low=np.nan if low is None else float(np.exp(low)),
                ci_high=np.nan if high is None else float(np.exp(high)))
     verdict = _judge(fit, b.min(), b.max(), open_low=low is None, open_high=high is None)
+    if verdict["fit_status"] in UPPER_BOUNDS and (unreached > b.max()).any():  # no bound past a larger failed batch
+        verdict |= dict(fit_status=NOT_REACHED, b_crit_bound=None)
     if verdict["fit_status"] != FIT_OK:
         fit.update(b_crit=np.nan, s_min=np.nan)
     return fit | verdict
@@ -380,7 +467,7 @@ def noise_at_target(sharpness: pd.DataFrame, curves: pd.DataFrame, runs: pd.Data
     target_step = run_steps_to_target(runs, curves, metric, target)
     runs = runs.assign(train_fraction=train_fractions(runs))
     reached = runs[[*CURVE, "run_id"]].assign(target_step=target_step.to_numpy())
-    reached = reached[np.isfinite(reached["target_step"]) & (reached["target_step"] > 0)]
+    reached = reached[np.isfinite(reached["target_step"])]  # never at step 0 (rule 1)
     noise = sharpness[(sharpness["metric"] == "noise_scale") & (sharpness["step"] > 0)]
     # the exact method's interval is the value itself; older tables carry no interval columns
     noise = noise.assign(ci_low=noise.get("ci_low", noise["value"]), ci_high=noise.get("ci_high", noise["value"]))
@@ -423,33 +510,37 @@ def noise_prediction(sharpness: pd.DataFrame, curves: pd.DataFrame, runs: pd.Dat
 
 
 def _typed(rows, columns) -> pd.DataFrame:
-    """A table with the given columns and their dtypes, whether or not it has rows."""
+    """A table with the given columns and their dtypes, whether or not it has rows; a missing string is None."""
     table = pd.DataFrame(rows, columns=list(columns)) if len(rows) else pd.DataFrame(columns=list(columns))
     dtypes = {c: object if c in _STRING_COLUMNS else "int64" if c in _INT_COLUMNS
               else "Int64" if c in _NULLABLE_INT_COLUMNS else bool if c in _BOOL_COLUMNS else float for c in columns}
-    return table.astype(dtypes)
+    table = table.astype(dtypes)
+    strings = [c for c in columns if c in _STRING_COLUMNS]
+    table[strings] = table[strings].where(table[strings].notna(), None)  # records turn None into NaN beside a string
+    return table
 
 
 def _per_model(study_runs: pd.DataFrame, study_curves: pd.DataFrame, metric: str, target: float | str,
-               sharpness: pd.DataFrame | None, seed: int) -> tuple[np.ndarray, dict, pd.DataFrame]:
+               sharpness: pd.DataFrame | None, seed: int) -> tuple[np.ndarray, np.ndarray, dict, pd.DataFrame]:
     """Rules 1, 6 and 7 for one target of one study, each (model, training fraction) at its own resolved target.
 
-    Steps to target aligned with `study_runs`, the resolved target per (model, train_fraction), and the noise
-    prediction (CURVE index).
+    Steps to target and the runs' cases aligned with `study_runs`, the resolved target per (model, train_fraction),
+    and the noise prediction (CURVE index).
     """
-    steps = np.full(len(study_runs), np.nan)
+    steps, cases = np.full(len(study_runs), np.nan), np.full(len(study_runs), None, dtype=object)
     resolved, noise = {}, []
     for model, fraction in study_runs[["model", "train_fraction"]].drop_duplicates().itertuples(index=False):
         mask = ((study_runs["model"] == model) & (study_runs["train_fraction"] == fraction)).to_numpy()
         runs = study_runs[mask]
         curves = study_curves[study_curves["run_id"].isin(runs["run_id"])]
         key = (model, fraction)
-        resolved[key] = resolve_target(runs, curves, metric, target, model)
-        steps[mask] = run_steps_to_target(runs, curves, metric, resolved[key].value).to_numpy()
+        resolved[key] = got = resolve_target(runs, curves, metric, target, model)
+        steps[mask] = run_steps_to_target(runs, curves, metric, got.reachable_value).to_numpy()
+        cases[mask] = run_cases(runs, steps[mask], got.refused)
         if sharpness is not None and len(sharpness):
-            noise.append(noise_prediction(sharpness, curves, runs, metric, resolved[key].value, seed=seed))
+            noise.append(noise_prediction(sharpness, curves, runs, metric, got.reachable_value, seed=seed))
     noise = pd.concat(noise) if noise else pd.DataFrame(columns=list(NOISE_COLUMNS))
-    return steps, resolved, noise
+    return steps, cases, resolved, noise
 
 
 def speedup_tables(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict, sharpness: pd.DataFrame | None = None,
@@ -473,21 +564,28 @@ def speedup_tables(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict, sha
         study_targets, n_boot = cfg["targets"], cfg["n_bootstrap"]
         study_runs = runs[runs["study"] == study]
         study_curves = curves[curves["run_id"].isin(study_runs["run_id"])]
+        # an LR setting is one base LR of one rule: the pooled `best` curve keeps rules apart,
+        # since at the reference batch all rules give the same LR and would count twice
+        setting = study_runs["lr_rule"] + ":" + study_runs["base_lr"].map("{:.6g}".format)
+        study_runs = study_runs.assign(setting=setting, lr_edge=lr_edges(study_runs))
         for metric, values in study_targets.items():
             for target in values:
-                steps, resolved, noise = _per_model(study_runs, study_curves, metric, target, sharpness, seed)
-                # an LR setting is one base LR of one rule: the pooled `best` curve keeps rules apart,
-                # since at the reference batch all rules give the same LR and would count twice
-                setting = study_runs["lr_rule"] + ":" + study_runs["base_lr"].map("{:.6g}".format)
-                per_run = study_runs.assign(steps=steps, setting=setting)
+                steps, cases, resolved, noise = _per_model(study_runs, study_curves, metric, target, sharpness, seed)
+                per_run = study_runs.assign(steps=steps, case=cases)
                 pooled = per_run.assign(lr_rule=BEST_RULE)
                 for key, group in pd.concat([per_run, pooled]).groupby(CURVE, sort=False):
                     s, model, fraction, rule = key
+                    got = resolved[(model, fraction)]
                     curve = speedup_curve(group, n_boot=n_boot, seed=seed)
                     fit = fit_critical_batch(curve["batch_size"], curve["steps_to_target"])
+                    if got.refused:
+                        fit["fit_status"] = got.refused
+                    # the batch sizes above the largest that reached (all of them when none did)
+                    above = ~(group["batch_size"] <= curve.loc[curve["reached"], "batch_size"].max())
+                    fit["not_reached_reason"] = most_common_case(group.loc[above, "case"])
                     accepted = fit["b_crit"] if fit["fit_status"] == FIT_OK else np.nan
                     names = dict(study=s, model=model, train_fraction=fraction, lr_rule=rule, target_metric=metric,
-                                 **resolved[(model, fraction)].columns())
+                                 **got.columns())
                     curve = curve.assign(**names, regime=[regime(b, accepted) if reached else None
                                                           for b, reached in zip(curve["batch_size"], curve["reached"])])
                     speed_parts.append(curve)

@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 
 from batchlab.speedup import (
-    CRITICAL_COLUMNS, LARGEST_BATCH_Q25, SPEEDUP_COLUMNS, TARGET_COLUMNS, ResolvedTarget, cell_steps,
-    fit_critical_batch, median_with_interval, noise_at_target, noise_prediction, regime, resolve_target,
-    run_steps_to_target, speedup_curve, speedup_tables,
+    CRITICAL_COLUMNS, FIT_STATUS_TEXT, LARGEST_BATCH_Q25, SPEEDUP_COLUMNS, TARGET_COLUMNS, ResolvedTarget, cell_steps,
+    fit_critical_batch, lr_edges, median_with_interval, most_common_case, noise_at_target, noise_prediction, regime,
+    resolve_target, run_cases, run_steps_to_target, speedup_curve, speedup_tables,
 )
 
 
@@ -44,17 +44,19 @@ def test_cell_rule(seeds, expected):
     assert (np.isnan(got) and np.isnan(expected)) or got == expected
 
 
-def synthetic_runs(b_crit=64.0, s_min=100.0, batches=(8, 16, 32, 64, 128, 256, 512), seeds=(0, 1, 2), noise=0.05):
+def synthetic_runs(b_crit=64.0, s_min=100.0, batches=(8, 16, 32, 64, 128, 256, 512), seeds=(0, 1, 2), noise=0.05,
+                   lrs=((0.1, 1.0), (0.3, 1.5)), rule="linear"):
+    """Runs whose loss drops from 1.0 to 0.05 at S_min (1 + B_crit / B) steps, times each base LR's slowness."""
     rng = np.random.default_rng(1)
     runs, curves = [], []
     for b in batches:
-        for base_lr, slow in ((0.1, 1.0), (0.3, 1.5)):  # the second LR is always slower: 0.1 must win
+        for base_lr, slow in lrs:  # by default the second LR is always slower: 0.1 must win
             for seed in seeds:
-                run_id = f"s/m/bs{b}/linear/lr{base_lr}/seed{seed}"
+                run_id = f"s/m/bs{b}/{rule}/lr{base_lr}/seed{seed}"
                 target_step = int(round(s_min * (1 + b_crit / b) * slow * np.exp(rng.normal(0, noise))))
                 steps = np.arange(0, 3 * target_step, 1)
                 losses = np.where(steps >= target_step, 0.05, 1.0)
-                runs.append(dict(run_id=run_id, study="s", model="m", lr_rule="linear", base_lr=base_lr, lr=base_lr * b / 64,
+                runs.append(dict(run_id=run_id, study="s", model="m", lr_rule=rule, base_lr=base_lr, lr=base_lr * b / 64,
                                  batch_size=b, seed=seed, status="completed"))
                 curves.append(curve(run_id, steps, losses))
     return pd.DataFrame(runs), pd.concat(curves, ignore_index=True)
@@ -62,10 +64,12 @@ def synthetic_runs(b_crit=64.0, s_min=100.0, batches=(8, 16, 32, 64, 128, 256, 5
 
 def test_speedup_curve_tunes_lr_per_batch_and_bootstraps():
     runs, curves = synthetic_runs()
-    per_run = runs.assign(steps=run_steps_to_target(runs, curves, "train_loss", 0.1).to_numpy(),
-                          setting="linear:" + runs["base_lr"].astype(str))
+    steps = run_steps_to_target(runs, curves, "train_loss", 0.1).to_numpy()
+    per_run = runs.assign(steps=steps, case=run_cases(runs, steps), setting="linear:" + runs["base_lr"].astype(str),
+                          lr_edge=lr_edges(runs))
     table = speedup_curve(per_run, n_boot=300)
     assert (table["best_base_lr"] == 0.1).all() and table["reached"].all()
+    assert (table["best_lr_edge"] == "low").all() and table["not_reached_reason"].isna().all()  # 0.1 of {0.1, 0.3}
     expected = per_run[per_run["base_lr"] == 0.1].groupby("batch_size")["steps"].median().to_numpy()
     np.testing.assert_array_equal(table["steps_to_target"], expected)
     np.testing.assert_allclose(table["speedup"], expected[0] / expected)
@@ -324,17 +328,18 @@ def quartile_study():
 def test_largest_batch_q25_is_the_lower_quartile_of_the_largest_batch_completed_runs():
     runs, curves = quartile_study()
     got = resolve_target(runs, curves, "train_loss", LARGEST_BATCH_Q25, "m")
-    assert got == ResolvedTarget(pytest.approx(np.percentile(np.arange(1, 11) / 10, 25)), LARGEST_BATCH_Q25, 32, False)
-    assert got.value == pytest.approx(0.325)
+    assert got == ResolvedTarget(pytest.approx(np.percentile(np.arange(1, 11) / 10, 25)), LARGEST_BATCH_Q25, 32, False,
+                                 9.0)  # the initial value: the completed runs' loss at step 0
+    assert got.value == pytest.approx(0.325) and got.refused is None
     # reachable by the largest batch by construction: run a gets there (0.3 at step 4), b never does
     steps = run_steps_to_target(runs, curves, "train_loss", got.value)
     assert steps.iloc[0] == 4 and np.isnan(steps.iloc[1])
     # test_error: the same rule on 1 - test_acc, whose values are again 0.1 .. 1.0
     error = resolve_target(runs, curves, "test_error", LARGEST_BATCH_Q25, "m")
-    assert error.value == pytest.approx(0.325) and error.batch_size == 32
+    assert error.value == pytest.approx(0.325) and error.batch_size == 32 and error.initial == 1.0
     # each model its own: `other`'s largest batch is 64
     other = resolve_target(runs, curves, "train_loss", LARGEST_BATCH_Q25, "other")
-    assert other == (pytest.approx(0.02), LARGEST_BATCH_Q25, 64, False)
+    assert other == (pytest.approx(0.02), LARGEST_BATCH_Q25, 64, False, 9.0)
 
 
 def test_diverged_and_stalled_runs_do_not_set_the_quartile():
@@ -351,16 +356,17 @@ def test_without_a_completed_run_at_the_largest_batch_the_next_largest_sets_the_
     runs = runs.assign(batch_size=runs["batch_size"].where(runs["run_id"] != "stall", 128))  # 128: only a stalled run
     runs = runs.assign(status=runs["status"].where(~runs["run_id"].isin(["a", "b"]), "diverged"))  # 32: none completed
     got = resolve_target(runs, curves, "train_loss", LARGEST_BATCH_Q25, "m")
-    assert got == ResolvedTarget(pytest.approx(0.01), LARGEST_BATCH_Q25, 8, True)  # batch 8 sets it, and says so
+    assert got == ResolvedTarget(pytest.approx(0.01), LARGEST_BATCH_Q25, 8, True, 9.0)  # batch 8 sets it, and says so
     # no completed run at all: no target, and nothing reaches it
     none = resolve_target(runs.assign(status="diverged"), curves, "train_loss", LARGEST_BATCH_Q25, "m")
-    assert np.isnan(none.value) and none.batch_size is None and not none.fallback
+    assert np.isnan(none.value) and none.batch_size is None and not none.fallback and np.isnan(none.initial)
+    assert none.refused is None
     assert run_steps_to_target(runs, curves, "train_loss", none.value).isna().all()
 
 
 def test_a_fixed_target_is_kept_and_an_unknown_rule_is_refused():
     runs, curves = quartile_study()
-    assert resolve_target(runs, curves, "train_loss", 0.5, "m") == ResolvedTarget(0.5, "fixed", None, False)
+    assert resolve_target(runs, curves, "train_loss", 0.5, "m") == ResolvedTarget(0.5, "fixed", None, False, 9.0)
     with pytest.raises(ValueError, match="'largest_batch_q25'"):
         resolve_target(runs, curves, "train_loss", "largest_batch_median", "m")
     with pytest.raises(ValueError, match="'largest_batch_q25'"):
@@ -440,3 +446,165 @@ def test_target_text_names_the_rule_and_the_value_resolved_for_a_model():
     assert target_text("train_loss", LARGEST_BATCH_Q25, 0.2, 256, fallback=True) == \
         "train loss ≤ 0.2 (lower quartile of batch 256, the largest with a completed run, per model)"
     assert target_text("train_loss", LARGEST_BATCH_Q25, np.nan).startswith("train loss: no target")
+
+
+def test_a_target_is_never_met_at_step_0():
+    runs = pd.DataFrame(dict(run_id=["a", "b"], status="completed"))
+    curves = pd.concat([curve("a", [0, 5, 10], [0.5, 0.8, 0.4]),  # below the target only at step 0, then at 10
+                        curve("b", [0, 5], [0.5, 0.9])])  # only at step 0: never
+    steps = run_steps_to_target(runs, curves, "train_loss", 0.6)
+    assert steps.iloc[0] == 10 and np.isnan(steps.iloc[1])
+
+
+def test_a_target_at_or_above_the_initial_value_is_refused():
+    runs, curves = quartile_study()
+    start = {"a": 1.0, "b": 2.0, "small": 3.0, "div": 0.0, "o": 0.5}  # m's completed runs: a, b, small
+    curves = curves.assign(train_loss=curves["train_loss"].where(curves["step"] > 0, curves["run_id"].map(start)))
+    at = resolve_target(runs, curves, "train_loss", 2.0, "m")
+    assert at.initial == 2.0 and at.refused == "target_above_initial" and np.isnan(at.reachable_value)
+    below = resolve_target(runs, curves, "train_loss", 1.99, "m")
+    assert below.refused is None and below.reachable_value == 1.99
+    assert resolve_target(runs, curves, "test_error", 0.5, "m").initial == 1.0  # 1 - test_acc at step 0
+
+
+@pytest.mark.parametrize("target", [1.0, 1.5])
+def test_speedup_tables_refuse_a_fixed_target_not_below_the_initial_loss(target):
+    # the loss starts at 1.0 and stays there until it drops: 1.0 would be "reached" at step 1 by every batch
+    runs, curves = synthetic_runs(seeds=(0, 1))
+    sharp = noise_rows(runs["run_id"], 1, 64.0)  # a checkpoint at step 1, where a run would "reach" 1.0
+    speed, crit = speedup_tables(runs, curves, {"s": {"targets": {"train_loss": [target, 0.1]}, "n_bootstrap": 20}},
+                                 sharpness=sharp)
+    refused_speed, refused = speed[speed["target_value"] == target], crit[crit["target_value"] == target]
+    assert not refused_speed["reached"].any() and refused_speed["steps_to_target"].isna().all()
+    assert (refused_speed["not_reached_reason"] == "target_above_initial").all()
+    assert (refused["fit_status"] == "target_above_initial").all() and refused["b_crit"].isna().all()
+    assert refused["b_crit_bound"].isna().all() and (refused["b_noise_n_runs"] == 0).all()
+    assert (speed["target_initial_value"] == 1.0).all() and (crit["target_initial_value"] == 1.0).all()
+    assert speed[speed["target_value"] == 0.1]["reached"].all()  # a target below the initial loss is kept
+
+
+def test_a_largest_batch_q25_target_not_below_the_initial_loss_is_refused():
+    runs, curves = synthetic_runs(seeds=(0, 1))
+    largest = runs.loc[runs["batch_size"] == 512, "run_id"]
+    worse = curves["run_id"].isin(largest) & (curves["step"] > 0)  # the largest batch only gets worse: 2.0
+    curves = curves.assign(train_loss=curves["train_loss"].where(~worse, 2.0))
+    got = resolve_target(runs, curves, "train_loss", LARGEST_BATCH_Q25, "m")
+    assert got.value == 2.0 and got.initial == 1.0 and got.refused == "target_above_initial"
+    config = {"targets": {"train_loss": [LARGEST_BATCH_Q25]}, "n_bootstrap": 20}
+    speed, crit = speedup_tables(runs, curves, {"s": config})
+    assert not speed["reached"].any() and (crit["fit_status"] == "target_above_initial").all()
+    assert (crit["target_value"] == 2.0).all() and (crit["target_initial_value"] == 1.0).all()
+
+
+def fail_batches(runs, curves, failures):
+    """The runs at the batch sizes of `failures` ({batch: status}) end with that status; completed ones never get
+    below the initial loss 1.0, so they did not reach the target by the end of their budget."""
+    failed = runs["batch_size"].isin(failures)
+    curves = curves.assign(train_loss=curves["train_loss"].where(~curves["run_id"].isin(runs.loc[failed, "run_id"]),
+                                                                  1.0))
+    return runs.assign(status=runs["batch_size"].map(failures).fillna(runs["status"])), curves
+
+
+@pytest.mark.parametrize("failures, reason, per_batch", [
+    ({128: "completed", 256: "completed", 512: "completed"}, "budget", {128: "budget", 256: "budget", 512: "budget"}),
+    ({128: "diverged", 256: "stalled", 512: "stalled"}, "stalled", {128: "diverged", 256: "stalled", 512: "stalled"}),
+    ({128: "diverged", 256: "stalled", 512: "completed"}, "mixed", {128: "diverged", 256: "stalled", 512: "budget"}),
+])
+def test_no_bound_beyond_the_grid_when_the_larger_batches_did_not_reach(failures, reason, per_batch):
+    # near-linear up to 64; 128 to 512 never reach the target: ">B" would claim a scaling they did not show
+    runs, curves = fail_batches(*synthetic_runs(b_crit=1e5, s_min=0.1, seeds=(0, 1)), failures)
+    speed, crit = speedup_tables(runs, curves, {"s": {"targets": {"train_loss": [0.1]}, "n_bootstrap": 20}})
+    reached = speed[speed["reached"] & (speed["lr_rule"] == "best")]
+    assert reached["batch_size"].tolist() == [8, 16, 32, 64]
+    # the reached points alone run off the upper end
+    assert fit_critical_batch(reached["batch_size"], reached["steps_to_target"])["fit_status"] == "beyond_grid"
+    assert (crit["fit_status"] == "not_reached").all() and crit["b_crit_bound"].isna().all()
+    assert crit["b_crit"].isna().all() and (crit["not_reached_reason"] == reason).all()
+    assert speed["regime"].isna().all() and reached["not_reached_reason"].isna().all()
+    for rule in ("linear", "best"):
+        rows = speed[~speed["reached"] & (speed["lr_rule"] == rule)]
+        assert dict(zip(rows["batch_size"], rows["not_reached_reason"])) == per_batch
+
+
+def test_most_common_case_and_run_cases():
+    runs = pd.DataFrame(dict(status=["completed", "completed", "diverged", "stalled"]))
+    assert run_cases(runs, [5.0, np.nan, np.nan, np.nan]).tolist() == [None, "budget", "diverged", "stalled"]
+    assert run_cases(runs, [5.0, np.nan, np.nan, 1.0], "target_above_initial").tolist() == [
+        None, "target_above_initial", "target_above_initial", None]
+    assert most_common_case(["budget", None, "diverged", "diverged"]) == "diverged"
+    assert most_common_case(["budget", "stalled"]) == "mixed" and most_common_case([None]) is None
+
+
+def test_an_upper_bound_needs_the_larger_batches_to_have_reached():
+    exact = 50 * (1 + 2e4 / BATCHES)  # above_range with batches 16 .. 512
+    larger = np.append(BATCHES, [1024, 2048])
+    withheld = fit_critical_batch(larger, np.append(exact, [np.nan, np.nan]))
+    assert withheld["fit_status"] == "not_reached" and withheld["b_crit_bound"] is None and np.isnan(withheld["b_crit"])
+    assert withheld["ci_low"] > 512  # the interval is kept
+    near_linear = 50 * (1 + 1e5 / BATCHES)  # beyond_grid
+    assert fit_critical_batch(larger, np.append(near_linear, [np.nan, np.nan]))["fit_status"] == "not_reached"
+    # an unreached batch below the largest reached one leaves the bound
+    smaller = np.insert(BATCHES, 0, 8.0)
+    assert fit_critical_batch(smaller, np.insert(near_linear, 0, np.nan))["fit_status"] == "beyond_grid"
+    # an accepted fit, and a lower-side bound, stay as they are
+    ok = fit_critical_batch(larger, np.append(300 * (1 + 64 / BATCHES), [np.nan, np.nan]))
+    assert ok["fit_status"] == "ok" and ok["b_crit"] == pytest.approx(64, rel=1e-6)
+    flat = fit_critical_batch(larger, np.append(800 * (1 + 0.01 / BATCHES), [np.nan, np.nan]))
+    assert flat["fit_status"] == "below_grid" and flat["b_crit_bound"].startswith("<")
+
+
+def test_an_accepted_fit_stays_accepted_when_the_largest_batch_did_not_reach():
+    runs, curves = fail_batches(*synthetic_runs(seeds=(0, 1)), {512: "completed"})
+    speed, crit = speedup_tables(runs, curves, {"s": {"targets": {"train_loss": [0.1]}, "n_bootstrap": 20}})
+    row = crit[crit["lr_rule"] == "best"].iloc[0]
+    assert row["fit_status"] == "ok" and row["b_crit"] == pytest.approx(64, rel=0.3)
+    assert row["not_reached_reason"] == "budget" and speed[~speed["reached"]]["batch_size"].unique().tolist() == [512]
+    # where the largest batch reached, there is no reason
+    _, all_reached = speedup_tables(*synthetic_runs(seeds=(0, 1)),
+                                    {"s": {"targets": {"train_loss": [0.1]}, "n_bootstrap": 20}})
+    assert all_reached["not_reached_reason"].isna().all() and (all_reached["fit_status"] == "ok").all()
+
+
+@pytest.mark.parametrize("lrs, edge", [
+    (((0.1, 1.0), (0.3, 1.5)), "low"),
+    (((0.1, 1.5), (0.3, 1.0)), "high"),
+    (((0.03, 1.2), (0.1, 1.0), (0.3, 1.5)), None),
+    (((0.1, 1.0),), "only"),
+])
+def test_best_lr_edge_says_where_the_chosen_lr_sits_in_its_grid(lrs, edge):
+    runs, curves = synthetic_runs(seeds=(0,), lrs=lrs)
+    speed, _ = speedup_tables(runs, curves, {"s": {"targets": {"train_loss": [0.1, 0.01]}, "n_bootstrap": 20}})
+    reached = speed[speed["reached"]]
+    assert len(reached) == 14 and reached["best_lr_edge"].tolist() == [edge] * 14
+    assert speed[~speed["reached"]]["best_lr_edge"].isna().all()
+
+
+def test_best_lr_edge_of_the_pooled_rule_is_judged_in_the_chosen_rule():
+    linear, linear_curves = synthetic_runs(seeds=(0,), lrs=((0.03, 1.5), (0.1, 1.0), (0.3, 1.5)))
+    sqrt, sqrt_curves = synthetic_runs(seeds=(0,), lrs=((0.5, 0.7),), rule="sqrt")  # faster, a grid of one
+    runs, curves = pd.concat([linear, sqrt], ignore_index=True), pd.concat([linear_curves, sqrt_curves])
+    speed, _ = speedup_tables(runs, curves, {"s": {"targets": {"train_loss": [0.1]}, "n_bootstrap": 20}})
+    edges = speed.groupby("lr_rule")["best_lr_edge"].unique().map(list).to_dict()
+    assert edges == {"best": ["only"], "linear": [None], "sqrt": ["only"]}
+    assert (speed[speed["lr_rule"] == "best"]["best_base_lr"] == 0.5).all()
+
+
+def test_every_fit_status_has_a_text():
+    statuses = {"too_few_points", "unconstrained", "beyond_grid", "below_grid", "above_range", "below_range",
+                "interval_too_wide", "target_above_initial", "not_reached", "ok"}
+    assert set(FIT_STATUS_TEXT) == statuses and all(isinstance(t, str) and t for t in FIT_STATUS_TEXT.values())
+    assert FIT_STATUS_TEXT["not_reached"] == "the larger batches did not reach the target"
+    fits = [fit for fit, _ in synthetic_fits(100, sigma=0.3, seed=5, batches=BATCHES[[0, 2, 5]])]
+    assert {fit["fit_status"] for fit in fits} <= statuses
+
+
+def test_new_string_columns_are_typed_with_none_for_missing():
+    runs, curves = fail_batches(*synthetic_runs(seeds=(0,)), {512: "diverged"})
+    speed, crit = speedup_tables(runs, curves, {"s": {"targets": {"train_loss": [0.1]}, "n_bootstrap": 20}})
+    empty_speed, empty_crit = speedup_tables(runs, curves, {"s": {"targets": {}, "n_bootstrap": 20}})
+    pd.testing.assert_series_equal(speed.dtypes, empty_speed.dtypes)
+    pd.testing.assert_series_equal(crit.dtypes, empty_crit.dtypes)
+    assert speed["target_initial_value"].dtype == float and speed["not_reached_reason"].dtype == object
+    # a missing string is None, not NaN, beside strings in the same column
+    assert speed["not_reached_reason"].tolist().count(None) == 12
+    assert set(speed["not_reached_reason"].dropna()) == {"diverged"}
