@@ -68,6 +68,7 @@ rule all:
         rules.gather_interpolation.output,
         rules.speedup_tables.output,
         rules.sharpness_ratios.output,
+        rules.findings.output,
         all_figures("png"),
         all_figures("pdf"),
         rules.report.output,

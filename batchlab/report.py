@@ -1,20 +1,25 @@
 """The HTML report: one self-contained page that opens with what a researcher would quote.
 
 Top to bottom:
-- provenance: the git commit, package versions, the devices the runs trained on, and the
-  full resolved config;
+- the findings: for each paper's claim (batchlab.findings), per study and model, the paper's
+  value beside ours with its interval, and the verdict (reproduced, not reproduced,
+  inconclusive) with its reason and caveats;
 - the summary, one row per (study, model, training fraction): run health, the best batch
   size by the task's own quality (test accuracy; test perplexity for a language model, test
-  mean IoU for segmentation), B_crit (or the bound the data allow, or why there is none)
-  beside the noise-scale prediction, and the large- over small-batch sharpness ratio, each
-  with its interval;
+  mean IoU for segmentation), flagged when it is an edge of the batch grid, B_crit (or the
+  bound the data allow, or why there is none) beside the noise-scale prediction (flagged when
+  the two disagree by more than 10×), and the large- over small-batch sharpness ratio with its
+  interval, in the headline only where Keskar's protocol is met (both ends converged, or at a
+  matched train loss), otherwise marked as context;
 - one section per paper, each opening with its table and then its figures with captions.
   The sharpness section opens with Keskar's LB / SB ratios at every epsilon and for the
-  Hessian, with their intervals over seeds and the train loss both ends reached.
+  Hessian, with their intervals over seeds and the train loss both ends reached;
+- provenance: the git commit, package versions, the devices the runs trained on, and the
+  full resolved config.
 
 Headline numbers use healthy runs only: a diverged or stalled run is counted in the health
-columns and nowhere else. Figures are embedded as PNG data, scaled to fit the window; a
-click shows one at full size.
+columns and nowhere else. Figures are embedded as PNG data, as wide as the page; a click shows
+one at its full size.
 """
 
 from __future__ import annotations
@@ -29,20 +34,24 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from batchlab.findings import (
+    INCONCLUSIVE, NOT_REPRODUCED, ORDER_OF_MAGNITUDE, REPRODUCED, VERDICTS, keskar_protocol,
+)
 from batchlab.plots.common import model_label
 from batchlab.plots.critical import Target, fit_row, resolved_label, target_label
-from batchlab.plots.generalization import (
+from batchlab.quality import (
     CLASSIFICATION, QUALITY, best_base_lr_runs, quality_scores, run_scores, run_tasks, with_fraction,
 )
 from batchlab.sharpness_ratio import headline_ratio
-from batchlab.speedup import TARGET_FIXED, TARGET_METRICS, train_fractions
+from batchlab.speedup import FIT_STATUS_TEXT, TARGET_FIXED, TARGET_METRICS, train_fractions
 
 SUMMARY_COLUMNS = (
     "study", "model", "train_fraction", "task", "n_runs", "n_completed", "n_diverged", "n_stalled", "best_batch_size",
-    "best_lr_rule", "best_test_acc", "best_test_perplexity", "best_test_miou", "target", "b_crit", "b_crit_ci_low",
-    "b_crit_ci_high", "fit_status", "b_crit_bound",
+    "best_batch_edge", "best_lr_rule", "best_test_acc", "best_test_perplexity", "best_test_miou", "target", "b_crit", "b_crit_ci_low",
+    "b_crit_ci_high", "fit_status", "b_crit_bound", "b_crit_not_reached",
     "b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high", "sharpness_epsilon", "sharpness_sb_batch_size",
     "sharpness_lb_batch_size", "sharpness_ratio", "sharpness_ratio_ci_low", "sharpness_ratio_ci_high", "sharpness_n_pairs",
+    "sharpness_protocol",
 )
 SECTIONS = {
     "1": "Generalization (Masters & Luschi 2018)",
@@ -52,15 +61,6 @@ SECTIONS = {
 MEASURE_LABELS = {
     "eps_sharpness_full": "ε-sharpness, full space (%)", "eps_sharpness_subspace": "ε-sharpness, random subspace (%)",
     "hessian_lambda_max": "Hessian λ_max", "hessian_trace": "Hessian trace (Hutchinson)",
-}
-FIT_STATUS_TEXT = {
-    "too_few_points": "fewer than 3 batch sizes reached the target",
-    "interval_too_wide": "interval wider than 100×",
-    "beyond_grid": "beyond the largest batch",
-    "below_grid": "below the smallest batch",
-    "above_range": "estimate beyond 10× the largest batch",
-    "below_range": "estimate below a tenth of the smallest batch",
-    "unconstrained": "the data do not bound it",
 }
 
 
@@ -86,7 +86,10 @@ def _best_cell(runs: pd.DataFrame) -> dict:
     cells = scored.groupby(["lr_rule", "batch_size"], as_index=False)[["score", "acc"]].median()
     best = cells.loc[cells["score"].idxmax()]
     score, task = float(best["score"]), run_tasks(runs).iloc[0]
-    return dict(best_batch_size=int(best["batch_size"]), best_lr_rule=best["lr_rule"], best_test_acc=float(best["acc"]),
+    grid = sorted(runs["batch_size"].unique())
+    edge = "smallest" if best["batch_size"] == grid[0] else "largest" if best["batch_size"] == grid[-1] else None
+    return dict(best_batch_size=int(best["batch_size"]), best_batch_edge=edge if len(grid) > 1 else None,
+                best_lr_rule=best["lr_rule"], best_test_acc=float(best["acc"]),
                 best_test_perplexity=(1.0 / score if score > 0 else np.inf) if task == "language_model" else np.nan,
                 best_test_miou=score if task == "segmentation" else np.nan)
 
@@ -96,25 +99,29 @@ def _critical_row(f: pd.Series | None) -> dict:
     if f is None:
         return {}
     return dict(b_crit=f["b_crit"], b_crit_ci_low=f["ci_low"], b_crit_ci_high=f["ci_high"], fit_status=f["fit_status"],
-                b_crit_bound=f["b_crit_bound"], b_noise_predicted=f["b_noise_predicted"],
+                b_crit_bound=f["b_crit_bound"], b_crit_not_reached=f.get("not_reached_reason"),
+                b_noise_predicted=f["b_noise_predicted"],
                 b_noise_ci_low=f["b_noise_ci_low"], b_noise_ci_high=f["b_noise_ci_high"])
 
 
-def _sharpness_row(headline: pd.DataFrame, study: str, model: str, fraction: float) -> dict:
+def _sharpness_row(headline: pd.DataFrame, study: str, model: str, fraction: float, study_cfg: dict) -> dict:
+    """The headline LB / SB ratio, with `sharpness_protocol` empty where Keskar's protocol is met and saying why
+    not otherwise (the ratio is then context, not a finding)."""
     mine = headline[(headline["study"] == study) & (headline["model"] == model)]
     if "train_fraction" in mine:  # a ratios table that keeps the training fractions apart
         mine = mine[np.isclose(train_fractions(mine), fraction)]
     if mine.empty:
         return {}
     r = mine.iloc[0]
-    return dict(sharpness_epsilon=r["epsilon"], sharpness_sb_batch_size=r["sb_batch_size"],
+    met, why = keskar_protocol(study_cfg, r["sb_train_loss"], r["lb_train_loss"])
+    return dict(sharpness_protocol="" if met else why,sharpness_epsilon=r["epsilon"], sharpness_sb_batch_size=r["sb_batch_size"],
                 sharpness_lb_batch_size=r["lb_batch_size"], sharpness_ratio=r["ratio"],
                 sharpness_ratio_ci_low=r["ratio_ci_low"], sharpness_ratio_ci_high=r["ratio_ci_high"],
                 sharpness_n_pairs=r["n_pairs"])
 
 
-def summary_table(runs: pd.DataFrame, critical: pd.DataFrame, ratios: pd.DataFrame, settings: dict) -> pd.DataFrame:
-    """One row per (study, model, training fraction); `settings` maps study -> its `speedup` config."""
+def summary_table(runs: pd.DataFrame, critical: pd.DataFrame, ratios: pd.DataFrame, studies: dict) -> pd.DataFrame:
+    """One row per (study, model, training fraction); `studies` maps study -> its config (`speedup`, `budget`)."""
     headline = headline_ratio(ratios)
     rows = []
     runs = with_fraction(runs)
@@ -124,12 +131,12 @@ def summary_table(runs: pd.DataFrame, critical: pd.DataFrame, ratios: pd.DataFra
                    n_completed=int(counts.get("completed", 0)), n_diverged=int(counts.get("diverged", 0)),
                    n_stalled=int(counts.get("stalled", 0)))
         row.update(_best_cell(group))
-        target = headline_target(settings.get(study, {}).get("targets", {}))
+        target = headline_target(studies.get(study, {}).get("speedup", {}).get("targets", {}))
         if target is not None:
             fit = fit_row(critical, study, model, target, fraction)
             row["target"] = resolved_label(fit) if fit is not None else target_label(*target)
             row.update(_critical_row(fit))
-        row.update(_sharpness_row(headline, study, model, fraction))
+        row.update(_sharpness_row(headline, study, model, fraction, studies.get(study, {})))
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     # the whole training set first, as in the critical-batch table
@@ -155,14 +162,18 @@ def with_interval(value, low, high, spec: str = "{:.3g}") -> str:
     return spec.format(value)
 
 
-def b_crit_text(b_crit, low, high, status, bound) -> str:
-    """B_crit with its interval; else the bound the data allow, or why there is no number."""
+def b_crit_text(b_crit, low, high, status, bound, not_reached=None) -> str:
+    """B_crit with its interval; else the bound the data allow, or why there is no number (for larger batches
+    that did not reach the target, why they did not: "budget", "diverged", "stalled")."""
     if _finite(b_crit):
         return with_interval(b_crit, low, high, "{:.0f}")
+    why = FIT_STATUS_TEXT.get(status, status)
+    if status == "not_reached" and isinstance(not_reached, str) and not_reached:
+        why += f": {not_reached}"
     if isinstance(bound, str) and bound:
-        return f"{bound} ({FIT_STATUS_TEXT.get(status, status)})"
+        return f"{bound} ({why})"
     if isinstance(status, str):
-        return f"– ({FIT_STATUS_TEXT.get(status, status)})"
+        return f"– ({why})"
     return "–"
 
 
@@ -184,20 +195,79 @@ def summary_display(table: pd.DataFrame) -> pd.DataFrame:
         "model": model_label(table),
         "runs (completed / diverged / stalled)": [f"{r.n_runs} ({r.n_completed} / {r.n_diverged} / {r.n_stalled})"
                                                   for r in table.itertuples()],
-        f"best batch size (rule, {best})": [f"{r.best_batch_size} ({r.best_lr_rule}, {best_quality_text(r)})"
-                                            for r in table.itertuples()],
-        "target": table["target"].astype(object).fillna("none configured"),
-        "B_crit [95% interval]": [b_crit_text(r.b_crit, r.b_crit_ci_low, r.b_crit_ci_high, r.fit_status, r.b_crit_bound)
-                                  for r in table.itertuples()],
-        "noise-scale prediction [95%]": [with_interval(r.b_noise_predicted, r.b_noise_ci_low, r.b_noise_ci_high, "{:.0f}")
-                                         for r in table.itertuples()],
-        "sharpness LB / SB [95%]": [
-            (f"{with_interval(r.sharpness_ratio, r.sharpness_ratio_ci_low, r.sharpness_ratio_ci_high, '{:.2f}')}× "
-             f"(B={r.sharpness_lb_batch_size:.0f} / {r.sharpness_sb_batch_size:.0f}, ε={r.sharpness_epsilon:g}, "
-             f"{r.sharpness_n_pairs:.0f} pairs)") if _finite(r.sharpness_ratio) else "–"
+        f"best batch size (rule, {best})": [
+            f"{r.best_batch_size} ({r.best_lr_rule}, {best_quality_text(r)})"
+            + (f"; the {r.best_batch_edge} batch of the grid" if isinstance(r.best_batch_edge, str) else "")
             for r in table.itertuples()],
+        "target": table["target"].astype(object).fillna("none configured"),
+        "B_crit [95% interval]": [b_crit_text(r.b_crit, r.b_crit_ci_low, r.b_crit_ci_high, r.fit_status, r.b_crit_bound,
+                                              r.b_crit_not_reached) for r in table.itertuples()],
+        "noise-scale prediction [95%]": [
+            with_interval(r.b_noise_predicted, r.b_noise_ci_low, r.b_noise_ci_high, "{:.0f}") + disagreement(r)
+            for r in table.itertuples()],
+        "sharpness LB / SB [95%]": [sharpness_text(r) for r in table.itertuples()],
     })
     return out
+
+
+def disagreement(r) -> str:
+    """A note beside the noise-scale prediction when it and B_crit differ by more than McCandlish's order of
+    magnitude."""
+    if not (_finite(r.b_noise_predicted) and _finite(r.b_crit)):
+        return ""
+    ratio = r.b_noise_predicted / r.b_crit
+    if 1 / ORDER_OF_MAGNITUDE <= ratio <= ORDER_OF_MAGNITUDE:
+        return ""
+    return f" — {ratio:.3g}× B_crit, beyond the 10× the paper reports"
+
+
+def sharpness_text(r) -> str:
+    """The LB / SB ratio; where Keskar's protocol is not met, marked as context with the reason."""
+    if not _finite(r.sharpness_ratio):
+        return "–"
+    text = (f"{with_interval(r.sharpness_ratio, r.sharpness_ratio_ci_low, r.sharpness_ratio_ci_high, '{:.2f}')}× "
+            f"(B={r.sharpness_lb_batch_size:.0f} / {r.sharpness_sb_batch_size:.0f}, ε={r.sharpness_epsilon:g}, "
+            f"{r.sharpness_n_pairs:.0f} pairs)")
+    if isinstance(r.sharpness_protocol, str) and r.sharpness_protocol:
+        return f"context only, not a finding: {text}; {r.sharpness_protocol}"
+    return text
+
+
+# --- the findings ----------------------------------------------------------------------------
+
+VERDICT_STYLE = {REPRODUCED: "reproduced", NOT_REPRODUCED: "not-reproduced", INCONCLUSIVE: "inconclusive"}
+
+
+def findings_html(findings: pd.DataFrame) -> str:
+    """The findings section: a count of verdicts, then one table row per finding, its verdict cell coloured."""
+    counts = findings["verdict"].value_counts()
+    tally = ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+    head = ("<section id='findings'><h2>Findings: did the papers' claims reproduce?</h2>"
+            f"<p>{len(findings)} findings: {tally}. Each row asks one paper's claim of one study and model: the "
+            "paper's value stands beside ours with its 95% interval. A claim counts as reproduced only where the "
+            "protocol it needs is met and the interval lies on the claim's side; otherwise the verdict is "
+            "inconclusive and says why (the number is then context, not a finding). Caveats say what differs "
+            "from the paper: data set, model, budget, seeds. The table is "
+            "<code>results/tables/findings.parquet</code>.</p>")
+    columns = ("paper", "claim", "study / model", "paper's value", "ours [95%]", "verdict", "why", "caveats")
+    rows = []
+    span = findings.groupby("claim_id", sort=False)["claim_id"].transform("size")
+    first = ~findings["claim_id"].duplicated()
+    for r, rowspan, opens in zip(findings.itertuples(), span, first):
+        where = r.study if r.model == r.study else f"{r.study} / {r.model}"
+        if r.train_fraction != 1.0:
+            where += f" ({r.train_fraction:.0%} of the data)"
+        if r.condition:
+            where += f", {r.condition}"
+        # a claim's paper and text once, over all its rows
+        claim = (f"<td rowspan='{rowspan}'>{html.escape(r.paper)}</td><td rowspan='{rowspan}'>{html.escape(r.claim)}</td>"
+                 if opens else "")
+        cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in (where, r.paper_value, r.value_text))
+        verdict = f'<td class="verdict {VERDICT_STYLE[r.verdict]}">{html.escape(r.verdict)}</td>'
+        rest = "".join(f"<td>{html.escape(str(c))}</td>" for c in (r.reason or "", r.caveats))
+        rows.append(f"<tr data-claim='{html.escape(r.claim_id)}'>{claim}{cells}{verdict}{rest}</tr>")
+    header = "".join(f"<th>{c}</th>" for c in columns)
+    return f"{head}<table class='findings'><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
 
 
 def ratios_display(ratios: pd.DataFrame) -> pd.DataFrame:
@@ -218,8 +288,23 @@ def ratios_display(ratios: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def critical_display(critical: pd.DataFrame) -> pd.DataFrame:
-    """One row per critical-batch fit; a target set by a rule shows each model's own resolved value."""
+CURVE_KEY = ["study", "model", "train_fraction", "lr_rule", "target_metric", "target_rule", "target_value"]
+
+
+def lr_edge_counts(critical: pd.DataFrame, speedup: pd.DataFrame | None) -> list[str]:
+    """Per fit: at how many of its reached batch sizes the tuned LR sits at an edge of its grid ("k of n"), where
+    the grid may not bracket the optimum."""
+    if speedup is None or "best_lr_edge" not in speedup:
+        return ["–"] * len(critical)
+    reached = speedup[speedup["reached"].eq(True)].assign(train_fraction=lambda t: train_fractions(t))
+    counts = reached.groupby(CURVE_KEY)["best_lr_edge"].agg(edge=lambda e: int(e.notna().sum()), n="size")
+    keys = critical.assign(train_fraction=train_fractions(critical))[CURVE_KEY].itertuples(index=False, name=None)
+    return [f"{counts.loc[k, 'edge']} of {counts.loc[k, 'n']}" if k in counts.index else "–" for k in keys]
+
+
+def critical_display(critical: pd.DataFrame, speedup: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per critical-batch fit; a target set by a rule shows each model's own resolved value; with the
+    speed-up table, how many of its tuned LRs sit at an edge of the LR grid."""
     critical = critical.assign(train_fraction=train_fractions(critical)).sort_values(
         ["study", "model", "train_fraction", "target_metric", "target_rule", "target_value", "lr_rule"],
         ascending=[True, True, False, True, True, True, True])
@@ -227,12 +312,13 @@ def critical_display(critical: pd.DataFrame) -> pd.DataFrame:
         "study": critical["study"], "model": model_label(critical), "LR rule": critical["lr_rule"],
         "target": [resolved_label(row) for _, row in critical.iterrows()],
         "points": critical["n_points"],
-        "B_crit [95% interval]": [b_crit_text(r.b_crit, r.ci_low, r.ci_high, r.fit_status, r.b_crit_bound)
-                                  for r in critical.itertuples()],
+        "B_crit [95% interval]": [b_crit_text(r.b_crit, r.ci_low, r.ci_high, r.fit_status, r.b_crit_bound,
+                                              getattr(r, "not_reached_reason", None)) for r in critical.itertuples()],
         "S_min": critical["s_min"].map(lambda s: fmt(s, "{:.0f}")),
         "noise-scale prediction [95%] (runs)": [
             f"{with_interval(r.b_noise_predicted, r.b_noise_ci_low, r.b_noise_ci_high, '{:.0f}')} ({r.b_noise_n_runs})"
             for r in critical.itertuples()],
+        "tuned LR at a grid edge (batch sizes)": lr_edge_counts(critical, speedup),
     })
 
 
@@ -287,8 +373,11 @@ table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 figure { margin: 1.5em 0; border-top: 1px solid #eee; padding-top: 0.5em; }
-figure img { display: block; max-width: 100%; max-height: 85vh; object-fit: contain; cursor: zoom-in; }
+figure img { display: block; max-width: 100%; height: auto; cursor: zoom-in; }
 figure img.whole { max-width: none; max-height: none; cursor: zoom-out; }
+td.verdict { font-weight: 600; white-space: nowrap; }
+td.reproduced { background: #e3f4e1; } td.not-reproduced { background: #fbe3e1; } td.inconclusive { background: #f6f1dc; }
+table.findings td { font-size: 0.95em; }
 figcaption { font-size: 0.9em; color: #444; max-width: 70em; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 nav a { margin-right: 1em; }
@@ -329,7 +418,7 @@ def provenance_html(config: dict, git: dict, versions: dict, devices: list[str])
 
 def build_report(tables: dict[str, pd.DataFrame], summary: pd.DataFrame, figures: list[dict], config: dict,
                  git: dict, versions: dict) -> str:
-    """The report page. `tables`: runs, critical, ratios; `figures`: dicts with name, section
+    """The report page. `tables`: runs, critical, ratios, findings and (optionally) speedup; `figures`: dicts with name, section
     ("1", "2" or "3"), png (path) and caption (text), in order."""
     runs = tables["runs"]
     devices = sorted(runs["device"].dropna().unique()) if "device" in runs else []
@@ -339,8 +428,9 @@ def build_report(tables: dict[str, pd.DataFrame], summary: pd.DataFrame, figures
         "of every step, measures its checkpoints and reads off how many steps each batch size needs to reach "
         "the configured targets. The tables behind every number are in <code>results/tables/</code>; the "
         "provenance is at the end of this page. A click on a figure shows it at full size.</p>",
-        "<nav>" + "".join(f'<a href="#section-{k}">{k} {html.escape(v)}</a>' for k, v in SECTIONS.items())
+        "<nav><a href='#findings'>Findings</a><a href='#summary'>Summary</a>" + "".join(f'<a href="#section-{k}">{k} {html.escape(v)}</a>' for k, v in SECTIONS.items())
         + '<a href="#provenance">Provenance</a></nav>',
+        findings_html(tables["findings"]),
         "<section id='summary'><h2>Summary</h2>",
         "<p>Per study and model (and training fraction, where a study trained on several): run health; the batch "
         "size whose best base LR gave the best median final test accuracy (test perplexity for a language model, "
@@ -348,8 +438,9 @@ def build_report(tables: dict[str, pd.DataFrame], summary: pd.DataFrame, figures
         "to the LR-tuned steps to the first target (a bound where the data only bound it, and why when there is no "
         "number); "
         "McCandlish's noise-scale prediction from the runs that reached that target, at the checkpoint nearest "
-        "it; and the large- over small-batch ε-sharpness ratio. Diverged and stalled runs enter none of these "
-        "numbers.</p>",
+        "it, flagged where it and B_crit differ by more than 10×; and the large- over small-batch ε-sharpness "
+        "ratio, marked as context where the two ends were not trained to a comparable loss. A best batch at an "
+        "edge of the grid says so. Diverged and stalled runs enter none of these numbers.</p>",
         html_table(summary_display(summary), "summary"),
         "<h3>Runs that did not train</h3>",
         html_table(unhealthy_display(runs)),
@@ -358,7 +449,9 @@ def build_report(tables: dict[str, pd.DataFrame], summary: pd.DataFrame, figures
     section_tables = {
         "2": sharpness_section_tables(tables["ratios"], config),
         "3": ("<p>The critical batch size per LR rule and target (<code>best</code>: tuned over every rule and "
-              "LR).</p>" + html_table(critical_display(tables["critical"]), "critical")),
+              "LR). The last column counts the batch sizes whose tuned LR is the smallest or largest of its grid: there the "
+              "grid may not bracket the optimum LR, and the steps to target may be overestimated.</p>"
+              + html_table(critical_display(tables["critical"], tables.get("speedup")), "critical")),
     }
     for key, title in SECTIONS.items():
         parts.append(f"<section id='section-{key}'><h2>{key} {html.escape(title)}</h2>")

@@ -8,7 +8,7 @@ from pathlib import Path  # noqa: E402
 from batchlab import io, provenance  # noqa: E402
 from batchlab.report import build_report  # noqa: E402
 
-tables = {name: io.read_parquet(snakemake.input[name]) for name in ("runs", "critical", "ratios")}
+tables = {name: io.read_parquet(snakemake.input[name]) for name in ("runs", "speedup", "critical", "ratios", "findings")}
 figures = [{**meta, "png": png, "caption": Path(caption).read_text()}
            for meta, png, caption in zip(snakemake.params.figures, snakemake.input.figures, snakemake.input.captions)]
 page = build_report(tables, io.read_parquet(snakemake.input.summary), figures, snakemake.params.config,

@@ -8,6 +8,6 @@ from batchlab.report import summary_table  # noqa: E402
 
 table = summary_table(
     io.read_parquet(snakemake.input.runs), io.read_parquet(snakemake.input.critical),
-    io.read_parquet(snakemake.input.ratios), snakemake.params.settings,
+    io.read_parquet(snakemake.input.ratios), snakemake.params.studies,
 )
 io.write_parquet(table, snakemake.output[0])

@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from batchlab.plots import FIGURES, best_base_lr_runs, build_figure, draw_figure, final_sharpness
-from batchlab.plots.common import figure_style
+from batchlab.quality import best_base_lr_runs
+from batchlab.plots import FIGURES, build_figure, draw_figure, final_sharpness
+from batchlab.plots.common import MAX_WIDTH, figure_style
+from batchlab.speedup import FIT_STATUS_TEXT
 
 # --- the small fakes that tests/test_report.py also uses -------------------------------------------
 
@@ -349,7 +351,8 @@ def test_describe_b_crit_gives_a_number_only_for_an_accepted_fit():
     assert (ok["kind"], ok["value"], ok["text"]) == ("ok", 64.0, "B_crit ≈ 64 [40, 100]")
     assert describe_b_crit(pd.Series(FITS[("cnn", TARGETS[2])]))["text"] == "B_crit > 512"
     assert describe_b_crit(pd.Series(FITS[("cnn", TARGETS[3])]))["kind"] == "below"
-    assert describe_b_crit(pd.Series(FITS[("cnn", TARGETS[4])]))["text"] == "no B_crit: interval too wide"
+    assert describe_b_crit(pd.Series(FITS[("cnn", TARGETS[4])]))["text"] == \
+        f"no B_crit: {FIT_STATUS_TEXT['interval_too_wide']}"
     assert describe_b_crit(None) is None
 
 
@@ -444,7 +447,7 @@ def test_steps_to_target_draws_b_crit_by_fit_status_with_labels_inside_the_axes(
     assert not gids(ok_off_grid, "b_crit_band") and gids(ok_off_grid, "b_crit_bound")
     assert notes(ok_off_grid) == ["B_crit ≈ 843 [400, 2000] (beyond the grid)"]
     assert notes(axes_titled(fig, "cnn · test error ≤ 0.45")) == ["B_crit < 16"]
-    assert notes(axes_titled(fig, "cnn · test error ≤ 0.35")) == ["no B_crit: interval too wide"]
+    assert notes(axes_titled(fig, "cnn · test error ≤ 0.35")) == [f"no B_crit: {FIT_STATUS_TEXT['interval_too_wide']}"]
     assert notes(axes_titled(fig, "mlp · test error ≤ 0.35")) == ["no batch size reached this target"]
 
 
@@ -688,3 +691,150 @@ def test_classification_figures_keep_test_accuracy(study):
     old = study["runs"].drop(columns=["task", "train_fraction"])
     pd.testing.assert_frame_equal(best_base_lr_runs(old).drop(columns="train_fraction"),
                                   best_base_lr_runs(study["runs"]).drop(columns=["task", "train_fraction"]))
+
+
+# --- several studies, LR rules and domains in one config: every panel has data ----------------------
+
+TABLES = ("runs", "curves", "sharpness", "interpolation", "speedup", "critical")
+
+
+def another_study(tables, name, source_model, rules, targets, analysed=True, **changes):
+    """The demo's runs of `source_model` under `rules`, with their curves, sharpness (where `analysed`) and speed-up
+    and fits of `targets` only, as study `name` (run ids renamed), with `changes` to its runs (model, task, ...)."""
+    runs = tables["runs"][(tables["runs"]["model"] == source_model) & tables["runs"]["lr_rule"].isin(rules)]
+    ids = dict(zip(runs["run_id"], name + runs["run_id"].str.removeprefix("demo")))
+
+    def renamed(table):
+        return table[table["run_id"].isin(ids)].assign(run_id=lambda t: t["run_id"].map(ids))
+
+    def of_targets(table):
+        chosen = pd.Series(list(zip(table["target_metric"], table["target_value"])), index=table.index).isin(targets)
+        table = table[(table["model"] == source_model) & table["lr_rule"].isin([*rules, "best"]) & chosen]
+        return table.assign(study=name, model=changes.get("model", source_model))
+
+    return dict(runs=runs.assign(study=name, run_id=runs["run_id"].map(ids), **changes), curves=renamed(tables["curves"]),
+                sharpness=renamed(tables["sharpness"]).iloc[:None if analysed else 0],
+                speedup=of_targets(tables["speedup"]), critical=of_targets(tables["critical"]))
+
+
+def combined(*parts):
+    return {t: pd.concat([p[t] for p in parts if t in p], ignore_index=True) for t in TABLES if any(t in p for p in parts)}
+
+
+def visible(fig):
+    return [ax for ax in fig.axes if ax.axison]
+
+
+def shows_something(ax):
+    """A line or marker with data, a filled area or error bars, or a note saying why there is none."""
+    return any(len(line.get_xdata()) for line in ax.lines) or bool(ax.collections) or bool(notes(ax))
+
+
+def mixed_domains(study):
+    """The demo (classification on MNIST-1D, three rules, five targets) beside a language model (one rule, two
+    targets, never analysed) and a segmentation (two rules, two other targets), as the report will hold them."""
+    text = another_study(study, "text", "mlp", ["constant"], TARGETS[:2], analysed=False, model="lstm_lm",
+                         dataset="pydoc_text", task="language_model",
+                         final_test_perplexity=lambda t: np.exp(4 * t["final_test_loss"]))
+    shapes = another_study(study, "shapes", "cnn", ["constant", "linear"], TARGETS[2:4], model="drn", dataset="shapes",
+                           task="segmentation", final_test_miou=lambda t: 0.8 * t["final_test_acc"])
+    return combined(study, text, shapes)
+
+
+def test_a_one_rule_study_beside_a_three_rule_study_draws_no_empty_panels(study):
+    tables = combined(study, another_study(study, "keskar", "mlp", ["constant"], []))
+    for name in FIGURES:
+        fig = build(name, tables)
+        assert all(shows_something(ax) for ax in visible(fig)), name
+    runs = tables["runs"]
+    for name in ("training_curves", "accuracy_vs_base_lr"):
+        fig = build(name, tables)
+        assert len(visible(fig)) == len(runs.groupby(["study", "model", "lr_rule"])) == 2 * 3 + 1, name
+        titles = {ax.get_title() for ax in visible(fig)}
+        assert "keskar / mlp · constant rule" in titles and "keskar / mlp · linear rule" not in titles, name
+
+
+def test_every_figure_draws_three_domains_in_one_config_without_an_empty_panel(study):
+    tables = mixed_domains(study)
+    for name in FIGURES:
+        fig = build(name, tables)
+        assert visible(fig) and all(shows_something(ax) for ax in visible(fig)), name
+    runs, speedup = tables["runs"], tables["speedup"]
+    curves = build("training_curves", tables)
+    assert len(visible(curves)) == len(runs.groupby(["study", "model", "lr_rule"])) == 2 * 3 + 1 + 2
+    steps = build("steps_to_target", tables)
+    assert len(visible(steps)) == len(speedup.groupby(["study", "model", "target_metric", "target_value"])) == 10 + 2 + 2
+    titles = {ax.get_title() for ax in visible(steps)}
+    assert titles >= {"text / lstm_lm · train loss ≤ 1", "shapes / drn · test loss ≤ 1.2"}
+    acc = build("accuracy_vs_batch", tables)
+    lm, seg = axes_titled(acc, "text / lstm_lm"), axes_titled(acc, "shapes / drn")
+    assert (lm.get_ylabel(), lm.get_yscale()) == ("final test perplexity", "log")
+    assert (seg.get_ylabel(), axes_titled(acc, "demo / cnn").get_ylabel()) == ("final test mean IoU", "final test accuracy")
+    by_lr = build("accuracy_vs_base_lr", tables)
+    assert axes_titled(by_lr, "text / lstm_lm · constant rule").get_yscale() == "log"
+    assert axes_titled(by_lr, "shapes / drn · constant rule").get_ylabel() == "final test mean IoU"
+    # the language model was never analysed: no sharpness panel, not even one of its perplexity
+    sharp = build("sharpness_vs_batch", tables)
+    assert not [ax for ax in visible(sharp) if ax.get_title().startswith("text")]
+    axes_titled(sharp, "shapes / drn · test mean IoU")
+
+
+def test_many_panels_wrap_into_a_figure_of_a_windows_shape(study):
+    """Seven one-rule, one-target studies (the Golmant smoke report's shape): rows of four (five targets), not a
+    column of seven, each panel as large as in a small figure."""
+    tables = combined(*(another_study(study, f"s{i}", "mlp", ["constant"], TARGETS[:1]) for i in range(7)))
+    for name, n_cols in (("training_curves", 4), ("steps_to_target", 5), ("accuracy_vs_batch", 4)):
+        fig = build(name, tables)
+        axes = visible(fig)
+        assert len(axes) == 7 and axes[0].get_gridspec().get_geometry() == (2, n_cols), name
+        width, height = fig.get_size_inches()
+        assert width <= MAX_WIDTH and 1.3 <= width / height <= 3.5, (name, width, height)
+
+    def panel_inches(fig, ax):
+        return ax.get_position().width * fig.get_figwidth(), ax.get_position().height * fig.get_figheight()
+
+    many = build("training_curves", tables)
+    alone = build("training_curves", another_study(study, "s", "mlp", ["constant"], TARGETS[:1]))
+    assert panel_inches(many, axes_titled(many, "s0 / mlp · constant rule")) == \
+        pytest.approx(panel_inches(alone, alone.axes[0]), rel=0.25)
+
+
+def test_close_batch_sizes_get_clearly_different_colours():
+    from batchlab.plots.common import batch_colors
+
+    sizes = [16, 32, 64, 128, 256, 512, 400]
+    colors = batch_colors(sizes)
+    rgb = np.array([colors[b][:3] for b in sorted(sizes)])
+    distance = np.sqrt(((rgb[:, None] - rgb[None]) ** 2).sum(-1))
+    assert distance[~np.eye(len(sizes), dtype=bool)].min() > 0.3  # by log size, 400 and 512 differed by 0.21
+    assert set(batch_colors([32, 400])) == {32, 400} and batch_colors([32, 400])[32] != batch_colors([32, 400])[400]
+
+
+def test_best_lr_draws_the_lrs_tried_in_every_panel_with_several_studies(study):
+    keskar = another_study(study, "keskar", "mlp", ["constant"], [])  # runs, but no speed-up targets
+    for tables, panels in ((combined(study, keskar), MODELS),
+                           (combined(study, another_study(study, "other", "cnn", RULES, TARGETS)),
+                            [f"{s} / {m}" for s in ("demo", "other") for m in MODELS if (s, m) != ("other", "mlp")])):
+        fig = build("best_lr", tables)
+        assert len(visible(fig)) == len(panels)
+        for panel in panels:
+            ax = axes_titled(fig, panel)
+            [band] = gids(ax, "lrs_tried")
+            model = panel.split(" / ")[-1]
+            study_name = panel.split(" / ")[0] if " / " in panel else "demo"
+            runs = tables["runs"][(tables["runs"]["study"] == study_name) & (tables["runs"]["model"] == model)]
+            lows, highs = band.get_paths()[0].vertices[:, 1].min(), band.get_paths()[0].vertices[:, 1].max()
+            assert (lows, highs) == pytest.approx((runs["lr"].min(), runs["lr"].max()))
+
+
+def test_best_lr_marks_the_edges_the_speedup_table_names(study):
+    edges = {16: "only", 128: "high", 256: "high", 512: "low"}
+    speedup = study["speedup"].assign(best_lr_edge=study["speedup"]["batch_size"].map(edges).astype(object))
+    fig = build("best_lr", {**study, "speedup": speedup.where(speedup.notna(), None)})
+    ax = axes_titled(fig, "cnn")
+    edge = {(x, round(y, 6)) for line in gids(ax, "lr_grid_edge") for x, y in line.get_xydata()}
+    assert edge == {(b, round(best_lr_choice(b), 6)) for b in edges}
+    assert "at an edge of its rule's base LRs\n(or the only one tried):\nthe optimum may lie beyond" in legend_texts(fig)
+    inside = build("best_lr", {**study, "speedup": study["speedup"].assign(best_lr_edge=None)})
+    assert not gids(axes_titled(inside, "cnn"), "lr_grid_edge")[0].get_xydata().size
+    assert not any("edge" in t for t in legend_texts(inside))

@@ -40,6 +40,10 @@ def test_an_edited_plot_changes_the_figure_jobs_and_the_report_only(pristine, tm
     assert changed(pristine, tmp_path, "plots/common.py") == {"figures", "report", "report_summary"}
 
 
+def test_an_edited_claim_changes_the_findings_and_the_report_only(pristine, tmp_path):
+    assert changed(pristine, tmp_path, "findings.py") == {"findings", "report", "report_summary"}
+
+
 def test_an_edited_training_loss_changes_training_and_what_measures_runs(pristine, tmp_path):
     assert changed(pristine, tmp_path, "metrics.py") == {"train", "analyse_stack", "interpolate_study", "code_hash"}
 

@@ -8,12 +8,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from batchlab.findings import findings_table  # noqa: E402
+from batchlab.speedup import SPEEDUP_COLUMNS  # noqa: E402
 from batchlab.report import b_crit_text, build_report, headline_target, summary_display, summary_table  # noqa: E402
 from tests.browser import render  # noqa: E402
 from tests.test_sharpness_ratio import fake_runs, fake_sharpness  # noqa: E402
 from batchlab.sharpness_ratio import sharpness_ratios  # noqa: E402
 
-SETTINGS = {"k": {"targets": {"train_loss": [0.5]}}}
+SETTINGS = {"k": {"speedup": {"targets": {"train_loss": [0.5]}}}}
 
 
 def runs_with_lrs(extra_lr_status: str | None = None) -> pd.DataFrame:
@@ -51,6 +53,7 @@ def test_summary_gives_health_best_batch_b_crit_and_sharpness_ratio():
     row = table.iloc[0]
     assert (row["n_runs"], row["n_completed"], row["n_diverged"], row["n_stalled"]) == (9, 9, 0, 0)
     assert row["best_batch_size"] == 32 and row["best_test_acc"] == pytest.approx(0.918)
+    assert row["best_batch_edge"] == "smallest"  # the grid is 32-400: the optimum may lie below it
     assert (row["b_crit"], row["b_crit_ci_low"], row["b_crit_ci_high"], row["b_noise_predicted"]) == (40, 20, 80, 60)
     assert row["sharpness_ratio"] == pytest.approx(np.exp(np.log([4.0, 5.0, 6.0]).mean()))
     shown = summary_display(table).iloc[0]
@@ -81,17 +84,35 @@ def test_b_crit_shows_a_bound_or_the_reason_never_an_extrapolated_number():
 
 def test_a_study_without_targets_says_so():
     table = summary_table(runs_with_lrs(), critical_rows().iloc[0:0], pd.DataFrame(columns=["study", "model", "metric", "epsilon"]),
-                          {"k": {"targets": {}}})
+                          {"k": {"speedup": {"targets": {}}}})
     shown = summary_display(table).iloc[0]
     assert shown["target"] == "none configured" and shown["B_crit [95% interval]"] == "–"
 
 
-def small_png(path) -> str:
-    fig, ax = plt.subplots(figsize=(8, 4))
+def small_png(path, height: float = 4) -> str:
+    fig, ax = plt.subplots(figsize=(8, height))
     ax.plot([1, 2, 3])
     fig.savefig(path)
     plt.close(fig)
     return str(path)
+
+
+def test_a_sharpness_ratio_between_ends_at_different_losses_is_context_not_headline():
+    runs = runs_with_lrs()
+    runs = runs.assign(final_train_loss=np.where(runs["batch_size"] == 400, 1.1, 0.09))
+    row = summary_display(summary_table(runs, critical_rows(), sharpness_ratios(runs, fake_sharpness(runs)),
+                                        SETTINGS)).iloc[0]
+    assert row["sharpness LB / SB [95%]"].startswith("context only, not a finding: 4.93 [")
+    assert "SB ended at train loss 0.09, LB at 1.1" in row["sharpness LB / SB [95%]"]
+
+
+def test_a_noise_prediction_far_from_b_crit_is_flagged():
+    far = critical_rows(b_noise_predicted=4583.0, b_noise_ci_low=2169.0, b_noise_ci_high=9068.0, b_crit=82.0)
+    row = summary_display(summary_table(runs_with_lrs(), far, pd.DataFrame(columns=["study", "model", "metric", "epsilon"]),
+                                        SETTINGS)).iloc[0]
+    assert row["noise-scale prediction [95%]"] == "4583 [2169, 9068] — 55.9× B_crit, beyond the 10× the paper reports"
+    assert "B_crit" not in summary_display(summary_table(runs_with_lrs(), critical_rows(), pd.DataFrame(
+        columns=["study", "model", "metric", "epsilon"]), SETTINGS)).iloc[0]["noise-scale prediction [95%]"]
 
 
 def report_page(tmp_path, figures) -> str:
@@ -100,7 +121,10 @@ def report_page(tmp_path, figures) -> str:
     summary = summary_table(runs, critical_rows(), ratios, SETTINGS)
     config = {"studies": {"k": {"dataset": "mnist1d", "batch_sizes": [32, 128, 400],
                                 "budget": {"epochs": 800, "stop": {"train_loss": 0.01}}}}}
-    page = build_report({"runs": runs, "critical": critical_rows(), "ratios": ratios}, summary, figures, config,
+    no_curves = pd.DataFrame(columns=list(SPEEDUP_COLUMNS))
+    findings = findings_table(runs, no_curves, critical_rows(), ratios, config["studies"])
+    page = build_report({"runs": runs, "critical": critical_rows(), "ratios": ratios, "findings": findings}, summary,
+                        figures, config,
                         {"commit": "abc123", "dirty": True}, {"torch": "2.14.1"})
     path = tmp_path / "report.html"
     path.write_text(page)
@@ -108,12 +132,17 @@ def report_page(tmp_path, figures) -> str:
 
 
 def test_report_page_holds_summary_tables_figures_and_provenance_in_a_browser(tmp_path):
-    figures = [dict(name=f"fig{i}", section=s, png=small_png(tmp_path / f"fig{i}.png"), caption="A caption with ``code``.")
-               for i, s in enumerate("123")]
+    figures = [dict(name=f"fig{i}", section=s, png=small_png(tmp_path / f"fig{i}.png", height=4 + 12 * (s == "1")),
+                    caption="A caption with ``code``.") for i, s in enumerate("123")]  # fig0 is taller than the window
     seen = render(report_page(tmp_path, figures))
     assert seen["console_errors"] == []
     assert seen["title"] == "batchlab report"
     text = seen["text"]
+    # the report opens with the findings: every claim, the paper's value beside ours, a verdict
+    assert text.index("Findings: did the papers' claims reproduce?") < text.index("\nSummary\n")
+    for expected in ("Masters & Luschi 2018", "Keskar et al. 2017", "Golmant et al. 2018", "McCandlish et al. 2018",
+                     "Shallue et al. 2018", "167× (F1)", "not measured: no study varies bn_batch_size"):
+        assert expected in text, expected
     for expected in ("Summary", "40 [20, 80]", "60 [50, 70]", "Runs that did not train", "k/mlp/bs32/constant/lr1/seed0",
                      "ε-sharpness, full space (%)", "Provenance", "abc123", "uncommitted", "torch 2.14.1",
                      "cpu (x86_64, 1 threads)", "Trained to convergence (Keskar's protocol"):
@@ -122,7 +151,8 @@ def test_report_page_holds_summary_tables_figures_and_provenance_in_a_browser(tm
     width, height = seen["viewport"]
     for img in seen["images"]:
         assert img["complete"] and img["natural_width"] > 0
-        assert img["width"] <= width and img["height"] <= 0.9 * height  # seen whole at 1400x900
+        # at its own size when the page is wide enough, never shrunk to fit the window's height
+        assert img["width"] <= width and img["width"] == pytest.approx(img["natural_width"])
     assert seen["zoomed_class"] == "whole"
     assert "Trained for equal epochs" not in text
 
@@ -144,14 +174,14 @@ def test_a_rule_target_is_matched_by_its_rule_and_shows_the_models_own_value():
                         ci_low=60.0, ci_high=130.0)
     critical = pd.concat([critical_rows(), q25], ignore_index=True)
     ratios = pd.DataFrame(columns=["study", "model", "metric", "epsilon"])
-    rule_first = summary_table(runs_with_lrs(), critical, ratios, {"k": {"targets": {"train_loss": ["largest_batch_q25", 0.5]}}})
+    rule_first = summary_table(runs_with_lrs(), critical, ratios, {"k": {"speedup": {"targets": {"train_loss": ["largest_batch_q25", 0.5]}}}})
     shown = summary_display(rule_first).iloc[0]
     assert shown["target"] == "train loss ≤ 0.123 (lower quartile of the largest batch, per model)"
     assert shown["B_crit [95% interval]"] == "90 [60, 130]"
     fixed_first = summary_display(summary_table(runs_with_lrs(), critical, ratios, SETTINGS)).iloc[0]
     assert fixed_first["target"] == "train loss ≤ 0.5" and fixed_first["B_crit [95% interval]"] == "40 [20, 80]"
     # no fit for the rule yet: the rule is named without a value
-    none = summary_table(runs_with_lrs(), critical_rows(), ratios, {"k": {"targets": {"train_loss": ["largest_batch_q25"]}}})
+    none = summary_table(runs_with_lrs(), critical_rows(), ratios, {"k": {"speedup": {"targets": {"train_loss": ["largest_batch_q25"]}}}})
     assert none.iloc[0]["target"] == "train loss ≤ lower quartile of the largest batch" and np.isnan(none.iloc[0]["b_crit"])
     assert list(critical_display(critical)["target"]) == [
         "train loss ≤ 0.5", "train loss ≤ 0.123 (lower quartile of the largest batch, per model)"]
@@ -186,8 +216,8 @@ def task_runs(task: str) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("task, column, expected, text", [
-    ("language_model", "best_test_perplexity", 43.2 * 1.01, "32 (constant, test perplexity 43.63)"),
-    ("segmentation", "best_test_miou", 0.684 * 0.99, "32 (constant, test mean IoU 0.677)"),
+    ("language_model", "best_test_perplexity", 43.2 * 1.01, "32 (constant, test perplexity 43.63); the smallest batch of the grid"),
+    ("segmentation", "best_test_miou", 0.684 * 0.99, "32 (constant, test mean IoU 0.677); the smallest batch of the grid"),
 ])
 def test_the_summary_judges_a_language_model_by_perplexity_and_a_segmentation_by_mean_iou(task, column, expected, text):
     from batchlab.report import unhealthy_display
@@ -214,3 +244,16 @@ def test_a_language_model_whose_seeds_mostly_fail_has_infinite_perplexity_and_lo
     row = summary_table(only_failures, critical_rows(), pd.DataFrame(columns=["study", "model", "metric", "epsilon"]),
                         SETTINGS).iloc[0]
     assert row["best_test_perplexity"] == np.inf
+
+
+def test_the_critical_table_counts_tuned_lrs_at_a_grid_edge_and_says_why_larger_batches_failed():
+    from batchlab.report import critical_display
+
+    failed = critical_rows(b_crit=np.nan, fit_status="not_reached", not_reached_reason="budget")
+    points = pd.DataFrame([dict(study="k", model="mlp", train_fraction=1.0, lr_rule="best", target_metric="train_loss",
+                                target_rule="fixed", target_value=0.5, batch_size=b, reached=b < 400,
+                                best_lr_edge=edge) for b, edge in ((32, "low"), (128, None), (400, None))])
+    row = critical_display(failed, points).iloc[0]
+    assert row["tuned LR at a grid edge (batch sizes)"] == "1 of 2"
+    assert row["B_crit [95% interval]"] == "– (the larger batches did not reach the target: budget)"
+    assert critical_display(failed).iloc[0]["tuned LR at a grid edge (batch sizes)"] == "–"

@@ -29,7 +29,9 @@ Critical batch size (Golmant et al. 2018, Shallue et al. 2018, McCandlish et al.
   B_crit and its noise-scale prediction.
 
 Every figure draws from empty tables too (a panel that says why there is nothing to show),
-and marks stalled and diverged runs where it shows them rather than dropping them.
+and marks stalled and diverged runs where it shows them rather than dropping them. A figure has
+a panel only for what the tables hold (a study with one LR rule gets no panels for the others),
+wrapped into rows of up to four (five targets) so that many panels keep a window's shape.
 """
 
 from __future__ import annotations
@@ -44,15 +46,14 @@ from batchlab.plots.critical import (
     figure_best_lr, figure_noise_scale, figure_speedup, figure_steps_to_target,
 )
 from batchlab.plots.generalization import (
-    best_base_lr_runs, figure_accuracy_vs_base_lr, figure_accuracy_vs_batch, figure_generalization_gap,
-    figure_training_curves,
+    figure_accuracy_vs_base_lr, figure_accuracy_vs_batch, figure_generalization_gap, figure_training_curves,
 )
 from batchlab.plots.sharpness import (
     final_sharpness, figure_interpolation, figure_sharpness_along_training, figure_sharpness_vs_batch,
     headline_sharpness,
 )
 
-__all__ = ["FIGURES", "best_base_lr_runs", "build_figure", "draw_figure", "final_sharpness", "headline_sharpness"]
+__all__ = ["FIGURES", "build_figure", "draw_figure", "final_sharpness", "headline_sharpness"]
 
 FIGURES = {
     "training_curves": figure_training_curves,

@@ -30,7 +30,8 @@ STYLE = {
 }
 NOTE_SIZE = 9
 PANEL = (3.3, 2.5)  # inches per panel: width, height
-MAX_COLS = 3
+MAX_COLS = 4  # many panels wrap into rows of up to four, so that a figure keeps to a window's shape
+MAX_WIDTH = 15.0  # inches, legend included: more columns narrow the panels rather than widen the figure
 
 RULE_ORDER = ["constant", "linear", "sqrt", "best"]
 RULE_MARKERS = {"constant": "o", "linear": "s", "sqrt": "^", "best": "D"}
@@ -71,30 +72,46 @@ LEGEND_WIDTH = 2.3  # inches kept beside the panels for a legend on the right
 LEGEND_HEIGHT = 0.7  # inches kept below the panels for a legend at the bottom
 
 
-def panel_grid(n_rows: int, n_cols: int, panel=PANEL, legend: str = "right") -> tuple[plt.Figure, np.ndarray]:
-    """A grid of panels of the given size, with room for the figure's legend on the right or at the bottom
-    (constrained layout takes the legend's room from the panels otherwise)."""
-    width = n_cols * panel[0] + (LEGEND_WIDTH if legend == "right" else 0)
+def grid_columns(n_panels: int, group: int = 1, max_cols: int = MAX_COLS) -> int:
+    """Columns for n wrapped panels: a whole number of groups of `group` panels (the LR rules of one model, say)
+    per row where a group fits in `max_cols`, so that the same rule keeps its column; at most `max_cols`."""
+    per_row = group * (max_cols // group) if 0 < group <= max_cols else max_cols
+    return max(1, min(n_panels, per_row))
+
+
+def wrapped_grid(n_panels: int, max_cols: int = MAX_COLS, panel=PANEL, legend: str = "right",
+                 group: int = 1) -> tuple[plt.Figure, list[plt.Axes]]:
+    """Panels of the given size filled row by row, `grid_columns` wide, so that many panels wrap into a figure
+    of a window's shape rather than a tall strip; the panels narrow to keep the figure within MAX_WIDTH, and
+    room is kept for the figure's legend on the right or at the bottom (constrained layout takes it from the
+    panels otherwise). The slots left over in the last row are not drawn."""
+    n_cols = grid_columns(n_panels, group, max_cols)
+    n_rows = max(1, -(-n_panels // n_cols))
+    legend_width = LEGEND_WIDTH if legend == "right" else 0
+    width = n_cols * min(panel[0], (MAX_WIDTH - legend_width) / n_cols) + legend_width
     height = n_rows * panel[1] + (LEGEND_HEIGHT if legend == "bottom" else 0)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False, layout="constrained")
-    return fig, axes
-
-
-def wrapped_grid(n_panels: int, max_cols: int = MAX_COLS, panel=PANEL,
-                 legend: str = "right") -> tuple[plt.Figure, list[plt.Axes]]:
-    """Panels filled row by row, at most `max_cols` wide, so that many panels grow down, not off the page."""
-    n_cols = max(1, min(n_panels, max_cols))
-    n_rows = max(1, -(-n_panels // n_cols))
-    fig, axes = panel_grid(n_rows, n_cols, panel, legend)
     flat = list(axes.flat)
     for ax in flat[n_panels:]:
         ax.set_axis_off()
     return fig, flat[:n_panels]
 
 
-def is_bottom(index: int, n_panels: int, n_cols: int) -> bool:
-    """Whether the index-th of n wrapped panels has no panel below it (it carries the x label)."""
-    return index + n_cols >= n_panels
+def present_cells(data: pd.DataFrame, columns: tuple[str, str], rows, cols) -> list[tuple]:
+    """The (row, column) cells of a panel grid, rows then columns in the order given, that have rows in `data`:
+    a model without some LR rule or target gets no panel for it."""
+    present = set(zip(data[columns[0]], data[columns[1]]))
+    return [(r, c) for r in rows for c in cols if (r, c) in present]
+
+
+def label_outer(axes: list[plt.Axes], xlabel: str, ylabels) -> None:
+    """Axis labels of wrapped panels (`wrapped_grid`): x below each panel with no panel beneath it, y at the left
+    of each row and wherever it differs from the panel on the left (`ylabels`: one for all, or one per panel)."""
+    ylabels = [ylabels] * len(axes) if isinstance(ylabels, str) else list(ylabels)
+    for i, ax in enumerate(axes):
+        n_cols = ax.get_gridspec().ncols
+        left = i % n_cols == 0 or ylabels[i] != ylabels[i - 1]
+        ax.set(xlabel=xlabel if i + n_cols >= len(axes) else "", ylabel=ylabels[i] if left else "")
 
 
 def set_title(fig: plt.Figure, text: str) -> None:
@@ -105,7 +122,7 @@ def set_title(fig: plt.Figure, text: str) -> None:
 
 def figure_legend(fig: plt.Figure, handles: list, labels: list[str], title: str | None = None,
                   where: str = "right") -> None:
-    """The figure's one legend, outside the panels (room for it was kept by `panel_grid`)."""
+    """The figure's one legend, outside the panels (room for it was kept by `wrapped_grid`)."""
     if not handles:
         return
     if where == "bottom":
@@ -170,12 +187,11 @@ def rule_handles(rules: list[str], palette: dict) -> list[Line2D]:
 
 
 def batch_colors(batch_sizes) -> dict:
-    """Batch size -> colour on viridis, evenly spaced in log batch size."""
+    """Batch size -> colour on turbo (blue for the smallest to red for the largest), evenly spaced by rank:
+    spaced by log batch size, two close sizes (400 and 512) would get nearly the same colour."""
     sizes = sorted(set(batch_sizes))
-    logs = np.log2(np.asarray(sizes, dtype=float))
-    span = np.ptp(logs) if len(logs) > 1 else 1.0
-    positions = (logs - logs.min()) / span * 0.9 if len(logs) > 1 else [0.45]
-    cmap = matplotlib.colormaps["viridis"]
+    positions = np.linspace(0.05, 0.95, len(sizes)) if len(sizes) > 1 else [0.05]
+    cmap = matplotlib.colormaps["turbo"]
     return {b: cmap(p) for b, p in zip(sizes, positions)}
 
 

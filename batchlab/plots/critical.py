@@ -14,22 +14,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from batchlab.plots.common import (
-    batch_axis, batch_colors, figure_legend, is_bottom, is_empty, no_data_figure, ordered_rules, panel_key, panel_note,
-    plain_log_axis, rule_handles, rule_marker, rule_palette, set_title, status_series, wrapped_grid,
+    batch_axis, batch_colors, figure_legend, is_empty, label_outer, no_data_figure, ordered_rules, panel_key, panel_note,
+    plain_log_axis, present_cells, rule_handles, rule_marker, rule_palette, set_title, status_series, wrapped_grid,
 )
-from batchlab.speedup import TARGET_FIXED, TARGET_METRICS, target_text, train_fractions
+from batchlab.speedup import FIT_STATUS_TEXT, TARGET_FIXED, TARGET_METRICS, target_text, train_fractions
 
 BEST_RULE = "best"
 NO_TARGETS = "no speed-up targets configured for this study"
-FIT_REASONS = {
-    "too_few_points": "fewer than 3 batch sizes reached the target",
-    "interval_too_wide": "interval too wide",
-    "unconstrained": "the data do not constrain it",
-    "beyond_grid": "beyond the largest batch",
-    "below_grid": "below the smallest batch",
-    "above_range": "far above the grid",
-    "below_range": "far below the grid",
-}
 PREDICTION_COLOR = "tab:purple"
 
 
@@ -136,7 +127,7 @@ def describe_b_crit(fit: pd.Series | None) -> dict | None:
     if isinstance(bound, str) and bound.strip()[:1] in ("<", ">"):
         op, value = bound.strip()[0], float(bound.strip()[1:])
         return dict(kind="above" if op == ">" else "below", value=value, text=f"B_crit {op} {_fmt(value)}")
-    reason = FIT_REASONS.get(status, str(status).replace("_", " "))
+    reason = FIT_STATUS_TEXT.get(status, str(status).replace("_", " "))
     return dict(kind="none", text=f"no B_crit: {reason}")
 
 
@@ -198,16 +189,14 @@ MAX_TARGET_COLS = 5
 
 
 def target_grid(data: pd.DataFrame) -> tuple[plt.Figure, list[tuple]]:
-    """A figure with one panel per (study, model, fraction) and target: a row per (study, model, fraction)
-    and a column per target (wrapped beyond MAX_TARGET_COLS targets), so that it grows wide rather
-    than tall; and per panel (axes, panel, target name, whether it is at the bottom, at the left)."""
-    panels = list(dict.fromkeys(data["panel"]))
+    """A figure with one panel per (study, model, fraction) and target it has rows for: the targets of a
+    (study, model, fraction) side by side, up to MAX_TARGET_COLS in a row (wrapped), so that it grows wide
+    rather than tall; and per panel (axes, panel, target name)."""
     targets = [target_label(*t) for t in target_order(data)]
-    cells = [(panel, target) for panel in panels for target in targets]
-    n_cols = min(len(targets), MAX_TARGET_COLS)
-    fig, axes = wrapped_grid(len(cells), max_cols=n_cols, panel=(2.85, 2.3), legend="bottom")
-    return fig, [(ax, panel, target, is_bottom(i, len(cells), n_cols), i % n_cols == 0)
-                 for i, (ax, (panel, target)) in enumerate(zip(axes, cells))]
+    cells = present_cells(data, ("panel", "target"), dict.fromkeys(data["panel"]), targets)
+    group = data.groupby("panel")["target"].nunique().max()
+    fig, axes = wrapped_grid(len(cells), max_cols=MAX_TARGET_COLS, panel=(2.85, 2.3), legend="bottom", group=group)
+    return fig, [(ax, panel, target) for ax, (panel, target) in zip(axes, cells)]
 
 
 def _empty_panel(ax: plt.Axes, text: str) -> None:
@@ -220,14 +209,15 @@ def _target_panels(data: pd.DataFrame, reached: pd.DataFrame, ylabel: str) -> tu
     (axes, its reached rows, its study's batch sizes)."""
     fig, cells = target_grid(data)
     panels = []
-    for ax, panel, target, bottom, left in cells:
+    for ax, panel, target in cells:
         part = reached[(reached["panel"] == panel) & (reached["target"] == target)]
         batch_sizes = np.array(sorted(data.loc[data["panel"] == panel, "batch_size"].astype(float).unique()))
         batch_axis(ax, batch_sizes)  # each study its own grid
         titles = data.loc[(data["panel"] == panel) & (data["target"] == target), "target_title"]
         title = panel_target_title(titles.iloc[0]) if len(titles) else target
-        ax.set(title=panel_title(panel, title), xlabel="batch size" if bottom else "", ylabel=ylabel if left else "")
+        ax.set_title(panel_title(panel, title))
         panels.append((ax, part, batch_sizes))
+    label_outer([ax for ax, *_ in cells], "batch size", ylabel)
     return fig, panels
 
 
@@ -302,22 +292,38 @@ def figure_speedup(speedup: pd.DataFrame) -> plt.Figure:
 
 # --- best LR --------------------------------------------------------------------------------------
 
+GRID_KEYS = ["study", "model", "train_fraction", "batch_size"]
+
+
+def lrs_tried(runs: pd.DataFrame) -> pd.DataFrame:
+    """The smallest and largest LR tried (lr_min, lr_max) at each (study, model, training fraction, batch size),
+    over every rule and base LR."""
+    return runs.assign(train_fraction=train_fractions(runs)).groupby(GRID_KEYS)["lr"].agg(lr_min="min", lr_max="max")
+
+
 def lr_grid_edges(best: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
     """For each best-LR row: "largest" or "smallest" when its LR is at that end of the LRs tried
     at its (study, model, training fraction, batch size) over every rule and base LR, else "":
     there the true optimum may lie beyond the grid."""
-    keys = ["study", "model", "train_fraction", "batch_size"]
-    tried = runs.assign(train_fraction=train_fractions(runs)).groupby(keys)["lr"].agg(lr_min="min", lr_max="max")
-    ends = best.assign(train_fraction=train_fractions(best))[[*keys, "best_lr"]].join(tried, on=keys)
+    ends = best.assign(train_fraction=train_fractions(best))[[*GRID_KEYS, "best_lr"]].join(lrs_tried(runs), on=GRID_KEYS)
     lr = ends["best_lr"].astype(float)
     largest = np.isclose(lr, ends["lr_max"], rtol=1e-6) | (lr > ends["lr_max"])
     smallest = np.isclose(lr, ends["lr_min"], rtol=1e-6) | (lr < ends["lr_min"])
     return pd.Series(np.where(largest, "largest", np.where(smallest, "smallest", "")), index=best.index)
 
 
+def best_lr_edges(best: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
+    """Where each best LR sits on its grid, "" inside it: the speed-up table's `best_lr_edge` ("low", "high",
+    or "only" where one LR was tried) where it has the column, else `lr_grid_edges` from the runs."""
+    if "best_lr_edge" in best:
+        return best["best_lr_edge"].astype(object).where(best["best_lr_edge"].notna(), "").astype(str)
+    return lr_grid_edges(best, runs)
+
+
 def figure_best_lr(speedup: pd.DataFrame, runs: pd.DataFrame) -> plt.Figure:
     """The LR that reached each target fastest, tuned over every rule and LR, against batch size,
-    the range of LRs tried, and linear and square-root scaling drawn through the smallest batch."""
+    the range of LRs tried, and linear and square-root scaling drawn through the smallest batch;
+    an open marker where the best LR is at an edge of its LR grid (`best_lr_edges`)."""
     if is_empty(speedup):
         return no_data_figure(NO_TARGETS)
     data = speedup_frame(speedup)
@@ -325,34 +331,40 @@ def figure_best_lr(speedup: pd.DataFrame, runs: pd.DataFrame) -> plt.Figure:
     best = best[best["lr_rule"] == BEST_RULE]
     if best.empty:
         return no_data_figure("no batch size reached any target")
-    best = best.assign(edge=lr_grid_edges(best, runs))
+    best = best.assign(edge=best_lr_edges(best, runs), train_fraction=train_fractions(best))
     targets = [target_label(*t) for t in target_order(best)]
     colors = dict(zip(targets, plt.get_cmap("tab10").colors))
-    tried = runs.assign(panel=panel_key(runs)).groupby(["panel", "batch_size"])["lr"].agg(["min", "max"]).reset_index()
+    # the LRs tried, named by the speed-up table's panels (a runs table may hold more studies, and so other names)
+    tried = lrs_tried(runs).reset_index().merge(best[[*GRID_KEYS[:-1], "panel"]].drop_duplicates(), on=GRID_KEYS[:-1])
     panels = list(dict.fromkeys(best["panel"]))
     fig, axes = wrapped_grid(len(panels), panel=(3.8, 2.9))
     for ax, panel in zip(axes, panels):
-        grid = tried[tried["panel"] == panel]
-        ax.fill_between(grid["batch_size"], grid["min"], grid["max"], color="0.85", lw=0, zorder=0)
+        grid = tried[tried["panel"] == panel].sort_values("batch_size")
+        ax.fill_between(grid["batch_size"], grid["lr_min"], grid["lr_max"], color="0.85", lw=0, zorder=0,
+                        gid="lrs_tried")
         part = best[best["panel"] == panel].sort_values("batch_size")
         for target in targets:
             _draw_best_lr_line(ax, part[part["target"] == target], colors[target])
         first = part[part["target"] == targets[0]] if (part["target"] == targets[0]).any() else part
         b0, lr0 = first["batch_size"].iloc[0], first["best_lr"].iloc[0]
-        bs = np.array(sorted(best["batch_size"].astype(float).unique()))
+        bs = np.array(sorted(part["batch_size"].astype(float).unique()))
         ax.plot(bs, lr0 * bs / b0, color="0.4", ls="--", lw=0.9)
         ax.plot(bs, lr0 * np.sqrt(bs / b0), color="0.4", ls=":", lw=0.9)
         ax.set_yscale("log")
         plain_log_axis(ax)
         batch_axis(ax, part["batch_size"])
         ax.set(title=panel, xlabel="batch size", ylabel="best learning rate")
-    handles = [Line2D([], [], color=c, marker="o") for c in colors.values()] + [
-        Line2D([], [], color="0.3", marker="o", mfc="white", ls="none"), Patch(color="0.85"),
-        Line2D([], [], color="0.4", ls="--"), Line2D([], [], color="0.4", ls=":")]
-    labels = targets + ["at the edge of the LR grid:\nthe optimum may lie beyond", "range of LRs tried",
-                        "linear scaling", "square-root scaling"]
+    handles = [Line2D([], [], color=c, marker="o") for c in colors.values()]
+    labels = list(targets)
+    if (best["edge"] != "").any():
+        handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="none"))
+        edge = "an edge of its rule's base LRs" if "best_lr_edge" in best else "the edge of the LR grid"
+        only = "\n(or the only one tried)" if (best["edge"] == "only").any() else ""
+        labels.append(f"at {edge}{only}:\nthe optimum may lie beyond")
+    handles += [Patch(color="0.85"), Line2D([], [], color="0.4", ls="--"), Line2D([], [], color="0.4", ls=":")]
+    labels += ["range of LRs tried", "linear scaling", "square-root scaling"]
     figure_legend(fig, handles, labels, title="target")
-    set_title(fig, "Best LR per batch size, tuned over every rule and base LR (open: the largest or smallest LR tried)")
+    set_title(fig, "Best LR per batch size, tuned over every rule and base LR (open: at an edge of the LR grid)")
     return fig
 
 

@@ -8,91 +8,17 @@ segmentation; a runs table without a `task` column is classification.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from batchlab.plots.common import (
-    UNHEALTHY, batch_axis, batch_colors, batch_handles, dodge, figure_legend, is_empty, mark_unhealthy,
-    no_data_figure, ordered_rules, panel_grid, panel_key, plain_log_axis, rule_handles, rule_marker, rule_palette,
+    UNHEALTHY, batch_axis, batch_colors, batch_handles, dodge, figure_legend, is_empty, label_outer, mark_unhealthy,
+    no_data_figure, ordered_rules, panel_key, plain_log_axis, present_cells, rule_handles, rule_marker, rule_palette,
     set_title, status_series, unhealthy_handles, wrapped_grid,
 )
-from batchlab.speedup import train_fractions
-
-CELL = ["study", "model", "train_fraction", "lr_rule", "batch_size"]
-UNHEALTHY_NOTES = {"stalled": "", "diverged": ",\nno accuracy: on the bottom edge"}
-CLASSIFICATION = "classification"
-
-
-class Quality(NamedTuple):
-    """A task's measure of a trained model, in the runs table."""
-
-    column: str
-    name: str  # in titles and tables
-    higher_is_better: bool
-    log: bool  # drawn on a log axis
-
-
-QUALITY = {
-    CLASSIFICATION: Quality("final_test_acc", "test accuracy", True, False),
-    "language_model": Quality("final_test_perplexity", "test perplexity", False, True),
-    "segmentation": Quality("final_test_miou", "test mean IoU", True, False),
-}
-
-
-def run_tasks(runs: pd.DataFrame) -> pd.Series:
-    """Each run's task, aligned with `runs`: classification where the table has none."""
-    if "task" not in runs:
-        return pd.Series(CLASSIFICATION, index=runs.index, name="task")
-    return runs["task"].fillna(CLASSIFICATION).astype(str)
-
-
-def task_quality(runs: pd.DataFrame) -> Quality:
-    """The quality measure of a group of runs of one task (a study trains one data set)."""
-    tasks = run_tasks(runs)
-    return QUALITY.get(tasks.iloc[0] if len(tasks) else CLASSIFICATION, QUALITY[CLASSIFICATION])
-
-
-def with_fraction(runs: pd.DataFrame) -> pd.DataFrame:
-    """`runs` with its training fraction in every row (1.0 for a table without the column)."""
-    return runs.assign(train_fraction=train_fractions(runs))
-
-
-def run_scores(runs: pd.DataFrame) -> pd.Series:
-    """Final test accuracy, with 0 for a run that did not complete: a diverged or stalled run
-    is no solution, so an LR that fails for most seeds must not win."""
-    return runs["final_test_acc"].where(status_series(runs) == "completed", 0.0).fillna(0.0)
-
-
-def quality_scores(runs: pd.DataFrame) -> pd.Series:
-    """Each run's task quality as a score in [0, 1], higher better, with 0 for a run that did not complete
-    (as `run_scores`): accuracy or mean IoU, and 1 / perplexity (the geometric-mean probability of a token)
-    for a language model, so that a failing seed pulls a cell's median down the same way for every task."""
-    completed = status_series(runs) == "completed"
-    tasks = run_tasks(runs)
-    scores = run_scores(runs)
-    for task, quality in QUALITY.items():
-        mine = (tasks == task).to_numpy()
-        if task == CLASSIFICATION or not mine.any():
-            continue
-        value = runs.loc[mine, quality.column].astype(float)
-        value = value if quality.higher_is_better else 1.0 / value
-        scores.loc[mine] = value.where(completed[mine], 0.0).fillna(0.0)
-    return scores
-
-
-def best_base_lr_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs (every seed) at each cell's best base LR, judged by the median score over seeds
-    (`quality_scores`: the task's quality; a diverged or stalled run scores 0). A cell is one
-    (study, model, training fraction, LR rule, batch size); the result carries `train_fraction`."""
-    runs = with_fraction(runs)
-    scored = runs.assign(score=quality_scores(runs))
-    medians = scored.groupby(CELL + ["base_lr"], as_index=False)["score"].median()
-    best = medians.loc[medians.groupby(CELL)["score"].idxmax(), CELL + ["base_lr"]]
-    return runs.merge(best, on=CELL + ["base_lr"])
-
+from batchlab.quality import CLASSIFICATION, QUALITY, Quality, best_base_lr_runs, failed_as_worst, task_quality
 
 def seed_summary(data: pd.DataFrame, y: str) -> pd.DataFrame:
     """Per batch size: the median of `y` over the runs that have one, and its range."""
@@ -149,8 +75,8 @@ def quality_axis(ax: plt.Axes, quality: Quality) -> None:
 # --- figures --------------------------------------------------------------------------------
 
 def figure_training_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure:
-    """Train loss against epochs, one line per batch size, per (study, model) row and LR rule
-    column, each batch size at its best base LR; the band spans the healthy seeds, and each
+    """Train loss against epochs, one line per batch size, a panel per (study, model) and LR rule
+    that has curves, each batch size at its best base LR; the band spans the healthy seeds, and each
     stalled or diverged run is a dashed line of its own."""
     if is_empty(runs) or is_empty(curves):
         return no_data_figure("no training runs to draw")
@@ -158,26 +84,26 @@ def figure_training_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figu
     chosen = chosen.assign(panel=panel_key(chosen))
     evaluated = curves.dropna(subset=["train_loss"])
     data = evaluated.merge(chosen[["run_id", "panel", "lr_rule", "batch_size", "status"]], on="run_id")
-    panels, rules = list(dict.fromkeys(chosen["panel"])), ordered_rules(chosen["lr_rule"])
-    colors = batch_colors(chosen["batch_size"])
-    fig, axes = panel_grid(len(panels), len(rules), panel=(3.4, 2.6))
-    for r, panel in enumerate(panels):
-        for c, rule in enumerate(rules):
-            ax = axes[r, c]
-            part = data[(data["panel"] == panel) & (data["lr_rule"] == rule)]
-            healthy = part[status_series(part) == "completed"]
-            if len(healthy):
-                # averaging a diverged seed into the band would draw a curve no run followed
-                sns.lineplot(data=healthy, x="epoch", y="train_loss", hue="batch_size", palette=colors,
-                             errorbar=("pi", 100), legend=False, ax=ax)
-            _draw_unhealthy_curves(ax, part, colors)
-            if len(part):
-                ax.set_yscale("log")
-                plain_log_axis(ax)
-            ax.set_title(f"{panel} · {rule} rule")
-            ax.set_xlabel("epoch" if r == len(panels) - 1 else "")
-            ax.set_ylabel("train loss (full set)" if c == 0 else "")
-    unhealthy = chosen[status_series(chosen) != "completed"]
+    rules = ordered_rules(chosen["lr_rule"])
+    cells = present_cells(data, ("panel", "lr_rule"), dict.fromkeys(chosen["panel"]), rules)
+    if not cells:
+        return no_data_figure("no training curves were recorded for the runs")
+    colors = batch_colors(data["batch_size"])
+    fig, axes = wrapped_grid(len(cells), panel=(3.4, 2.6), group=len(rules))
+    for ax, (panel, rule) in zip(axes, cells):
+        part = data[(data["panel"] == panel) & (data["lr_rule"] == rule)]
+        healthy = part[status_series(part) == "completed"]
+        if len(healthy):
+            # averaging a diverged seed into the band would draw a curve no run followed
+            sns.lineplot(data=healthy, x="epoch", y="train_loss", hue="batch_size", palette=colors,
+                         errorbar=("pi", 100), legend=False, ax=ax)
+        _draw_unhealthy_curves(ax, part, colors)
+        ax.set_yscale("log")
+        plain_log_axis(ax)
+        ax.set_title(f"{panel} · {rule} rule")
+    label_outer(axes, "epoch", "train loss (full set)")
+    drawn = chosen[chosen["run_id"].isin(data["run_id"])]
+    unhealthy = drawn[status_series(drawn) != "completed"]
     handles, labels = unhealthy_handles(status_series(unhealthy), {s: ": dashed, × at its end" for s in UNHEALTHY})
     figure_legend(fig, batch_handles(colors) + handles, [f"B = {b:g}" for b in colors] + labels)
     set_title(fig, "Training curves, each batch size at its best base LR (mean over seeds; band: range over seeds)")
@@ -193,10 +119,15 @@ def _draw_unhealthy_curves(ax: plt.Axes, part: pd.DataFrame, colors: dict) -> No
     mark_unhealthy(ax, ends["epoch"], ends["train_loss"], status_series(ends))
 
 
+def quality_names(qualities: list[Quality]) -> str:
+    """"test accuracy", or "test perplexity / test mean IoU" for the tasks drawn."""
+    return " / ".join(dict.fromkeys(q.name for q in qualities))
+
+
 def qualities_title(qualities: list[Quality]) -> str:
-    """"Test accuracy", or "Test perplexity / test mean IoU" for the tasks drawn."""
-    names = list(dict.fromkeys(q.name for q in qualities))
-    return " / ".join(names)[:1].upper() + " / ".join(names)[1:]
+    """`quality_names` at the start of a title: "Test accuracy"."""
+    names = quality_names(qualities)
+    return names[:1].upper() + names[1:]
 
 
 def figure_accuracy_vs_batch(runs: pd.DataFrame) -> plt.Figure:
@@ -226,60 +157,84 @@ def figure_accuracy_vs_batch(runs: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def failure_notes(qualities: list[Quality]) -> dict[str, str]:
+    """The legend's note on where a stalled or diverged run is drawn, scored at its task's worst (`failed_as_worst`)."""
+    if all(q.higher_is_better for q in qualities):
+        note = ", scored 0"
+    elif not any(q.higher_is_better for q in qualities):
+        note = ",\nscored worst: on the top edge"
+    else:
+        note = ", scored 0\n(perplexity: on the top edge)"
+    return {status: note for status in UNHEALTHY}
+
+
 def figure_accuracy_vs_base_lr(runs: pd.DataFrame) -> plt.Figure:
-    """Masters & Luschi: final test accuracy against the base LR eta_tilde = eta / m, one line
-    per batch size, per (study, model) row and LR rule column (median over seeds; a stalled or
-    diverged run counts as accuracy 0)."""
+    """Masters & Luschi: final test accuracy (perplexity, mean IoU: the task's quality) against the base LR
+    eta_tilde = eta / m, one line per batch size, a panel per (study, model) and LR rule (median over seeds;
+    a stalled or diverged run is scored at its task's worst, accuracy 0)."""
     if is_empty(runs):
         return no_data_figure("no training runs to draw")
-    data = runs.assign(eta_tilde=runs["lr"] / runs["batch_size"], score=run_scores(runs))
+    data = runs.assign(eta_tilde=runs["lr"] / runs["batch_size"])
     data = data.assign(panel=panel_key(data))
-    panels, rules = list(dict.fromkeys(data["panel"])), ordered_rules(data["lr_rule"])
+    rules = ordered_rules(data["lr_rule"])
+    cells = present_cells(data, ("panel", "lr_rule"), dict.fromkeys(data["panel"]), rules)
     colors = batch_colors(data["batch_size"])
-    fig, axes = panel_grid(len(panels), len(rules), panel=(3.4, 2.6))
-    for r, panel in enumerate(panels):
-        for c, rule in enumerate(rules):
-            ax = axes[r, c]
-            part = data[(data["panel"] == panel) & (data["lr_rule"] == rule)]
-            for b, color in colors.items():
-                medians = part[part["batch_size"] == b].groupby("eta_tilde")["score"].median()
-                ax.plot(medians.index, medians.to_numpy(), color=color, marker="o", ms=4, lw=1.5)
-            unhealthy = part[status_series(part) != "completed"]
-            mark_unhealthy(ax, unhealthy["eta_tilde"], unhealthy["score"], status_series(unhealthy))
-            ax.set_xscale("log")
-            plain_log_axis(ax, "x")
-            ax.set(title=f"{panel} · {rule} rule", xlabel="base LR η̃ = η / m" if r == len(panels) - 1 else "",
-                   ylabel="final test accuracy" if c == 0 else "")
-    handles, labels = unhealthy_handles(status_series(data), {s: ", scored 0" for s in UNHEALTHY})
+    fig, axes = wrapped_grid(len(cells), panel=(3.4, 2.6), group=len(rules))
+    qualities = []
+    for ax, (panel, rule) in zip(axes, cells):
+        part = data[(data["panel"] == panel) & (data["lr_rule"] == rule)]
+        quality = task_quality(part)
+        qualities.append(quality)
+        part = part.assign(score=failed_as_worst(part, quality).astype(float))
+        for b, color in colors.items():
+            medians = part[part["batch_size"] == b].groupby("eta_tilde")["score"].median().replace(np.inf, np.nan)
+            ax.plot(medians.index, medians.to_numpy(), color=color, marker="o", ms=4, lw=1.5)
+        unhealthy = part[status_series(part) != "completed"]
+        mark_unhealthy(ax, unhealthy["eta_tilde"], unhealthy["score"], status_series(unhealthy), worst_edge(quality))
+        ax.set_xscale("log")
+        plain_log_axis(ax, "x")
+        quality_axis(ax, quality)
+        ax.set_title(f"{panel} · {rule} rule")
+    label_outer(axes, "base LR η̃ = η / m", [f"final {q.name}" for q in qualities])
+    handles, labels = unhealthy_handles(status_series(data), failure_notes(qualities))
     figure_legend(fig, batch_handles(colors) + handles, [f"B = {b:g}" for b in colors] + labels)
-    set_title(fig, "Test accuracy against base LR, one line per batch size (median over seeds; Masters & Luschi 2018)")
+    set_title(fig, f"{qualities_title(qualities)} against base LR, one line per batch size (median over seeds; "
+                   "Masters & Luschi 2018)")
     return fig
 
 
 def figure_generalization_gap(runs: pd.DataFrame) -> plt.Figure:
-    """Test minus train loss, and test error, against batch size at each batch size's best base LR."""
+    """Test minus train loss, and test error (perplexity, mean IoU: the task's quality), against batch size
+    at each batch size's best base LR; a panel for each of the two that a (study, model) has values of."""
     if is_empty(runs):
         return no_data_figure("no training runs to draw")
     chosen = best_base_lr_runs(runs)
     chosen = chosen.assign(panel=panel_key(chosen), gap=chosen["final_test_loss"] - chosen["final_train_loss"],
                            test_error=1 - chosen["final_test_acc"])
-    panels, rules = list(dict.fromkeys(chosen["panel"])), ordered_rules(chosen["lr_rule"])
+    rules = ordered_rules(chosen["lr_rule"])
     palette = rule_palette(rules)
-    fig, axes = panel_grid(len(panels), 2, panel=(3.8, 2.6))
-    for r, panel in enumerate(panels):
+    cells = []  # (panel, its runs, its quality, column, label)
+    for panel in dict.fromkeys(chosen["panel"]):
         part = chosen[chosen["panel"] == panel]
         quality = task_quality(part)
         # the test error of a classifier; a language model's perplexity, a segmentation's mean IoU
         second = ("test_error", "test error") if quality == QUALITY[CLASSIFICATION] else (quality.column, quality.name)
-        for c, (column, label) in enumerate((("gap", "test loss − train loss"), second)):
-            ax = axes[r, c]
-            draw_rule_medians(ax, part, column, rules, palette)
-            mark_unhealthy_runs(ax, part, column, rules, worst_edge(quality) if c else 0.03)
-            batch_axis(ax, part["batch_size"])
-            if c:
-                quality_axis(ax, quality)
-            ax.set(title=f"{panel} · {label}", ylabel=label, xlabel="batch size" if r == len(panels) - 1 else "")
-    handles, labels = unhealthy_handles(status_series(chosen), {"diverged": ",\nno value: on the bottom edge"})
+        cells += [(panel, part, quality, column, label) for column, label in (("gap", "test loss − train loss"), second)
+                  if part[column].notna().any()]
+    if not cells:
+        return no_data_figure("no run has a final test and train loss")
+    fig, axes = wrapped_grid(len(cells), panel=(3.8, 2.6), group=2)
+    for ax, (panel, part, quality, column, label) in zip(axes, cells):
+        draw_rule_medians(ax, part, column, rules, palette)
+        mark_unhealthy_runs(ax, part, column, rules, 0.03 if column == "gap" else worst_edge(quality))
+        batch_axis(ax, part["batch_size"])
+        if column != "gap":
+            quality_axis(ax, quality)
+        ax.set_title(f"{panel} · {label}")
+    label_outer(axes, "batch size", [cell[-1] for cell in cells])
+    top = any(not quality.higher_is_better for _, _, quality, column, _ in cells if column != "gap")
+    note = ",\nno value: on the bottom edge" + ("\n(perplexity: on the top)" if top else "")
+    handles, labels = unhealthy_handles(status_series(chosen), {"diverged": note})
     figure_legend(fig, rule_handles(rules, palette) + handles, rules + labels, title="LR rule")
     set_title(fig, "Generalization gap against batch size, at each batch size's best base LR "
                    "(median over seeds; bars: range over seeds)")

@@ -11,11 +11,14 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from batchlab.plots.common import (
-    MAX_COLS, batch_axis, dodge, figure_legend, is_bottom, is_empty, log_scale_if_positive, no_data_figure, ordered_rules,
-    panel_grid, panel_key, panel_note, plain_log_axis, rule_handles, rule_marker, rule_palette, set_title,
-    status_series, unhealthy_handles, wrapped_grid,
+    batch_axis, dodge, figure_legend, is_empty, label_outer, log_scale_if_positive, no_data_figure, ordered_rules,
+    panel_key, panel_note, plain_log_axis, rule_handles, rule_marker, rule_palette, set_title, status_series,
+    unhealthy_handles, wrapped_grid,
 )
-from batchlab.plots.generalization import UNHEALTHY_NOTES, best_base_lr_runs, draw_rule_medians, mark_unhealthy_runs
+from batchlab.plots.generalization import (
+    draw_rule_medians, mark_unhealthy_runs, missing_value_notes, quality_axis, quality_names, worst_edge,
+)
+from batchlab.quality import best_base_lr_runs, task_quality
 from batchlab.speedup import train_fractions
 
 SB_LB_COLORS = {"SB": "tab:blue", "LB": "tab:red"}
@@ -68,7 +71,7 @@ def sharpness_at_best_lr(runs: pd.DataFrame, sharpness: pd.DataFrame) -> pd.Data
 # --- sharpness against batch size -------------------------------------------------------------
 
 def _quantities(chosen: pd.DataFrame, sharpness: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """The columns to draw, those measured at all, with their panel title and axis label."""
+    """The sharpness columns to draw, those measured at all, with their panel title and axis label."""
     eps_rows = headline_sharpness(sharpness)
     labels = {}
     if chosen["eps_sharpness"].notna().any():
@@ -78,7 +81,6 @@ def _quantities(chosen: pd.DataFrame, sharpness: pd.DataFrame) -> dict[str, tupl
         labels["hessian_lambda_max"] = ("Hessian λ_max", "Hessian λ_max")
     if chosen["hessian_trace"].notna().any():
         labels["hessian_trace"] = ("Hessian trace", "Hessian trace (Hutchinson)")
-    labels["final_test_acc"] = ("test accuracy", "final test accuracy")
     return labels
 
 
@@ -102,44 +104,53 @@ def draw_runs_with_interval(ax: plt.Axes, data: pd.DataFrame, y: str, rules: lis
 
 
 def figure_sharpness_vs_batch(runs: pd.DataFrame, sharpness: pd.DataFrame) -> plt.Figure:
-    """Keskar's figure: sharpness, the Hessian's lambda_max and trace, and test accuracy against
-    batch size, at each batch size's best base LR (chosen among all runs)."""
+    """Keskar's figure: sharpness, the Hessian's lambda_max and trace, and test accuracy (the task's quality)
+    against batch size, at each batch size's best base LR (chosen among all runs); a panel for each measure
+    a (study, model) has, none for a model never analysed."""
     if is_empty(runs):
         return no_data_figure("no training runs to draw")
     chosen = sharpness_at_best_lr(runs, sharpness)
     if chosen["eps_sharpness"].isna().all():
         return no_data_figure("none of the runs at each batch size's best base LR had its final checkpoint analysed")
     quantities = _quantities(chosen, sharpness)
-    panels, rules = list(dict.fromkeys(chosen["panel"])), ordered_rules(chosen["lr_rule"])
+    rules = ordered_rules(chosen["lr_rule"])
     palette = rule_palette(rules)
-    fig, axes = panel_grid(len(panels), len(quantities), panel=(3.2, 2.6), legend="bottom")
-    for r, panel in enumerate(panels):
+    cells, qualities = [], []  # cells: (panel's runs, column, title, label)
+    for panel in dict.fromkeys(chosen["panel"]):
         part = chosen[chosen["panel"] == panel]
-        for c, (column, (title, label)) in enumerate(quantities.items()):
-            ax = axes[r, c]
-            if column == "hessian_trace":
-                draw_runs_with_interval(ax, part, column, rules, palette)
-            else:
-                draw_rule_medians(ax, part, column, rules, palette)
-            if column == "final_test_acc":
-                mark_unhealthy_runs(ax, part, column, rules)  # as in accuracy_vs_batch, which this column repeats
-            else:
-                log_scale_if_positive(ax, part[column])
-                plain_log_axis(ax)
-                measured = part[column].notna().sum()
-                if measured < len(part):
-                    panel_note(ax, f"analysed: {measured} of {len(part)} runs", corner="upper left")
-            batch_axis(ax, part["batch_size"])
-            ax.set(title=f"{panel} · {title}", ylabel=label, xlabel="batch size" if r == len(panels) - 1 else "")
-    handles, labels = unhealthy_handles(status_series(chosen), UNHEALTHY_NOTES)
+        measured = [(part, column, *quantities[column]) for column in quantities if part[column].notna().any()]
+        if measured:
+            quality = task_quality(part)
+            qualities.append(quality)
+            cells += measured + [(part, quality.column, quality.name, f"final {quality.name}")]
+    fig, axes = wrapped_grid(len(cells), panel=(3.2, 2.6), legend="bottom", group=len(quantities) + 1)
+    for ax, (part, column, title, label) in zip(axes, cells):
+        if column == "hessian_trace":
+            draw_runs_with_interval(ax, part, column, rules, palette)
+        else:
+            draw_rule_medians(ax, part, column, rules, palette)
+        if column not in quantities:  # the task's quality, as in accuracy_vs_batch
+            quality = task_quality(part)
+            mark_unhealthy_runs(ax, part, column, rules, worst_edge(quality))
+            quality_axis(ax, quality)
+        else:
+            log_scale_if_positive(ax, part[column])
+            plain_log_axis(ax)
+            measured = part[column].notna().sum()
+            if measured < len(part):
+                panel_note(ax, f"analysed: {measured} of {len(part)} runs", corner="upper left")
+        batch_axis(ax, part["batch_size"])
+        ax.set_title(f"{part['panel'].iloc[0]} · {title}")
+    label_outer(axes, "batch size", [cell[-1] for cell in cells])
+    handles, labels = unhealthy_handles(status_series(chosen), missing_value_notes(qualities))
     handles, labels = rule_handles(rules, palette) + handles, list(rules) + labels
     if "hessian_trace" in quantities:
         handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="none"))
         labels.append("trace: a run, with its\n95% Hutchinson interval")
     figure_legend(fig, handles, labels, where="bottom")
-    set_title(fig, "Sharpness and test accuracy against batch size at the final checkpoint, each batch size at its "
-                   "best base LR chosen among all runs (median over seeds; bars: range). Sharpness only where "
-                   "the chosen run was analysed; the others were not.")
+    set_title(fig, f"Sharpness and {quality_names(qualities)} against batch size at the final checkpoint, each batch "
+                   "size at its best base LR chosen among all runs (median over seeds; bars: range). Sharpness only "
+                   "where the chosen run was analysed; the others were not.")
     return fig
 
 
@@ -186,19 +197,19 @@ def figure_sharpness_along_training(runs: pd.DataFrame, sharpness: pd.DataFrame)
     order = panel_key(runs) + " · " + runs["lr_rule"]  # the panels in the runs table's order
     panels = [p for p in dict.fromkeys(order) if p in set(data["panel"])]
     fig, axes = wrapped_grid(len(panels), panel=(3.5, 2.7))
-    for i, (ax, panel) in enumerate(zip(axes, panels)):
+    for ax, panel in zip(axes, panels):
         part = data[data["panel"] == panel]
         for run_id, run in part.groupby("run_id", sort=False):
             ax.plot(run[loss], run["value"], marker="o", ms=3.5, lw=1.3, color=SB_LB_COLORS[run["regime"].iloc[0]],
                     gid=f"{run['regime'].iloc[0]}:{run_id}")
-        ax.set(xscale="log", yscale="log", ylabel="ε-sharpness (%)",
-               xlabel=loss_label if is_bottom(i, len(panels), min(len(panels), MAX_COLS)) else "")
+        ax.set(xscale="log", yscale="log")
         ax.invert_xaxis()
         plain_log_axis(ax, "x")
         plain_log_axis(ax, "y")
         sb, lb = part["sb_batch"].iloc[0], part["lb_batch"].iloc[0]
         title = f"{panel} rule"
         ax.set_title(f"{title}\nSB: B={sb:g}, LB: B={lb:g}" if sb != lb else f"{title}\nonly B={sb:g} is healthy")
+    label_outer(axes, loss_label, "ε-sharpness (%)")
     eps = data["epsilon"].iloc[0]
     figure_legend(fig, [Line2D([], [], color=c, marker="o") for c in SB_LB_COLORS.values()],
                   ["small batch (SB)", "large batch (LB)"])

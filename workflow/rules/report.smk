@@ -1,5 +1,22 @@
-# The summary table, then the one HTML page that gathers the summary, every table's headline,
+# The papers' claims judged on the tables, the summary table, then the one HTML page that gathers the summary, every table's headline,
 # every figure with its caption, and the provenance.
+
+
+rule findings:
+    input:
+        runs=rules.gather_tables.output.runs,
+        speedup=rules.speedup_tables.output.speedup,
+        critical=rules.speedup_tables.output.critical,
+        ratios=rules.sharpness_ratios.output[0],
+    output:
+        "results/tables/findings.parquet",
+    params:
+        studies=config["studies"],
+        library=library("scripts/findings.py"),
+    log:
+        "results/logs/findings.log",
+    script:
+        "../../scripts/findings.py"
 
 
 rule report_summary:
@@ -10,7 +27,7 @@ rule report_summary:
     output:
         "results/tables/summary.parquet",
     params:
-        settings={name: study["speedup"] for name, study in config["studies"].items()},
+        studies=config["studies"],
         library=library("scripts/report_summary.py"),
     log:
         "results/logs/report_summary.log",
@@ -21,9 +38,11 @@ rule report_summary:
 rule report:
     input:
         runs=rules.gather_tables.output.runs,
+        speedup=rules.speedup_tables.output.speedup,
         critical=rules.speedup_tables.output.critical,
         ratios=rules.sharpness_ratios.output[0],
         summary=rules.report_summary.output[0],
+        findings=rules.findings.output[0],
         figures=all_figures("png"),
         captions=[str(Path(workflow.basedir) / "workflow" / "report" / f"{figure}.rst") for figure in FIGURES],
     output:
