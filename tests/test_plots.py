@@ -258,7 +258,8 @@ def build(name, tables):
 
 
 def axes_titled(fig, title):
-    found = [ax for ax in fig.axes if ax.get_title() == title]
+    """The panel titled `title`, with or without a note under its title (`note_under_title`)."""
+    found = [ax for ax in fig.axes if ax.get_title() == title or ax.get_title().startswith(title + "\n")]
     assert len(found) == 1, [ax.get_title() for ax in fig.axes]
     return found[0]
 
@@ -271,6 +272,11 @@ def gids(ax, prefix):
 def notes(ax):
     """The texts in the axes, as read (notes are wrapped to the panel's width)."""
     return [t.get_text().replace("\n", " ") for t in ax.texts if t.get_text()]  # not the arrows
+
+
+def title_note(fig, title):
+    """The note under the title of the panel titled `title`, as read (the title is wrapped to the panel's width)."""
+    return axes_titled(fig, title).get_title().removeprefix(title).strip().replace("\n", " ")
 
 
 def texts(fig):
@@ -447,8 +453,95 @@ def test_steps_to_target_draws_b_crit_by_fit_status_with_labels_inside_the_axes(
     assert not gids(ok_off_grid, "b_crit_band") and gids(ok_off_grid, "b_crit_bound")
     assert notes(ok_off_grid) == ["B_crit ≈ 843 [400, 2000] (beyond the grid)"]
     assert notes(axes_titled(fig, "cnn · test error ≤ 0.45")) == ["B_crit < 16"]
-    assert notes(axes_titled(fig, "cnn · test error ≤ 0.35")) == [f"no B_crit: {FIT_STATUS_TEXT['interval_too_wide']}"]
+    assert not notes(axes_titled(fig, "cnn · test error ≤ 0.35"))  # no number: the note is under the title
+    assert title_note(fig, "cnn · test error ≤ 0.35") == f"no B_crit: {FIT_STATUS_TEXT['interval_too_wide']}"
     assert notes(axes_titled(fig, "mlp · test error ≤ 0.35")) == ["no batch size reached this target"]
+
+
+def covered_points(fig, ax):
+    """The data points drawn in a panel (markers, not the bound's tick) that a note inside it covers."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_bbox_patch() or t).get_window_extent(renderer) for t in ax.texts if t.get_text()]
+    points = [xy for line in ax.lines if line.get_marker() not in (None, "", "None") and not line.get_gid()
+              for xy in line.get_transform().transform(line.get_xydata())]
+    return [(x, y) for x, y in points for box in boxes if box.contains(x, y)]
+
+
+def test_a_note_without_b_crit_goes_under_the_title_and_no_note_covers_data(study):
+    """The demo's "mlp · test error ≤ 0.35": points down to B = 256, no B_crit since B = 512 did not reach; its
+    note in the lower left corner covered the point at 256."""
+    speedup, critical = study["speedup"].copy(), study["critical"].copy()
+    panel = (speedup["model"] == "mlp") & (speedup["target_value"] == 0.35)
+    speedup.loc[panel & (speedup["batch_size"] < 512), "reached"] = True
+    speedup.loc[panel, "steps_to_target"] = 2000 * 16 / speedup.loc[panel, "batch_size"]  # down to the lower left
+    fit = (critical["model"] == "mlp") & (critical["target_value"] == 0.35) & (critical["lr_rule"] == "best")
+    critical.loc[fit, ["fit_status", "not_reached_reason"]] = ["not_reached", "budget"]
+    fig = build("steps_to_target", {**study, "speedup": speedup, "critical": critical})
+    ax = axes_titled(fig, "mlp · test error ≤ 0.35")
+    assert title_note(fig, "mlp · test error ≤ 0.35") == \
+        f"no B_crit: {FIT_STATUS_TEXT['not_reached']} (the runs used up their step budget)"
+    assert ax.title.get_window_extent().y0 >= ax.get_window_extent().y1  # above the axes
+    assert not notes(ax) and len(ax.lines[0].get_xdata()) == 5
+    for panel_ax in visible(fig):
+        assert not covered_points(fig, panel_ax), (panel_ax.get_title(), notes(panel_ax))
+
+
+def test_an_unreached_target_says_why(study):
+    """The segmentation of Golmant's smoke: a target at or above the initial loss is refused, so no panel point;
+    a fit without a number names the runs' reason too."""
+    speedup, critical = study["speedup"].copy(), study["critical"].copy()
+    for table in (speedup, critical):
+        refused, stalled = [(table["model"] == m) & (table["target_value"] == 0.35) for m in ("mlp", "cnn")]
+        table["not_reached_reason"] = np.select([refused, stalled], ["target_above_initial", "stalled"], None)
+        table["target_initial_value"] = np.where(refused, 0.3, 0.9)
+    critical.loc[critical["not_reached_reason"] == "target_above_initial", "fit_status"] = "target_above_initial"
+    critical.loc[critical["not_reached_reason"] == "stalled", "fit_status"] = "not_reached"
+    tables = {**study, "speedup": speedup, "critical": critical}
+    why = f"{FIT_STATUS_TEXT['target_above_initial']} (target 0.35 ≥ initial 0.3)"
+    steps = build("steps_to_target", tables)
+    assert notes(axes_titled(steps, "mlp · test error ≤ 0.35")) == [f"no batch size reached this target {why}"]
+    assert title_note(steps, "cnn · test error ≤ 0.35") == \
+        f"no B_crit: {FIT_STATUS_TEXT['not_reached']} (the runs stalled)"
+    assert title_note(steps, "mlp · test loss ≤ 1.2") == f"no B_crit: {FIT_STATUS_TEXT['too_few_points']}"
+    [note] = notes(axes_titled(build("speedup", tables), "mlp · test error ≤ 0.35"))
+    assert note.endswith(why) and note.startswith("no speed-up for this target")
+
+
+def test_the_steps_legend_lists_only_the_b_crit_marks_drawn(study):
+    critical = study["critical"]
+    in_grid = critical.assign(b_crit=critical["b_crit"].where(critical["b_crit"] != 843.0, 300.0),
+                              fit_status=critical["fit_status"].replace(["beyond_grid", "below_grid"], "too_few_points"),
+                              b_crit_bound=None)
+    no_fit = critical.assign(fit_status="too_few_points", b_crit=np.nan, b_crit_bound=None)
+    entries = {"b_crit_line": "fitted B_crit (tuned curve)", "b_crit_band": "its 95% interval",
+               "b_crit_bound": "B_crit lies that way (a bound)"}
+    for table, expected in ((critical, set(entries)), (in_grid, {"b_crit_line", "b_crit_band"}), (no_fit, set())):
+        fig = build("steps_to_target", {**study, "critical": table})
+        assert {gid for gid in entries if any(gids(ax, gid) for ax in fig.axes)} == expected
+        assert {gid for gid, label in entries.items() if label in legend_texts(fig)} == expected
+        assert "perfect scaling" in legend_texts(fig)
+
+
+def long_named_studies(study):
+    """Golmant's smoke in small: long study names and two training fractions, so that each panel's name
+    ("golmant_segmentation / resnet20 (100% of the data)") is wider than its panel."""
+    tables = combined(*(another_study(study, name, "cnn", ["constant", "linear"], TARGETS[:3], model="resnet20")
+                        for name in ("golmant_cifar10", "golmant_segmentation")))
+    runs = with_half_the_data(tables["runs"])
+    return {**tables, "runs": runs, "curves": fake_curves(runs), "sharpness": fake_sharpness(runs),
+            "speedup": with_half_the_data(tables["speedup"]), "critical": with_half_the_data(tables["critical"])}
+
+
+@pytest.mark.parametrize("name", ["steps_to_target", "speedup", "best_lr", "noise_scale", "training_curves",
+                                  "accuracy_vs_base_lr", "generalization_gap"])
+def test_panel_titles_are_wrapped_so_that_none_runs_into_its_neighbour(study, name):
+    fig = build(name, long_named_studies(study))
+    titles = [ax.title for ax in visible(fig)]
+    assert len(titles) >= 4 and any("golmant_segmentation / resnet20\n(100% of the data)" in t.get_text() for t in titles)
+    boxes = [t.get_window_extent() for t in titles]
+    overlapping = [(a.get_text(), b.get_text()) for i, (a, box_a) in enumerate(zip(titles, boxes))
+                   for b, box_b in zip(titles[i + 1:], boxes[i + 1:]) if box_a.overlaps(box_b)]
+    assert not overlapping
 
 
 def test_best_lr_marks_exactly_the_points_at_the_edge_of_the_lr_grid(study):

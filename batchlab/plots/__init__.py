@@ -41,7 +41,7 @@ import os
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from batchlab.plots.common import figure_style, save_figure
+from batchlab.plots.common import figure_style, fit_titles, save_figure
 from batchlab.plots.critical import (
     figure_best_lr, figure_noise_scale, figure_speedup, figure_steps_to_target,
 )
@@ -71,11 +71,14 @@ FIGURES = {
 
 
 def build_figure(name: str, tables: dict[str, pd.DataFrame]) -> plt.Figure:
-    """Figure `name` drawn from the tables it needs, passed by table name (runs, curves, ...)."""
+    """Figure `name` drawn from the tables it needs, passed by table name (runs, curves, ...), every panel title
+    wrapped to its panel (`fit_titles`)."""
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r}; choose one of {', '.join(FIGURES)}")
     with figure_style():
-        return FIGURES[name](**tables)
+        fig = FIGURES[name](**tables)
+        fit_titles(fig)
+        return fig
 
 
 def draw_figure(name: str, tables: dict[str, pd.DataFrame], png: str | os.PathLike, pdf: str | os.PathLike | None = None) -> None:

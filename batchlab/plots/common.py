@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import textwrap
 
 import matplotlib
@@ -120,6 +121,52 @@ def set_title(fig: plt.Figure, text: str) -> None:
     fig.suptitle(textwrap.fill(text, width_chars))
 
 
+def drawn_gids(fig: plt.Figure) -> set[str]:
+    """The gids of the artists drawn in the figure's axes: what its legend may list."""
+    return {a.get_gid() for ax in fig.axes for a in ax.get_children() if a.get_gid()}
+
+
+def _wrap_line(line: str, fits) -> list[str]:
+    """One title line in as few lines as `fits`: broken first between its phrases (before " / ", " · ", " ("),
+    then, for a phrase too long on its own, between words."""
+    out: list[str] = []
+    for phrase in re.split(r" (?=[/·(])", line):
+        for piece in [phrase] if fits(phrase) else phrase.split(" "):
+            if out and fits(f"{out[-1]} {piece}"):
+                out[-1] += f" {piece}"
+            else:
+                out.append(piece)
+    return out
+
+
+TITLE_LINES = 2  # title lines that a panel's height (PANEL, `wrapped_grid`) holds
+
+
+def fit_titles(fig: plt.Figure) -> None:
+    """Wrap every panel title to its panel's width as laid out: at most the axes' width and most of the gap to
+    its neighbour, so that no title runs into the next one; the figure grows by each row's title lines beyond
+    TITLE_LINES, so that the panels keep their height. Call it last: it lays the figure out once."""
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.get_window_extent(renderer) for ax in fig.axes if ax.axison]
+    gaps = [b.x0 - a.x1 for a in boxes for b in boxes if b.x0 >= a.x1 and a.y0 < b.y1 and b.y0 < a.y1]
+    gap = 0.8 * min(gaps) if gaps else math.inf
+    lines = {}  # title lines of the tallest title in each row of panels
+    for ax in fig.axes:
+        title, room = ax.title, ax.get_window_extent(renderer).width + gap
+        font = title.get_fontproperties()
+
+        def fits(text: str) -> bool:
+            return renderer.get_text_width_height_descent(text, font, ismath=False)[0] <= room
+
+        title.set_text("\n".join(part for line in title.get_text().split("\n") for part in _wrap_line(line, fits)))
+        row = ax.get_subplotspec().rowspan.start if ax.get_subplotspec() else id(ax)
+        lines[row] = max(lines.get(row, 0), title.get_text().count("\n") + 1)
+    added = sum(max(0, n - TITLE_LINES) for n in lines.values())
+    if added:
+        fig.set_figheight(fig.get_figheight() + added * 1.2 * fig.axes[0].title.get_fontsize() / 72)
+
+
 def figure_legend(fig: plt.Figure, handles: list, labels: list[str], title: str | None = None,
                   where: str = "right") -> None:
     """The figure's one legend, outside the panels (room for it was kept by `wrapped_grid`)."""
@@ -232,6 +279,13 @@ def panel_note(ax: plt.Axes, text: str, corner: str = "upper right", width: int 
                    va="top" if "upper" in corner else "bottom", fontsize=NOTE_SIZE, bbox=NOTE_BOX, zorder=6)
     note.set_in_layout(False)  # it lies inside the axes: the layout must not shrink the axes around it
     return note
+
+
+def note_under_title(ax: plt.Axes, text: str) -> plt.Text:
+    """A note that must cover no data, however long: the last lines of the panel's title, outside the axes
+    (`fit_titles` wraps it to the panel's width and grows the figure for it)."""
+    ax.set_title(f"{ax.get_title()}\n{text}" if ax.get_title() else text)
+    return ax.title
 
 
 def status_series(table: pd.DataFrame) -> pd.Series:

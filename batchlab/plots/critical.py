@@ -14,14 +14,20 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from batchlab.plots.common import (
-    batch_axis, batch_colors, figure_legend, is_empty, label_outer, no_data_figure, ordered_rules, panel_key, panel_note,
-    plain_log_axis, present_cells, rule_handles, rule_marker, rule_palette, set_title, status_series, wrapped_grid,
+    batch_axis, batch_colors, drawn_gids, figure_legend, is_empty, label_outer, no_data_figure,
+    note_under_title, ordered_rules, panel_key, panel_note, plain_log_axis, present_cells, rule_handles, rule_marker,
+    rule_palette, set_title, status_series, wrapped_grid,
 )
-from batchlab.speedup import FIT_STATUS_TEXT, TARGET_FIXED, TARGET_METRICS, target_text, train_fractions
+from batchlab.speedup import (
+    FIT_STATUS_TEXT, TARGET_ABOVE_INITIAL, TARGET_FIXED, TARGET_METRICS, target_text, train_fractions,
+)
 
 BEST_RULE = "best"
 NO_TARGETS = "no speed-up targets configured for this study"
 PREDICTION_COLOR = "tab:purple"
+# rule 1's `not_reached_reason` of batchlab.speedup (the refusal aside), as a reader's phrase
+NOT_REACHED_TEXT = {"budget": "the runs used up their step budget", "diverged": "the runs diverged",
+                    "stalled": "the runs stalled", "mixed": "the runs stopped for mixed reasons"}
 
 
 # A target is (metric, rule, value): the configured value for a fixed target, None for a rule (rule 7 of
@@ -127,8 +133,27 @@ def describe_b_crit(fit: pd.Series | None) -> dict | None:
     if isinstance(bound, str) and bound.strip()[:1] in ("<", ">"):
         op, value = bound.strip()[0], float(bound.strip()[1:])
         return dict(kind="above" if op == ">" else "below", value=value, text=f"B_crit {op} {_fmt(value)}")
-    reason = FIT_STATUS_TEXT.get(status, str(status).replace("_", " "))
-    return dict(kind="none", text=f"no B_crit: {reason}")
+    return dict(kind="none", text=f"no B_crit: {fit_reason(fit)}")
+
+
+def not_reached_text(row: pd.Series) -> str:
+    """Why the runs of a speed-up or critical-batch row did not reach its target (`not_reached_reason`), in words;
+    "" where none is given. A refused target says so, with its value against the initial one."""
+    reason = row.get("not_reached_reason")
+    if reason == TARGET_ABOVE_INITIAL:
+        target, initial = number(row, "target_value"), number(row, "target_initial_value")
+        values = f" (target {target:.3g} ≥ initial {initial:.3g})" if np.isfinite(initial) else ""
+        return FIT_STATUS_TEXT[reason] + values
+    return NOT_REACHED_TEXT.get(reason, reason) if isinstance(reason, str) and reason else ""
+
+
+def fit_reason(fit: pd.Series) -> str:
+    """Why a fit gives no number: its status (FIT_STATUS_TEXT) and why the runs did not reach the target."""
+    status, why = fit.get("fit_status"), not_reached_text(fit)
+    if status == TARGET_ABOVE_INITIAL and why:
+        return why
+    text = FIT_STATUS_TEXT.get(status, str(status).replace("_", " "))
+    return f"{text} ({why})" if why else text
 
 
 def fit_row(critical: pd.DataFrame, study: str, model: str, target: Target | None,
@@ -161,8 +186,8 @@ def _bound_arrow(ax: plt.Axes, start: float, pointing: str, y: float) -> None:
 
 def annotate_b_crit_on_batch_axis(ax: plt.Axes, info: dict | None) -> None:
     """B_crit on a batch-size axis (xlim already set): the line and its interval band only for an
-    accepted fit inside the grid; an arrow to the grid's edge for a bound; otherwise a note.
-    Every label sits in a corner of the axes, so none is clipped."""
+    accepted fit inside the grid; an arrow to the grid's edge for a bound; otherwise a note under the
+    title, where it covers no data. Every other label sits in a corner of the axes, so none is clipped."""
     if info is None:
         return
     xmin, xmax = ax.get_xlim()
@@ -180,7 +205,7 @@ def annotate_b_crit_on_batch_axis(ax: plt.Axes, info: dict | None) -> None:
         _bound_arrow(ax, min(max(value, xmin), xmax), "left", 0.26)
         panel_note(ax, info["text"] + (" (below the grid)" if kind == "ok" else ""), "lower left")
     else:
-        panel_note(ax, info["text"], "lower left")
+        note_under_title(ax, info["text"])
 
 
 # --- steps to target and speed-up ----------------------------------------------------------------
@@ -199,26 +224,35 @@ def target_grid(data: pd.DataFrame) -> tuple[plt.Figure, list[tuple]]:
     return fig, [(ax, panel, target) for ax, (panel, target) in zip(axes, cells)]
 
 
-def _empty_panel(ax: plt.Axes, text: str) -> None:
+def _empty_panel(ax: plt.Axes, text: str, why: str = "") -> None:
     ax.set_yticks([])
-    panel_note(ax, text, "upper right")
+    panel_note(ax, f"{text}\n{why}" if why else text, "upper left")
 
 
 def _target_panels(data: pd.DataFrame, reached: pd.DataFrame, ylabel: str) -> tuple[plt.Figure, list]:
     """The (model, target) grid with titles and batch axes set: the figure and, per panel,
-    (axes, its reached rows, its study's batch sizes)."""
+    (axes, its rows, its reached rows, its study's batch sizes)."""
     fig, cells = target_grid(data)
     panels = []
     for ax, panel, target in cells:
+        rows = data[(data["panel"] == panel) & (data["target"] == target)]
         part = reached[(reached["panel"] == panel) & (reached["target"] == target)]
         batch_sizes = np.array(sorted(data.loc[data["panel"] == panel, "batch_size"].astype(float).unique()))
         batch_axis(ax, batch_sizes)  # each study its own grid
-        titles = data.loc[(data["panel"] == panel) & (data["target"] == target), "target_title"]
-        title = panel_target_title(titles.iloc[0]) if len(titles) else target
-        ax.set_title(panel_title(panel, title))
-        panels.append((ax, part, batch_sizes))
+        ax.set_title(panel_title(panel, panel_target_title(rows["target_title"].iloc[0])))
+        panels.append((ax, rows, part, batch_sizes))
     label_outer([ax for ax, *_ in cells], "batch size", ylabel)
     return fig, panels
+
+
+def _b_crit_legend(drawn: set[str]) -> tuple[list, list[str]]:
+    """Legend entries for what `annotate_b_crit_on_batch_axis` drew, by gid."""
+    entries = [("b_crit_line", Line2D([], [], color="k", lw=1), "fitted B_crit (tuned curve)"),
+               ("b_crit_band", Patch(color="k", alpha=0.08), "its 95% interval"),
+               ("b_crit_bound", Line2D([], [], color="k", marker="$→$", ms=12, ls="none"),
+                "B_crit lies that way (a bound)")]
+    chosen = [(handle, label) for gid, handle, label in entries if gid in drawn]
+    return [h for h, _ in chosen], [label for _, label in chosen]
 
 
 def figure_steps_to_target(speedup: pd.DataFrame, critical: pd.DataFrame) -> plt.Figure:
@@ -233,10 +267,13 @@ def figure_steps_to_target(speedup: pd.DataFrame, critical: pd.DataFrame) -> plt
     rules = ordered_rules(reached["lr_rule"])
     palette = rule_palette(rules)
     fig, panels = _target_panels(data, reached, "steps to target")
-    for ax, part, batch_sizes in panels:
+    for ax, rows, part, batch_sizes in panels:
+        first = rows.iloc[0]
+        fit = fit_row(critical, first["study"], first["model"], target_keys(rows.iloc[:1])[0],
+                      float(first["train_fraction"]))
         best = part[part["lr_rule"] == BEST_RULE].sort_values("batch_size")
-        if best.empty:
-            _empty_panel(ax, "no batch size reached this target")
+        if best.empty:  # why, but not the fit's "fewer than 3 reached": that goes without saying
+            _empty_panel(ax, "no batch size reached this target", not_reached_text(fit) if fit is not None else "")
             continue
         for rule in rules:
             line = part[part["lr_rule"] == rule].sort_values("batch_size")
@@ -245,15 +282,10 @@ def figure_steps_to_target(speedup: pd.DataFrame, critical: pd.DataFrame) -> plt
         ax.plot(batch_sizes, s0 * b0 / batch_sizes, color="0.55", ls=":", lw=1.2)
         ax.set_yscale("log")
         plain_log_axis(ax)
-        first = best.iloc[0]
-        fit = fit_row(critical, first["study"], first["model"], target_keys(best.iloc[:1])[0],
-                      float(first["train_fraction"]))
         annotate_b_crit_on_batch_axis(ax, describe_b_crit(fit))
-    handles = rule_handles(rules, palette) + [
-        Line2D([], [], color="0.55", ls=":"), Line2D([], [], color="k", lw=1), Patch(color="k", alpha=0.08),
-        Line2D([], [], color="k", marker="$→$", ms=12, ls="none")]
-    labels = rules + ["perfect scaling", "fitted B_crit (tuned curve)", "its 95% interval", "B_crit lies that way (a bound)"]
-    figure_legend(fig, handles, labels, where="bottom")
+    b_crit_handles, b_crit_labels = _b_crit_legend(drawn_gids(fig))
+    figure_legend(fig, rule_handles(rules, palette) + [Line2D([], [], color="0.55", ls=":")] + b_crit_handles,
+                  rules + ["perfect scaling"] + b_crit_labels, where="bottom")
     set_title(fig, "Steps to target (minimum over the LR grid) against batch size; dotted: perfect scaling. "
                    "B_crit of the tuned curve: a line where the fit gives a number, an arrow where it gives only a bound")
     return fig
@@ -270,9 +302,11 @@ def figure_speedup(speedup: pd.DataFrame) -> plt.Figure:
     rules = ordered_rules(reached["lr_rule"])
     palette = rule_palette(rules)
     fig, panels = _target_panels(data, reached, "speed-up over\nthe smallest batch")
-    for ax, part, batch_sizes in panels:
+    for ax, rows, part, batch_sizes in panels:
         if part.empty:
-            _empty_panel(ax, "no speed-up for this target")
+            smallest = rows[rows["lr_rule"] == BEST_RULE].sort_values("batch_size")
+            why = not_reached_text(smallest.iloc[0]) if len(smallest) else ""
+            _empty_panel(ax, "no speed-up for this target: the smallest batch did not reach it", why)
             continue
         for rule in rules:
             line = part[part["lr_rule"] == rule].sort_values("batch_size")
