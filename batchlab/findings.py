@@ -69,6 +69,9 @@ TEST_WORSE_PAPER = "< 1: the test loss scales worse (CIFAR-10)"
 FRACTION_PAPER = "≈1× at 100 / 50 / 25% (CIFAR-10, SVHN)"
 NOISE_PAPER = "within ≈10×, over tasks whose B_crit spans 6 orders of magnitude"
 REGIMES_PAPER = "all three on every workload (e.g. CIFAR-10 ResNet-8, batch 2–8192)"
+# how batchlab.speedup (rule 6) reads the noise scale today, short of the claim's protocol
+NOISE_READ_AT = ("B_simple read at the analysed checkpoint nearest in step to where each run reached the target "
+                 "(within 2×), not at the target loss itself")
 STAND_INS = {
     "mnist1d": "MNIST-1D stands in for MNIST / CIFAR",
     "shapes": "generated shapes stand in for Cityscapes",
@@ -560,6 +563,7 @@ def judge_noise_scale(tables: Tables) -> list[dict]:
                 f"(B_simple {interval_text(prediction, lo_n, hi_n, '{:.0f}')}; {fit_text(fit)})")
         rows.append(row(tables, fit["study"], fit["model"], fit["train_fraction"], value, low, high, text, verdict,
                         reason, paper_value=NOISE_PAPER))
+        rows[-1]["caveats"] += f"; {NOISE_READ_AT}"
     return rows or not_measured(tables, "no noise scale measured at a checkpoint near a reached target")
 
 
