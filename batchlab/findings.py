@@ -346,6 +346,9 @@ def paired_quality(group: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
 def judge_lb_worse(tables: Tables) -> list[dict]:
     rows = []
     for study, model, fraction, group in model_groups(tables.runs):
+        # Keskar's networks classify: a perplexity or a mean IoU has no SB / LB accuracy gap to compare
+        if study_task(tables, study) != CLASSIFICATION:
+            continue
         if group.loc[group["status"] == "completed", "batch_size"].nunique() < 2:
             continue
         pairs, sb, lb = paired_quality(group)
@@ -361,9 +364,7 @@ def judge_lb_worse(tables: Tables) -> list[dict]:
         met, why = keskar_protocol(tables.studies.get(study, {}), pairs["final_train_loss_sb"].median(),
                                    pairs["final_train_loss_lb"].median())
         verdict, reason = verdict_of(low, high, 0.0, above=False) if met else (INCONCLUSIVE, why)
-        task = study_task(tables, study)
-        measure = "accuracy" if task == CLASSIFICATION else "score (1/perplexity or mean IoU)"
-        text = (f"LB − SB test {measure}: {interval_text(100 * mean, 100 * low, 100 * high, '{:+.1f}', ' pp')} "
+        text = (f"LB − SB test accuracy: {interval_text(100 * mean, 100 * low, 100 * high, '{:+.1f}', ' pp')} "
                 f"(B = {lb} / {sb}, {len(diff)} pairs)")
         net = KESKAR_NETWORK.get(model)
         drops = {n: lb_acc - sb_acc for n, (sb_acc, lb_acc) in KESKAR_ACCURACY.items()}
@@ -371,7 +372,7 @@ def judge_lb_worse(tables: Tables) -> list[dict]:
                  + f"{max(drops.values()):+.1f} to {min(drops.values()):+.1f} pp over F1–C4")
         rows.append(row(tables, study, model, fraction, mean, low, high, text + ("" if met else " — context only"),
                         verdict, reason, paper_value=paper))
-    return rows or not_measured(tables, "no study with two healthy batch sizes")
+    return rows or not_measured(tables, "no classification study with two healthy batch sizes")
 
 
 # --- Golmant, Shallue, McCandlish: the steps to target ----------------------------------------

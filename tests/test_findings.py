@@ -260,3 +260,10 @@ def test_the_table_has_a_row_for_every_claim_and_a_verdict_in_each():
     assert set(table["claim_id"]) == {c.id for c in CLAIMS}
     assert table["verdict"].isin([REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE]).all()
     assert (table["paper_value"].str.len() > 1).all()  # the paper's value, or shape, on every row
+
+
+def test_the_generalization_gap_is_asked_of_classification_only():
+    lm = jittered(grid_runs(lambda b, lr, bn: 0.95 - b / 10000, batch_sizes=(32, 400), base_lrs=(0.001,),
+                            seeds=range(5), task="language_model"))
+    [row] = judge_lb_worse(tables(lm.assign(final_test_perplexity=50.0)))
+    assert row["reason"].startswith("not measured: no classification study")
