@@ -21,8 +21,25 @@ def test_shipped_configs_validate_and_expand(path):
 
 def test_demo_covers_the_acceptance_grid():
     cfg = check_config(yaml.safe_load((REPO / "config.yaml").read_text()))
-    study = cfg["studies"]["demo"]
-    assert len(study["models"]) >= 2 and len(study["batch_sizes"]) >= 4 and len(study["lr_rules"]) >= 3
+    studies = cfg["studies"]
+    demo = studies["demo"]
+    assert len(demo["models"]) >= 2 and len(demo["batch_sizes"]) >= 4 and len(demo["seeds"]) >= 2
+    assert min(demo["batch_sizes"]) <= 16 and max(demo["batch_sizes"]) >= 512
+    # Masters & Luschi: equal epochs, and an LR grid wide enough to bracket the optimum at each batch size
+    assert "stop" not in demo["budget"] and len(demo["base_lrs"]) >= 3
+    # Golmant's LR rules, tuned per batch size, in one study
+    assert any({"constant", "linear", "sqrt"} <= set(s["lr_rules"]) for s in studies.values())
+
+
+def test_demo_asks_golmant_in_three_domains_on_embedded_data():
+    cfg = check_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    studies = cfg["studies"].values()
+    assert {s["dataset"] for s in studies} <= {"mnist1d", "pydoc_text", "shapes"}  # nothing to download
+    for dataset, model in (("pydoc_text", "lstm_lm"), ("shapes", "drn")):
+        study = next(s for s in studies if s["dataset"] == dataset)
+        assert model in study["models"] and len(study["batch_sizes"]) >= 4 and len(study["base_lrs"]) >= 2
+        targets = study["speedup"]["targets"]
+        assert targets["train_loss"][0] == "largest_batch_q25" and targets.get("test_loss")
 
 
 def test_defaults_are_filled_from_the_schema(tiny_config):
