@@ -46,7 +46,7 @@ REQUIRED_COLUMNS = ("device", "model", "batch_size", "k", "examples_per_s", "eva
 # and the target rule `all`, which snakemake counts too); tests/test_estimate.py checks the total
 # against snakemake's dry run.
 TAIL_JOBS = ("gather_tables", "gather_sharpness", "gather_interpolation", "speedup_tables", "sharpness_ratios",
-             "figures_1", "figures_2", "figures_3", "report_summary", "report", "all")
+             "figures_1", "figures_2", "figures_3", "findings", "report_summary", "report", "all")
 
 
 def train_size(n_train: int, fraction: float) -> int:
