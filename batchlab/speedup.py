@@ -141,8 +141,8 @@ MAX_INTERVAL_RATIO = 100.0  # a wider interval says too little to report a numbe
 FIT_STATUS_TEXT = {
     "too_few_points": "fewer than 3 batch sizes reached the target",
     "unconstrained": "the data do not bound it",
-    "beyond_grid": "beyond the largest batch",
-    "below_grid": "below the smallest batch",
+    "beyond_grid": "still near-linear at the largest batch: no upper end",
+    "below_grid": "already flat at the smallest batch: no lower end",
     "above_range": f"estimate beyond {ESTIMATE_MARGIN:g}× the largest batch",
     "below_range": f"estimate below 1/{ESTIMATE_MARGIN:g} of the smallest batch",
     "interval_too_wide": f"interval wider than {MAX_INTERVAL_RATIO:g}×",

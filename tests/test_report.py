@@ -74,12 +74,12 @@ def test_a_failing_lr_leaves_the_summary_unchanged_but_is_counted(status):
 
 
 def test_b_crit_shows_a_bound_or_the_reason_never_an_extrapolated_number():
-    assert b_crit_text(np.nan, 600.0, np.inf, "beyond_grid", ">600") == ">600 (beyond the largest batch)"
+    assert b_crit_text(np.nan, 600.0, np.inf, "beyond_grid", ">600") == ">600 (still near-linear at the largest batch: no upper end)"
     assert b_crit_text(np.nan, 1.0, 5000.0, "interval_too_wide", None) == "– (interval wider than 100×)"
     assert b_crit_text(476.2, 372.0, 609.0, "ok", None) == "476 [372, 609]"
     table = summary_table(runs_with_lrs(), critical_rows(b_crit=np.nan, fit_status="beyond_grid", b_crit_bound=">400",
                                                          ci_low=400.0, ci_high=np.inf), pd.DataFrame(columns=["study", "model", "metric", "epsilon"]), SETTINGS)
-    assert summary_display(table).iloc[0]["B_crit [95% interval]"] == ">400 (beyond the largest batch)"
+    assert summary_display(table).iloc[0]["B_crit [95% interval]"] == ">400 (still near-linear at the largest batch: no upper end)"
 
 
 def test_a_study_without_targets_says_so():
