@@ -41,7 +41,7 @@ def run_snakemake(workdir, preset: str, *args: str, smoke: bool) -> subprocess.C
     )
 
 
-# The papers' grids, from PAPERS.md: (study, models, batch sizes, runs).
+# The papers' grids, from docs/papers.md: (study, models, batch sizes, runs).
 FULL_GRIDS = {
     "masters_luschi": [
         ("ml_resnet", {"resnet8", "resnet32_nobn", "resnet32"}, [2 ** i for i in range(1, 12)], 3 * 11 * 13),
