@@ -162,10 +162,6 @@ def not_measured(tables: Tables, why: str) -> list[dict]:
                  ci_high=np.nan, value_text="–", verdict=INCONCLUSIVE, reason=f"not measured: {why}", caveats="")]
 
 
-def fmt(x: float, spec: str = "{:.3g}") -> str:
-    return spec.format(x) if np.isfinite(x) else "–"
-
-
 def interval_text(value: float, low: float, high: float, spec: str = "{:.3g}", unit: str = "") -> str:
     if not np.isfinite(value):
         return "–"
@@ -272,7 +268,7 @@ def judge_ghost_bn(tables: Tables) -> list[dict]:
         if group["bn_batch_size"].nunique() < 2:
             continue
         bests, boots = [], []
-        for batch, part in group.groupby("batch_size"):
+        for _, part in group.groupby("batch_size"):
             cube, _, bns = score_cube(part, "bn_batch_size")
             bests.append(bns[int(best_along(cube))])
             boots.append(np.array(bns)[best_along(bootstrap_cube(cube))])
@@ -420,9 +416,7 @@ def fit_inconclusive(fit: pd.Series) -> str:
     """Why a fit that is not `ok` gives no verdict."""
     status = fit["fit_status"]
     text = FIT_STATUS_TEXT.get(status, str(status))
-    if status in ("beyond_grid", "above_range"):
-        return f"grid edge: {text}"
-    if status in ("below_grid", "below_range"):
+    if status in ("beyond_grid", "above_range", "below_grid", "below_range"):
         return f"grid edge: {text}"
     if status == "not_reached":
         reason = fit.get("not_reached_reason")
