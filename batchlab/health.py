@@ -7,6 +7,9 @@ reaches the same verdicts at the same steps as an uninterrupted one.
 - `stall_reason`: why a run that did not diverge still failed to train (its status is then
   "stalled"): it ends at chance level, or it never improved on its initial loss. A stalled
   run is not a solution, so it never enters a pair, a comparison or a headline number.
+  Chance level is `prior_entropy`: the loss of a model that learned only how often each
+  class occurs among the training targets, not ln(C) (a language model's unigram entropy,
+  or a segmentation's with a dominant background class, lies far below ln(C)).
 - `stop_reason`: which criterion of Keskar's convergence budget (`budget.stop`) the latest
   evaluation meets, if any: the run then ends there instead of at its cap.
 
@@ -27,8 +30,35 @@ STOP_CRITERIA = ("train_loss", "train_acc", "plateau")  # checked in this order;
 
 
 def chance_loss(num_classes: int) -> float:
-    """Cross-entropy of a uniform prediction over `num_classes` classes: ln(C)."""
+    """Cross-entropy of a uniform prediction over `num_classes` classes: ln(C), the chance level
+    only when the classes are balanced (see `prior_entropy`)."""
     return math.log(num_classes)
+
+
+def prior_entropy(targets, num_classes: int, ignore_index: int | None = None) -> float:
+    """Cross-entropy (nats) of predicting the empirical class distribution of `targets`: its entropy.
+
+    This is the lowest loss a model can reach that ignores its inputs, the chance level of a
+    run trained on these targets. `targets` holds class ids of any shape (labels (N,), next
+    tokens (N, T), pixel classes (N, H, W)), as a numpy array or a torch tensor on any device;
+    every entry counts once, as in the mean loss per target that evaluation reports. Entries
+    equal to `ignore_index` (the loss's ignore index) do not count. Balanced classes give
+    ln(num_classes); a class that never occurs adds nothing.
+    """
+    if hasattr(targets, "detach"):  # a torch tensor, on any device
+        targets = targets.detach().cpu().numpy()
+    flat = np.asarray(targets).reshape(-1)
+    if ignore_index is not None:
+        flat = flat[flat != ignore_index]
+    if flat.size and (flat.min() < 0 or flat.max() >= num_classes):
+        raise ValueError(f"targets must be class ids in 0..{num_classes - 1} (or the ignore index {ignore_index}), "
+                         f"found {flat.min()}..{flat.max()}")
+    counts = np.bincount(flat.astype(np.int64), minlength=num_classes)
+    total = counts.sum()
+    if total == 0:
+        raise ValueError("no target counts (all are the ignore index): the prior is not defined")
+    p = counts[counts > 0] / total
+    return float(-(p * np.log(p)).sum())
 
 
 def best_train_loss(evals: Evals, upto: int) -> float:
@@ -46,22 +76,24 @@ def _latest_step(evals: Evals) -> int:
 
 # --- health: did a finished run train at all? ----------------------------------------------
 
-def stall_reason(evals: Evals, num_classes: int, health_cfg: Mapping) -> str | None:
+def stall_reason(evals: Evals, prior_loss: float, health_cfg: Mapping) -> str | None:
     """Why a finished run failed to train, in words; None when it trained.
 
-    Stalled when its final full train loss is at or above `chance_fraction * ln(C)`, or when
-    its best full train loss never fell below `(1 - min_improvement)` times its loss at
-    initialisation (step 0). The second test needs a finite initial loss; without one only
-    the first applies.
+    Stalled when its final full train loss is at or above `chance_fraction * prior_loss`, or
+    when its best full train loss never fell below `(1 - min_improvement)` times its loss at
+    initialisation (step 0). `prior_loss` is the chance level: the entropy of the prior of the
+    targets the run trains on (`prior_entropy`), ln(C) only for balanced classes. The second
+    test needs a finite initial loss; without one only the first applies.
     """
     final_step = _latest_step(evals)
     if 0 not in evals:
         raise ValueError("the health of a run is judged against its evaluation at step 0, which is missing")
     final = evals[final_step][TRAIN_LOSS]
-    chance = health_cfg["chance_fraction"] * chance_loss(num_classes)
+    chance = health_cfg["chance_fraction"] * prior_loss
     if not final < chance:  # written so that a NaN final loss is stalled too
         return (f"final train loss {final:.4g} at step {final_step} is at or above chance level "
-                f"{health_cfg['chance_fraction']:g} x ln({num_classes}) = {chance:.4g}")
+                f"{health_cfg['chance_fraction']:g} x {prior_loss:.4g}, the entropy of the training "
+                f"targets' prior, = {chance:.4g}")
     initial = evals[0][TRAIN_LOSS]
     wanted = (1 - health_cfg["min_improvement"]) * initial
     best = best_train_loss(evals, final_step)

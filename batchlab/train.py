@@ -31,8 +31,9 @@ Habits that keep it fast and safe:
 
 How a run ends, in run.json:
     status       "diverged" (a bad batch loss), else "stalled" when it finished without
-                 training (final train loss near chance, or no improvement on step 0:
-                 batchlab.health.stall_reason, logged as a warning), else "completed".
+                 training (final train loss near chance, the entropy of the training
+                 targets' prior, or no improvement on step 0: batchlab.health.stall_reason,
+                 logged as a warning), else "completed".
                  A stalled run writes all its outputs like a completed one.
     stop_reason  "diverged"; "train_loss", "train_acc" or "plateau" (a `budget.stop`
                  criterion met, checked after updates only, so never at step 0);
@@ -46,7 +47,8 @@ measured after update k. Row 0 is the evaluation at initialisation.
 Run directory:
     metrics.parquet             the dense curve (one row per step)
     final.pt                    final weights (+ run_id, spec, step, status)
-    checkpoints/step_<k>.pt     log-spaced checkpoints for along-training analyses
+    checkpoints/step_<k>.pt     log-spaced (and `checkpoints.regular_points` evenly spaced) checkpoints
+                                for along-training analyses
     checkpoints/resume.pt       only while a run is unfinished
     checkpoints/COMPLETE        once it has finished (a later rerun then starts from scratch)
     run.json                    resolved config, seed, versions, device, git commit, results
@@ -74,9 +76,9 @@ from tqdm import tqdm
 
 from batchlab import io, provenance
 from batchlab.config import RunSpec
-from batchlab.data import Dataset, load_prepared
+from batchlab.data import IGNORE_INDEX, Dataset, load_prepared
 from batchlab.data.augment import apply_augment
-from batchlab.health import stall_reason, stop_reason
+from batchlab.health import prior_entropy, stall_reason, stop_reason
 from batchlab.lr_rules import lr_factor
 from batchlab.metrics import member_confusion, member_sums, mean_iou, perplexity
 from batchlab.stacked.models import StackedModel, build_stacked_model
@@ -98,6 +100,9 @@ COMPLETE_MARK = "COMPLETE"  # in checkpoints/: the run behind these checkpoints 
 
 @dataclass(frozen=True)
 class Plan:
+    """When a run evaluates and checkpoints. Every checkpoint step is an evaluation step (its
+    train loss is in the curve); the final step never has a step_<k>.pt, final.pt holds it."""
+
     steps_per_epoch: int
     total_steps: int
     eval_steps: frozenset[int]
@@ -111,17 +116,31 @@ def log_spaced_steps(total: int, n: int) -> set[int]:
     return {int(s) for s in np.unique(np.round(np.geomspace(1, total, n)))}
 
 
+def regular_steps(total: int, n: int) -> set[int]:
+    """`n` intervals' worth of evenly spaced integer steps from 0 to `total`, both included."""
+    return {int(s) for s in np.round(np.linspace(0, total, n + 1))}
+
+
 def make_plan(spec: RunSpec, n_train: int) -> Plan:
+    """Steps, evaluations and checkpoints of a run on `n_train` training examples.
+
+    Evaluations: `eval.regular_points` evenly spaced and `eval.log_points` log-spaced steps,
+    every epoch end under a convergence budget, every checkpoint step, and steps 0 and the
+    last. Checkpoints: step 0, `checkpoints.log_points` log-spaced steps and, with
+    `checkpoints.regular_points` = k > 0, the k evenly spaced steps 0, total/k, ..,
+    (k-1) total/k (rounded), never the last step (final.pt).
+    """
     steps_per_epoch = n_train // spec.batch_size  # the incomplete last batch is dropped
     if steps_per_epoch < 1:
         raise ValueError(f"batch size {spec.batch_size} is larger than the {n_train} training examples")
     budget = spec.budget
     total = budget["epochs"] * steps_per_epoch if "epochs" in budget else budget["steps"]
-    regular = {int(s) for s in np.round(np.linspace(0, total, spec.eval["regular_points"] + 1))}
+    regular = regular_steps(total, spec.eval["regular_points"])
     logs = log_spaced_steps(total, spec.eval["log_points"])
     # the convergence criteria are checked at evaluations, so at least once an epoch
     epoch_ends = set(range(steps_per_epoch, total + 1, steps_per_epoch)) if budget.get("stop") else set()
-    ckpts = {0} | (log_spaced_steps(total, spec.checkpoints["log_points"]) - {total})
+    ckpt_regular = regular_steps(total, spec.checkpoints.get("regular_points", 0))  # {0} when 0
+    ckpts = {0} | ((log_spaced_steps(total, spec.checkpoints["log_points"]) | ckpt_regular) - {total})
     evals = regular | logs | epoch_ends | ckpts | {0, total}
     return Plan(steps_per_epoch, total, frozenset(evals), frozenset(ckpts))
 
@@ -539,6 +558,8 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     log.info("training %d run(s) together from step %d: %s", len(members), step, ", ".join(m.spec.run_id for m in members))
     t_start = clock()
 
+    chance = prior_entropy(data.y_train, data.num_classes, IGNORE_INDEX)  # the loss of predicting the targets' prior
+
     def wall(m: Member) -> float:
         return m.wall_before + clock() - t_start
 
@@ -627,7 +648,7 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
             checked = step
             for k, stopped, diverged_step in finished:
                 m = stack.members[k]
-                status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, data.num_classes)
+                status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, chance)
                 summaries[m.spec.run_id] = _write_outputs(m, stack.model.member_state_dict(k), plan, step, status,
                                                           stopped, diverged_step, dev, wall(m), data.task, step_mode)
             if not keep:
@@ -657,9 +678,12 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     return summaries
 
 
-def health_status(spec: RunSpec, curve: Curve, num_classes: int) -> str:
-    """The status of a run that ended without diverging, "completed" or "stalled"; a stall is logged with its reason."""
-    reason = stall_reason(curve.evals, num_classes, spec.health)
+def health_status(spec: RunSpec, curve: Curve, prior_loss: float) -> str:
+    """The status of a run that ended without diverging, "completed" or "stalled"; a stall is logged with its reason.
+
+    `prior_loss` is the chance level: the entropy of the prior of the training targets the run
+    trains on (batchlab.health.prior_entropy of its data, after `train_fraction`)."""
+    reason = stall_reason(curve.evals, prior_loss, spec.health)
     if reason is None:
         return "completed"
     log.warning("%s stalled: %s", spec.run_id, reason)

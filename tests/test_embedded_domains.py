@@ -5,8 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from batchlab.data import load_prepared
+from batchlab.data import IGNORE_INDEX, load_prepared
 from batchlab.data.prepare import prepare_dataset
+from batchlab.health import prior_entropy
 from batchlab.train import train_run
 
 
@@ -30,8 +31,9 @@ def test_the_segmentation_network_learns_the_generated_shapes(tmp_path):
     curve = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
     evaluated = curve.dropna(subset=["train_loss"])
     assert summary["status"] == "completed" and summary["task"] == "segmentation"
-    # per labelled pixel, well below chance (ln 4 = 1.39) and below half the initial loss
-    assert evaluated["train_loss"].iloc[-1] < min(0.5 * evaluated["train_loss"].iloc[0], 0.8)
+    # per labelled pixel, below half the initial loss and below the loss of predicting the pixel-class prior
+    prior = prior_entropy(data.y_train, data.num_classes, IGNORE_INDEX)
+    assert evaluated["train_loss"].iloc[-1] < min(0.5 * evaluated["train_loss"].iloc[0], 0.9 * prior)
     assert 0 < summary["final_test_miou"] <= 1 and evaluated[["train_miou", "test_miou"]].notna().all().all()
 
 
@@ -41,7 +43,8 @@ def test_the_language_model_learns_the_embedded_python_docs(tmp_path):
     data = load_prepared(tmp_path / "pydoc.npz")
     assert data.task == "language_model" and data.num_classes == 300 and data.x_train.dtype.is_floating_point is False
     data = data.train_fraction(0.05)  # about 870 windows: a quick check, not a study
-    spec = domain_spec("pydoc_text", "lstm_lm", 2.0, 2, {"pydoc_text": options}, batch_size=32)
+    # 4 epochs: after 2 the loss is still at the unigram prior's entropy (4.08), which health counts as stalled
+    spec = domain_spec("pydoc_text", "lstm_lm", 2.0, 4, {"pydoc_text": options}, batch_size=32)
     summary = train_run(spec, data, tmp_path / "run", device="cpu", progress=False)
     assert summary["status"] == "completed" and summary["task"] == "language_model"
     # a uniform guess has perplexity 300; the unigram frequencies alone bring it far below

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from batchlab import io, train
+from batchlab.data import TRAIN_SUBSET_SEED, Dataset
+from batchlab.health import prior_entropy
 from batchlab.models import build_model
 from batchlab.train import (
     epoch_permutation, evaluate, first_bad_step, log_spaced_steps, make_plan, resolve_device, train_run,
@@ -75,6 +77,58 @@ def test_a_convergence_budget_evaluates_at_every_epoch_end():
     # with a step budget that is no whole number of epochs, the cap is evaluated as well
     steps = make_plan(make_spec({"budget": {"steps": 40, "stop": {"train_loss": 1.0}}}, run=RUN), 256)
     assert {16, 32, 40} <= steps.eval_steps
+
+
+def plan_before_regular_checkpoints(spec, n_train: int) -> train.Plan:
+    """make_plan as it was before `checkpoints.regular_points`: log-spaced checkpoints only."""
+    steps_per_epoch = n_train // spec.batch_size
+    budget = spec.budget
+    total = budget["epochs"] * steps_per_epoch if "epochs" in budget else budget["steps"]
+    regular = {int(s) for s in np.round(np.linspace(0, total, spec.eval["regular_points"] + 1))}
+    logs = log_spaced_steps(total, spec.eval["log_points"])
+    epoch_ends = set(range(steps_per_epoch, total + 1, steps_per_epoch)) if budget.get("stop") else set()
+    ckpts = {0} | (log_spaced_steps(total, spec.checkpoints["log_points"]) - {total})
+    evals = regular | logs | epoch_ends | ckpts | {0, total}
+    return train.Plan(steps_per_epoch, total, frozenset(evals), frozenset(ckpts))
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"budget": {"steps": 3750}, "eval": {"regular_points": 20, "log_points": 10}, "checkpoints": {"log_points": 8}},
+    {"budget": {"epochs": 20, "stop": {"plateau_epochs": 2}}, "checkpoints": {"log_points": 0, "regular_points": 0}},
+    {"budget": {"steps": 7}, "checkpoints": {"log_points": 30, "regular_points": 0}},
+])
+def test_no_regular_checkpoints_keeps_the_plan_exactly(overrides):
+    spec = make_spec(overrides, run=RUN)
+    assert spec.checkpoints["regular_points"] == 0  # the schema's default
+    assert make_plan(spec, 256) == plan_before_regular_checkpoints(spec, 256)
+
+
+def test_regular_checkpoints_are_evenly_spaced_evaluations_besides_the_log_spaced_ones():
+    # the cosine run of the motivating example: 3750 steps, 8 log-spaced checkpoints
+    base = {"budget": {"steps": 3750}, "eval": {"regular_points": 20, "log_points": 10}}
+    old = make_plan(make_spec({**base, "checkpoints": {"log_points": 8}}, run=RUN), 256)
+    plan = make_plan(make_spec({**base, "checkpoints": {"log_points": 8, "regular_points": 10}}, run=RUN), 256)
+    evenly = set(range(0, 3750, 375))  # 0, 375, .., 3375: ten, the final step (final.pt) excluded
+    assert plan.checkpoint_steps == old.checkpoint_steps | evenly
+    assert old.checkpoint_steps & {3000, 3375} == set()  # what the log-spaced ones miss late in training
+    assert plan.checkpoint_steps <= plan.eval_steps and plan.eval_steps == old.eval_steps | evenly
+    assert 3750 not in plan.checkpoint_steps and plan.total_steps == 3750
+    # alone, and where the run is no multiple of k: rounded, still none at the final step
+    plan = make_plan(make_spec({"budget": {"steps": 1000}, "eval": {"regular_points": 1, "log_points": 0},
+                                "checkpoints": {"log_points": 0, "regular_points": 3}}, run=RUN), 256)
+    assert plan.checkpoint_steps == {0, 333, 667} and plan.eval_steps == {0, 333, 667, 1000}
+    # more points than steps: every step but the last
+    few_steps = {"budget": {"steps": 5}, "checkpoints": {"log_points": 0, "regular_points": 12}}
+    plan = make_plan(make_spec(few_steps, run=RUN), 256)
+    assert plan.checkpoint_steps == {0, 1, 2, 3, 4} and plan.checkpoint_steps <= plan.eval_steps
+
+
+def test_regular_checkpoints_are_written(tmp_path, tiny_data):
+    spec = make_spec({"checkpoints": {"log_points": 0, "regular_points": 4}}, run=RUN)  # 32 steps
+    train_run(spec, tiny_data, tmp_path, device="cpu", progress=False)
+    assert {p.name for p in (tmp_path / "checkpoints").glob("step_*.pt")} == {f"step_{k}.pt" for k in (0, 8, 16, 24)}
+    assert set(evaluations(tmp_path).index) >= {0, 8, 16, 24, 32}
 
 
 def test_epoch_permutation_is_a_seeded_permutation():
@@ -197,6 +251,46 @@ def test_a_chance_level_run_is_stalled_but_writes_its_outputs(tmp_path, tiny_dat
     assert_finished_at(tmp_path, summary, 32, planned=32)
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} >= {"step_0.pt", "step_1.pt"}
     assert any("stalled" in r.getMessage() and "chance" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def imbalanced_labels(n: int, rng: np.random.Generator) -> torch.Tensor:
+    """90% class 0, the rest spread over classes 1..9: a prior entropy near 0.7, far below ln 10."""
+    return torch.from_numpy(np.where(rng.random(n) < 0.9, 0, rng.integers(1, 10, n)))
+
+
+def test_a_run_that_learns_only_the_label_prior_is_stalled_far_below_ln_c(tmp_path, caplog):
+    # inputs that say nothing (all zero): the best the model can do is to predict the labels' prior
+    rng = np.random.default_rng(0)
+    data = Dataset("prior_only", torch.zeros(256, 40), imbalanced_labels(256, rng), torch.zeros(128, 40),
+                   imbalanced_labels(128, rng), num_classes=10)
+    h = prior_entropy(data.y_train, 10)
+    summary = train_run(make_spec(run=RUN), data, tmp_path, device="cpu", progress=False)
+    initial = evaluations(tmp_path)["train_loss"].iloc[0]
+    # it improved a lot on its initial loss and ends far below ln 10 (so ln C would call it healthy),
+    # but no lower than the prior's entropy
+    assert summary["final_train_loss"] < min(0.5 * np.log(10), 0.5 * initial)
+    assert summary["final_train_loss"] >= 0.99 * h
+    assert summary["status"] == "stalled" and summary["stop_reason"] == "budget"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "stalled" in r.getMessage()]
+    assert len(warnings) == 1 and f"{h:.4g}" in warnings[0] and "prior" in warnings[0]
+
+
+def test_the_chance_level_is_the_prior_of_the_training_fraction(tmp_path):
+    # the half a run at train_fraction 0.5 keeps has an imbalanced prior, the other half is uniform:
+    # judged against the whole set's prior (entropy about 1.7) the run would look healthy
+    rng = np.random.default_rng(0)
+    kept = torch.randperm(256, generator=torch.Generator().manual_seed(TRAIN_SUBSET_SEED))[:128]
+    y = torch.from_numpy(rng.integers(0, 10, 256))
+    y[kept] = imbalanced_labels(128, rng)
+    data = Dataset("prior_only", torch.zeros(256, 40), y, torch.zeros(128, 40), imbalanced_labels(128, rng), 10)
+    half = data.train_fraction(0.5)
+    assert torch.equal(half.y_train, y[kept])
+    h_half, h_all = prior_entropy(half.y_train, 10), prior_entropy(y, 10)
+    assert h_half < 0.5 * h_all
+    spec = make_spec({"train_fractions": [0.5], "batch_sizes": [16], "lr_rules": ["constant"]})
+    summary = train_run(spec, data, tmp_path, device="cpu", progress=False)
+    assert 0.99 * h_half <= summary["final_train_loss"] < 0.99 * h_all
+    assert summary["status"] == "stalled"
 
 
 def test_a_diverging_run_with_a_convergence_budget_stays_diverged(tmp_path, tiny_data):
