@@ -181,7 +181,8 @@ def _check_study(name: str, study: dict, datasets: dict) -> None:
         raise ConfigError(f"invalid config at '{where}.schedule.warmup_steps': {warmup} warm-up steps, but the shortest "
                           f"run (batch size {max(study['batch_sizes'])}) has only {shortest} steps")
     ns, b_big = study["analysis"]["noise_scale"], study["analysis"]["noise_scale"]["b_big"]
-    if study["analysis"]["enabled"] and b_big > n_train and _two_batch_noise_scale(study, ns, n_train):
+    if (study["analysis"]["enabled"] and "noise_scale" in study["analysis"]["measures"] and b_big > n_train
+            and _two_batch_noise_scale(study, ns, n_train)):
         raise ConfigError(f"invalid config at '{where}.analysis.noise_scale.b_big': {b_big} is larger than the {n_train} "
                           f"training examples it would be drawn from")
     for section in ("analysis", "interpolation"):

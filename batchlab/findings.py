@@ -32,7 +32,8 @@ import pandas as pd
 from scipy import stats
 
 from batchlab.quality import CLASSIFICATION, quality_scores, run_tasks, with_fraction
-from batchlab.sharpness_ratio import PAIR_KEY, headline_ratio
+from batchlab.sharpness_ratio import PAIR_KEY, headline_ratio, searched
+from batchlab.tables import CONVERGED_SEARCH, KESKAR_SEARCH
 from batchlab.speedup import BEST_RULE, FIT_OK, FIT_STATUS_TEXT, lr_edges, train_fractions
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
@@ -69,9 +70,6 @@ TEST_WORSE_PAPER = "< 1: the test loss scales worse (CIFAR-10)"
 FRACTION_PAPER = "≈1× at 100 / 50 / 25% (CIFAR-10, SVHN)"
 NOISE_PAPER = "within ≈10×, over tasks whose B_crit spans 6 orders of magnitude"
 REGIMES_PAPER = "all three on every workload (e.g. CIFAR-10 ResNet-8, batch 2–8192)"
-# how batchlab.speedup (rule 6) reads the noise scale today, short of the claim's protocol
-NOISE_READ_AT = ("B_simple read at the analysed checkpoint nearest in step to where each run reached the target "
-                 "(within 2×), not at the target loss itself")
 STAND_INS = {
     "mnist1d": "MNIST-1D stands in for MNIST / CIFAR",
     "shapes": "generated shapes stand in for Cityscapes",
@@ -307,15 +305,32 @@ def keskar_paper_ratio(model: str, epsilon: float) -> str:
     return f"{ratios[net]:.0f}× ({net}); {spread}" if net in ratios else spread
 
 
+def keskar_search_text(ratios: pd.DataFrame, r) -> str:
+    """Beside a ratio by the converged search, the same ratio by Keskar's own short search, where both ran."""
+    if getattr(r, "method", KESKAR_SEARCH) != CONVERGED_SEARCH:
+        return ""
+    same = ratios[(ratios["study"] == r.study) & (ratios["model"] == r.model) & (ratios["metric"] == r.metric)
+                  & np.isclose(ratios["epsilon"], r.epsilon) & (ratios["method"] == KESKAR_SEARCH)]
+    if "train_fraction" in same:
+        same = same[np.isclose(same["train_fraction"], getattr(r, "train_fraction", 1.0))]
+    if same.empty:
+        return ""
+    k = same.iloc[0]
+    return f"; Keskar's 10-iteration search: {interval_text(k['ratio'], k['ratio_ci_low'], k['ratio_ci_high'], unit='×')}"
+
+
 def judge_sharper_lb(tables: Tables, threshold: float = 1.0) -> list[dict]:
     rows = []
-    full = tables.ratios[tables.ratios["metric"] == "eps_sharpness_full"]
+    chosen = searched(tables.ratios)
+    full = chosen[chosen["metric"] == "eps_sharpness_full"]
     ratios = full if len(full) else headline_ratio(tables.ratios)
     for r in ratios.itertuples():
         met, why = keskar_protocol(tables.studies.get(r.study, {}), r.sb_train_loss, r.lb_train_loss)
         verdict, reason = verdict_of(r.ratio_ci_low, r.ratio_ci_high, threshold) if met else (INCONCLUSIVE, why)
+        search = "converged search" if getattr(r, "method", None) == CONVERGED_SEARCH else "Keskar's search"
         text = (f"{interval_text(r.ratio, r.ratio_ci_low, r.ratio_ci_high, unit='×')} "
-                f"(B = {r.lb_batch_size} / {r.sb_batch_size}, {r.n_pairs} pairs)")
+                f"(B = {r.lb_batch_size} / {r.sb_batch_size}, {r.n_pairs} pairs, {search}"
+                f"{keskar_search_text(tables.ratios, r)})")
         if not met:
             text += " — context only"
         rows.append(row(tables, r.study, r.model, getattr(r, "train_fraction", 1.0), r.ratio, r.ratio_ci_low,
@@ -538,28 +553,34 @@ def judge_fraction(tables: Tables) -> list[dict]:
     return rows or not_measured(tables, "no study trains at more than one training fraction")
 
 
+NOISE_MEASURES = {"b_simple": "B_simple = tr(Σ) / |G|²", "b_noise": "B_noise = tr(HΣ) / GᵀHG"}
+
+
 def judge_noise_scale(tables: Tables) -> list[dict]:
     rows = []
     for fit in headline_fits(tables):
-        prediction = fit.get("b_noise_predicted", np.nan)
-        if not np.isfinite(prediction):
-            continue
-        lo_n, hi_n = fit["b_noise_ci_low"], fit["b_noise_ci_high"]
-        if fit["fit_status"] != FIT_OK:
-            value = low = high = np.nan
-            verdict, reason = INCONCLUSIVE, f"no B_crit: {fit_inconclusive(fit)}"
-        else:
-            value = prediction / fit["b_crit"]
-            low, high = lo_n / fit["ci_high"], hi_n / fit["ci_low"]
-            verdict, reason = verdict_within(low, high, ORDER_OF_MAGNITUDE)
-            if verdict != INCONCLUSIVE and not hi_n > lo_n:
-                verdict, reason = INCONCLUSIVE, "the prediction has no interval (one run or an exact value)"
-        text = (f"B_simple / B_crit = {interval_text(value, low, high, unit='×')} "
-                f"(B_simple {interval_text(prediction, lo_n, hi_n, '{:.0f}')}; {fit_text(fit)})")
-        rows.append(row(tables, fit["study"], fit["model"], fit["train_fraction"], value, low, high, text, verdict,
-                        reason, paper_value=NOISE_PAPER))
-        rows[-1]["caveats"] += f"; {NOISE_READ_AT}"
-    return rows or not_measured(tables, "no noise scale measured at a checkpoint near a reached target")
+        for measure, name in NOISE_MEASURES.items():
+            prediction = fit.get(measure, np.nan)
+            if not np.isfinite(prediction):
+                continue
+            lo_n, hi_n = fit[f"{measure}_ci_low"], fit[f"{measure}_ci_high"]
+            label = measure.replace("b_", "B_")
+            if fit["fit_status"] != FIT_OK:
+                value = low = high = np.nan
+                verdict, reason = INCONCLUSIVE, f"no B_crit: {fit_inconclusive(fit)}"
+            else:
+                value = prediction / fit["b_crit"]
+                low, high = lo_n / fit["ci_high"], hi_n / fit["ci_low"]
+                verdict, reason = verdict_within(low, high, ORDER_OF_MAGNITUDE)
+                if verdict != INCONCLUSIVE and not hi_n > lo_n:
+                    verdict, reason = INCONCLUSIVE, "the prediction has no interval (one run with an exact value)"
+            text = (f"{label} / B_crit = {interval_text(value, low, high, unit='×')} "
+                    f"({label} {interval_text(prediction, lo_n, hi_n, '{:.0f}')} from {fit[f'{measure}_n_runs']:.0f} "
+                    f"runs; {fit_text(fit)})")
+            rows.append(row(tables, fit["study"], fit["model"], fit["train_fraction"], value, low, high, text, verdict,
+                            reason, paper_value=NOISE_PAPER, condition=name))
+            rows[-1]["caveats"] += f"; read at train loss {fit['b_noise_train_loss']:.3g}"
+    return rows or not_measured(tables, "no noise scale measured near the state where a run reached a target")
 
 
 def judge_regimes(tables: Tables) -> list[dict]:
@@ -634,8 +655,8 @@ CLAIMS = (
           "A B_crit at two or more fractions.", FRACTION_PAPER, judge_fraction),
     Claim("mccandlish_noise_scale", "McCandlish et al. 2018", "Noise scale against B_crit",
           "The gradient noise scale predicts the critical batch size.",
-          "The median B_simple of the runs that reached the target, over the measured B_crit; agreement within "
-          "10× either way.",
+          "B_simple and B_noise (geometric means over the runs that reached the target, each read where its train "
+          "loss reached it), over the measured B_crit; agreement within 10× either way.",
           "The noise scale read where training reaches the target loss; a B_crit from the same target.",
           NOISE_PAPER, judge_noise_scale),
     Claim("shallue_regimes", "Shallue et al. 2018", "Steps to result against batch size",

@@ -7,8 +7,8 @@ Top to bottom:
 - the summary, one row per (study, model, training fraction): run health, the best batch
   size by the task's own quality (test accuracy; test perplexity for a language model, test
   mean IoU for segmentation), flagged when it is an edge of the batch grid, B_crit (or the
-  bound the data allow, or why there is none) beside the noise-scale prediction (flagged when
-  the two disagree by more than 10×), and the large- over small-batch sharpness ratio with its
+  bound the data allow, or why there is none) beside the noise-scale predictions B_simple and
+  B_noise read at the target (flagged when one and B_crit disagree by more than 10×), and the large- over small-batch sharpness ratio with its
   interval, in the headline only where Keskar's protocol is met (both ends converged, or at a
   matched train loss), otherwise marked as context;
 - one section per paper, each opening with its table and then its figures with captions.
@@ -42,6 +42,7 @@ from batchlab.plots.critical import Target, fit_row, resolved_label, target_labe
 from batchlab.quality import (
     CLASSIFICATION, QUALITY, best_base_lr_runs, quality_scores, run_scores, run_tasks, with_fraction,
 )
+from batchlab.noise_prediction import NOISE_COLUMNS
 from batchlab.sharpness_ratio import headline_ratio
 from batchlab.speedup import FIT_STATUS_TEXT, TARGET_FIXED, TARGET_METRICS, train_fractions
 
@@ -49,7 +50,8 @@ SUMMARY_COLUMNS = (
     "study", "model", "train_fraction", "task", "n_runs", "n_completed", "n_diverged", "n_stalled", "best_batch_size",
     "best_batch_edge", "best_lr_rule", "best_test_acc", "best_test_perplexity", "best_test_miou", "target", "b_crit", "b_crit_ci_low",
     "b_crit_ci_high", "fit_status", "b_crit_bound", "b_crit_not_reached",
-    "b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high", "sharpness_epsilon", "sharpness_sb_batch_size",
+    "b_simple", "b_simple_ci_low", "b_simple_ci_high", "b_noise", "b_noise_ci_low", "b_noise_ci_high",
+    "b_noise_train_loss", "sharpness_epsilon", "sharpness_sb_batch_size",
     "sharpness_lb_batch_size", "sharpness_ratio", "sharpness_ratio_ci_low", "sharpness_ratio_ci_high", "sharpness_n_pairs",
     "sharpness_protocol",
 )
@@ -100,8 +102,7 @@ def _critical_row(f: pd.Series | None) -> dict:
         return {}
     return dict(b_crit=f["b_crit"], b_crit_ci_low=f["ci_low"], b_crit_ci_high=f["ci_high"], fit_status=f["fit_status"],
                 b_crit_bound=f["b_crit_bound"], b_crit_not_reached=f.get("not_reached_reason"),
-                b_noise_predicted=f["b_noise_predicted"],
-                b_noise_ci_low=f["b_noise_ci_low"], b_noise_ci_high=f["b_noise_ci_high"])
+                **{c: f.get(c, np.nan) for c in NOISE_COLUMNS if not c.endswith("_n_runs")})
 
 
 def _sharpness_row(headline: pd.DataFrame, study: str, model: str, fraction: float, study_cfg: dict) -> dict:
@@ -202,20 +203,31 @@ def summary_display(table: pd.DataFrame) -> pd.DataFrame:
         "target": table["target"].astype(object).fillna("none configured"),
         "B_crit [95% interval]": [b_crit_text(r.b_crit, r.b_crit_ci_low, r.b_crit_ci_high, r.fit_status, r.b_crit_bound,
                                               r.b_crit_not_reached) for r in table.itertuples()],
-        "noise-scale prediction [95%]": [
-            with_interval(r.b_noise_predicted, r.b_noise_ci_low, r.b_noise_ci_high, "{:.0f}") + disagreement(r)
+        "B_simple at the target [95%]": [
+            prediction_text(r.b_simple, r.b_simple_ci_low, r.b_simple_ci_high) + disagreement(r.b_simple, r.b_crit)
+            for r in table.itertuples()],
+        "B_noise at the target [95%]": [
+            prediction_text(r.b_noise, r.b_noise_ci_low, r.b_noise_ci_high) + disagreement(r.b_noise, r.b_crit)
             for r in table.itertuples()],
         "sharpness LB / SB [95%]": [sharpness_text(r) for r in table.itertuples()],
     })
     return out
 
 
-def disagreement(r) -> str:
-    """A note beside the noise-scale prediction when it and B_crit differ by more than McCandlish's order of
+def prediction_text(value: float, low: float, high: float) -> str:
+    """A noise-scale prediction with its interval; an open upper end as ∞, and "no interval" where it has none."""
+    if _finite(value) and _finite(low) and high == np.inf:
+        return f"{value:.0f} [{low:.0f}, ∞)"
+    text = with_interval(value, low, high, "{:.0f}")
+    return text + " (no interval)" if _finite(value) and not (_finite(low) and _finite(high)) else text
+
+
+def disagreement(predicted: float, b_crit: float) -> str:
+    """A note beside a noise-scale prediction when it and B_crit differ by more than McCandlish's order of
     magnitude."""
-    if not (_finite(r.b_noise_predicted) and _finite(r.b_crit)):
+    if not (_finite(predicted) and _finite(b_crit)):
         return ""
-    ratio = r.b_noise_predicted / r.b_crit
+    ratio = predicted / b_crit
     if 1 / ORDER_OF_MAGNITUDE <= ratio <= ORDER_OF_MAGNITUDE:
         return ""
     return f" — {ratio:.3g}× B_crit, beyond the 10× the paper reports"
@@ -315,9 +327,13 @@ def critical_display(critical: pd.DataFrame, speedup: pd.DataFrame | None = None
         "B_crit [95% interval]": [b_crit_text(r.b_crit, r.ci_low, r.ci_high, r.fit_status, r.b_crit_bound,
                                               getattr(r, "not_reached_reason", None)) for r in critical.itertuples()],
         "S_min": critical["s_min"].map(lambda s: fmt(s, "{:.0f}")),
-        "noise-scale prediction [95%] (runs)": [
-            f"{with_interval(r.b_noise_predicted, r.b_noise_ci_low, r.b_noise_ci_high, '{:.0f}')} ({r.b_noise_n_runs})"
+        "B_simple at the target [95%] (runs)": [
+            f"{prediction_text(r.b_simple, r.b_simple_ci_low, r.b_simple_ci_high)} ({r.b_simple_n_runs})"
             for r in critical.itertuples()],
+        "B_noise at the target [95%] (runs)": [
+            f"{prediction_text(r.b_noise, r.b_noise_ci_low, r.b_noise_ci_high)} ({r.b_noise_n_runs})"
+            for r in critical.itertuples()],
+        "read at train loss": critical["b_noise_train_loss"].map(lambda v: fmt(v, "{:.3g}")),
         "tuned LR at a grid edge (batch sizes)": lr_edge_counts(critical, speedup),
     })
 
@@ -437,8 +453,9 @@ def build_report(tables: dict[str, pd.DataFrame], summary: pd.DataFrame, figures
         "test mean IoU for segmentation); the critical batch size B_crit of S(B) = S_min (1 + B_crit / B), fitted "
         "to the LR-tuned steps to the first target (a bound where the data only bound it, and why when there is no "
         "number); "
-        "McCandlish's noise-scale prediction from the runs that reached that target, at the checkpoint nearest "
-        "it, flagged where it and B_crit differ by more than 10×; and the large- over small-batch ε-sharpness "
+        "McCandlish's two noise-scale predictions, B_simple = tr(Σ) / |G|² and B_noise = tr(HΣ) / GᵀHG, each "
+        "read where the train loss of the runs that reached that target reached it, flagged where it and B_crit "
+        "differ by more than 10×; and the large- over small-batch ε-sharpness "
         "ratio, marked as context where the two ends were not trained to a comparable loss. A best batch at an "
         "edge of the grid says so. Diverged and stalled runs enter none of these numbers.</p>",
         html_table(summary_display(summary), "summary"),

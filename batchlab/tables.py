@@ -30,6 +30,10 @@ SHARPNESS_COLUMNS = (
     "run_id", "step", "train_loss", "metric", "epsilon", "value", "stderr", "subset_loss", "n_evals", "bn_mode", "n_examples",
     "ci_low", "ci_high", "method",
 )
+# sharpness.parquet's `method` of the two epsilon-sharpness searches: Keskar's own (about 10 L-BFGS-B iterations,
+# a lower bound that falls further short at the sharper end) and the multi-start search run to convergence
+KESKAR_SEARCH = "lbfgsb"
+CONVERGED_SEARCH = "lbfgsb_multistart"
 INTERPOLATION_COLUMNS = ("pair_id", "run_id_small", "run_id_large", "alpha", "split", "loss", "accuracy", "bn_mode")
 TABLE_COLUMNS = {"sharpness": SHARPNESS_COLUMNS, "interpolation": INTERPOLATION_COLUMNS}
 CURVE_COLUMNS = (

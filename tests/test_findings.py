@@ -128,6 +128,15 @@ def test_lb_sharper_is_context_only_when_the_ends_stopped_at_different_losses():
     assert row["value"] == pytest.approx(2.3) and "context only" in row["value_text"]
 
 
+def test_lb_sharper_judges_the_converged_search_and_shows_keskars_beside_it():
+    ratios = pd.DataFrame([ratio_row(0.9, 0.7, 1.1, method="lbfgsb"), ratio_row(1.95, 1.6, 2.4, method="lbfgsb_multistart")])
+    [row] = judge_sharper_lb(tables(ratios=ratios, studies=CONVERGED))
+    assert row["verdict"] == REPRODUCED and row["value"] == pytest.approx(1.95)
+    assert "converged search; Keskar's 10-iteration search: 0.9× [0.7, 1.1]" in row["value_text"]
+    [row] = judge_sharper_lb(tables(ratios=ratios.iloc[:1], studies=CONVERGED))  # Keskar's search alone
+    assert row["verdict"] == INCONCLUSIVE and "Keskar's search)" in row["value_text"]
+
+
 def test_keskar_magnitude_asks_for_an_order_of_magnitude():
     ratios = pd.DataFrame([ratio_row(2.3, 1.9, 2.9), ratio_row(50.0, 20.0, 90.0)])
     verdicts = [r["verdict"] for r in judge_sharper_by_orders(tables(ratios=ratios, studies=CONVERGED))]
@@ -158,8 +167,9 @@ def fit(study="s", model="mlp", metric="train_loss", fraction=1.0, **values):
     row = dict(study=study, model=model, train_fraction=fraction, lr_rule="best", target_metric=metric,
                target_value=0.5, target_rule="fixed", target_batch_size=None, target_fallback=False, b_crit=64.0,
                s_min=100.0, ci_low=40.0, ci_high=100.0, n_points=5, fit_status="ok", b_crit_bound=None,
-               not_reached_reason=None, b_noise_predicted=np.nan, b_noise_ci_low=np.nan, b_noise_ci_high=np.nan,
-               b_noise_n_runs=0)
+               not_reached_reason=None, b_simple=np.nan, b_simple_ci_low=np.nan, b_simple_ci_high=np.nan,
+               b_simple_n_runs=0, b_noise=np.nan, b_noise_ci_low=np.nan, b_noise_ci_high=np.nan, b_noise_n_runs=0,
+               b_noise_train_loss=0.5)
     return {**row, **values}
 
 
@@ -235,13 +245,25 @@ def test_training_fraction_hardly_moves_b_crit():
 
 
 def test_noise_scale_prediction_within_an_order_of_magnitude():
-    close = fit(b_noise_predicted=100.0, b_noise_ci_low=80.0, b_noise_ci_high=150.0)
-    assert judge_noise_scale(tables(critical=pd.DataFrame([close])))[0]["verdict"] == REPRODUCED
-    far = fit(b_noise_predicted=9000.0, b_noise_ci_low=6000.0, b_noise_ci_high=12000.0)
+    close = fit(b_simple=100.0, b_simple_ci_low=80.0, b_simple_ci_high=150.0, b_simple_n_runs=3)
+    [row] = judge_noise_scale(tables(critical=pd.DataFrame([close])))
+    assert row["verdict"] == REPRODUCED and row["condition"].startswith("B_simple")
+    assert "read at train loss 0.5" in row["caveats"]
+    far = fit(b_simple=9000.0, b_simple_ci_low=6000.0, b_simple_ci_high=12000.0)
     assert judge_noise_scale(tables(critical=pd.DataFrame([far])))[0]["verdict"] == NOT_REPRODUCED
-    exact = fit(b_noise_predicted=100.0, b_noise_ci_low=100.0, b_noise_ci_high=100.0)
+    exact = fit(b_simple=100.0, b_simple_ci_low=np.nan, b_simple_ci_high=np.nan)
     row = judge_noise_scale(tables(critical=pd.DataFrame([exact])))[0]
-    assert row["verdict"] == INCONCLUSIVE and "no interval" in row["reason"]
+    assert row["verdict"] == INCONCLUSIVE and np.isnan(row["ci_low"])
+    unbounded = fit(b_simple=100.0, b_simple_ci_low=20.0, b_simple_ci_high=np.inf)
+    assert judge_noise_scale(tables(critical=pd.DataFrame([unbounded])))[0]["verdict"] == INCONCLUSIVE
+
+
+def test_both_noise_scales_are_judged_beside_each_other():
+    both = fit(b_simple=9000.0, b_simple_ci_low=6000.0, b_simple_ci_high=12000.0,
+               b_noise=100.0, b_noise_ci_low=80.0, b_noise_ci_high=150.0)
+    rows = judge_noise_scale(tables(critical=pd.DataFrame([both])))
+    assert [r["condition"].split(" ")[0] for r in rows] == ["B_simple", "B_noise"]
+    assert [r["verdict"] for r in rows] == [NOT_REPRODUCED, REPRODUCED]
 
 
 def test_three_regimes_need_the_plateau_in_the_grid():

@@ -129,7 +129,7 @@ def _sharpness_row(run_id, step, loss, metric, value, **extra):
     row = dict(run_id=run_id, step=step, train_loss=loss, metric=metric, epsilon=np.nan, value=value, stderr=np.nan,
                subset_loss=np.nan, n_evals=10, bn_mode="none", n_examples=512, ci_low=np.nan, ci_high=np.nan,
                method={"eps_sharpness_full": "lbfgsb", "hessian_lambda_max": "lanczos", "hessian_trace": "hutchinson",
-                       "noise_scale": "two_batch"}[metric])
+                       "noise_scale": "two_batch", "b_noise": "two_batch"}[metric])
     return {**row, **extra}
 
 
@@ -155,6 +155,9 @@ def fake_sharpness(runs):
                 b_simple = 20 * (1 + 30 * progress) * (1.5 if run.model == "cnn" else 1.0)
                 rows.append(_sharpness_row(run.run_id, step, loss, "noise_scale", b_simple, ci_low=b_simple * 0.6 - 10,
                                            ci_high=b_simple * 1.5))
+                b_noise = 2.5 * b_simple
+                rows.append(_sharpness_row(run.run_id, step, loss, "b_noise", b_noise, ci_low=b_noise * 0.5,
+                                           ci_high=b_noise * 2))
     rows.append(_sharpness_row("demo/cnn/bs16/linear/lr0.1/seed0", 2, 2.2, "noise_scale", np.inf))  # never plotted
     return pd.DataFrame(rows)
 
@@ -188,6 +191,13 @@ FITS = {
 }
 FIXED_TARGET = dict(target_rule="fixed", target_batch_size=pd.NA, target_fallback=False)
 NO_FIT = dict(fit_status="too_few_points", b_crit=np.nan, ci_low=np.nan, ci_high=np.nan, b_crit_bound=None)
+# model -> the noise scales read at the first target (batchlab.noise_prediction's NOISE_COLUMNS); none at the others
+NOISE = {"mlp": dict(b_simple=80.0, b_simple_ci_low=40.0, b_simple_ci_high=160.0, b_simple_n_runs=4,
+                     b_noise=250.0, b_noise_ci_low=120.0, b_noise_ci_high=500.0, b_noise_n_runs=4, b_noise_train_loss=1.0),
+         "cnn": dict(b_simple=100.0, b_simple_ci_low=50.0, b_simple_ci_high=200.0, b_simple_n_runs=4,
+                     b_noise=300.0, b_noise_ci_low=150.0, b_noise_ci_high=600.0, b_noise_n_runs=4, b_noise_train_loss=1.0)}
+NO_NOISE = dict(b_simple=np.nan, b_simple_ci_low=np.nan, b_simple_ci_high=np.nan, b_simple_n_runs=0, b_noise=np.nan,
+                b_noise_ci_low=np.nan, b_noise_ci_high=np.nan, b_noise_n_runs=0, b_noise_train_loss=np.nan)
 
 
 def best_lr_choice(b):
@@ -224,9 +234,8 @@ def fake_critical():
                 fit = FITS.get((model, target), NO_FIT) if rule == "best" else NO_FIT
                 first = target == TARGETS[0]
                 rows.append(dict(study="demo", model=model, train_fraction=1.0, lr_rule=rule, target_metric=target[0],
-                                 target_value=target[1], **FIXED_TARGET, s_min=300.0, n_points=6, **fit, b_noise_predicted=100.0 if first else np.nan,
-                                 b_noise_ci_low=50.0 if first else np.nan, b_noise_ci_high=200.0 if first else np.nan,
-                                 b_noise_n_runs=4 if first else 0))
+                                 target_value=target[1], **FIXED_TARGET, s_min=300.0, n_points=6, **fit,
+                                 **(NOISE[model] if first else NO_NOISE)))
     return pd.DataFrame(rows)
 
 
@@ -404,10 +413,13 @@ def test_figures_are_written_as_png_and_pdf(tmp_path, study):
         draw_figure("roc", {}, tmp_path / "x.png")
 
 
+ONE_PANEL = {"noise_vs_bcrit"}  # one row per model in a single panel
+
+
 @pytest.mark.parametrize("name", list(FIGURES))
 def test_every_figure_of_a_realistic_study_is_wider_than_tall(tmp_path, study, name):
     fig = build_figure(name, tables_for(name, study))
-    assert sum(ax.axison for ax in fig.axes) >= 2, f"{name} drew no panels"
+    assert sum(ax.axison for ax in fig.axes) >= (1 if name in ONE_PANEL else 2), f"{name} drew no panels"
     with figure_style():
         fig.savefig(tmp_path / "f.png", dpi=60, bbox_inches="tight")  # the ratio does not depend on dpi
     width, height = Image.open(tmp_path / "f.png").size
@@ -419,7 +431,7 @@ def test_every_figure_draws_from_empty_tables(tmp_path, study, name):
     empty = {**study, **{t: empty_like(study[t]) for t in ("speedup", "critical", "sharpness", "interpolation")}}
     draw_figure(name, tables_for(name, empty), tmp_path / "f.png")
     assert Image.open(tmp_path / "f.png").size[0] > 300
-    if name in ("steps_to_target", "speedup", "best_lr"):
+    if name in ("steps_to_target", "speedup", "best_lr", "noise_vs_bcrit"):
         assert "no speed-up targets configured for this study" in texts(build(name, empty))
 
 
@@ -622,7 +634,8 @@ def test_noise_scale_figure_draws_runs_b_crit_and_its_prediction(study):
     fig = build("noise_scale", study)
     ax = axes_titled(fig, "cnn")
     assert gids(ax, "b_crit_line")[0].get_ydata()[0] == 843.0 and gids(ax, "b_crit_band")
-    assert gids(ax, "b_noise_predicted")[0].get_ydata()[0] == 100.0
+    [b_simple], [b_noise] = gids(ax, "predicted:b_simple"), gids(ax, "predicted:b_noise")
+    assert (b_simple.get_ydata()[0], b_noise.get_ydata()[0]) == (100.0, 300.0)
     assert ax.get_xscale() == ax.get_yscale() == "log"
     assert any(t.startswith("B_crit ≈ 843") for t in texts(fig))
     bound = {**study, "critical": study["critical"].assign(fit_status="beyond_grid", b_crit=np.nan, b_crit_bound=">512")}
@@ -631,6 +644,130 @@ def test_noise_scale_figure_draws_runs_b_crit_and_its_prediction(study):
     assert not gids(ax, "b_crit_line") and gids(ax, "b_crit_bound")[0].get_ydata()[0] == 512
     no_targets = build("noise_scale", {**study, "critical": empty_like(study["critical"])})
     assert "no speed-up targets configured for this study" in texts(no_targets)
+
+
+def test_noise_scale_figure_runs_along_the_train_loss_to_the_target_line(study):
+    fig = build("noise_scale", study)
+    ax = axes_titled(fig, "cnn")
+    assert ax.get_xlabel() == "train loss" and ax.get_xscale() == "log" and ax.xaxis_inverted()
+    assert ax.get_ylabel() == "B_simple, B_noise"
+    run_id = "demo/cnn/bs256/linear/lr0.1/seed0"
+    rows = study["sharpness"][(study["sharpness"]["run_id"] == run_id) & (study["sharpness"]["step"] > 0)]
+    for measure, metric, style in (("b_simple", "noise_scale", "-"), ("b_noise", "b_noise", "--")):
+        [line] = gids(ax, f"{measure}:{run_id}")
+        expected = rows[rows["metric"] == metric].sort_values("step")
+        np.testing.assert_allclose(line.get_xdata(), expected["train_loss"])  # not the step
+        np.testing.assert_allclose(line.get_ydata(), expected["value"])
+        assert line.get_linestyle() == style
+    [target] = gids(ax, "target_train_loss")
+    assert set(target.get_xdata()) == {1.0} and not gids(ax, "read_train_loss")  # the first target: train loss ≤ 1
+    assert "the target's train loss\n(where B_crit is predicted)" in legend_texts(fig)
+    # a target set by a rule: the line at the model's resolved value, inside the axis however low it lies
+    q25 = build("noise_scale", {**study, "critical": with_q25_target(study["critical"].assign(b_noise_train_loss=0.9))})
+    ax = axes_titled(q25, "cnn")
+    assert set(gids(ax, "target_train_loss")[0].get_xdata()) == {Q25["cnn"]}
+    assert min(ax.get_xlim()) < Q25["cnn"] < max(ax.get_xlim())
+    # no train-loss target: the line is where the runs reached the test target, and says so
+    test_targets = study["critical"][study["critical"]["target_metric"] != "train_loss"].assign(b_noise_train_loss=0.7)
+    fig = build("noise_scale", {**study, "critical": test_targets})
+    ax = axes_titled(fig, "cnn")
+    assert not gids(ax, "target_train_loss") and set(gids(ax, "read_train_loss")[0].get_xdata()) == {0.7}
+    assert "train loss where the runs\nreached the target (median)" in legend_texts(fig)
+    assert not any(t.startswith("the target's train loss") for t in legend_texts(fig))
+
+
+def test_noise_scale_figure_draws_both_predictions_and_only_b_simple_without_b_noise(study):
+    fig = build("noise_scale", study)
+    ax = axes_titled(fig, "cnn")
+    [b_simple], [b_noise] = gids(ax, "predicted:b_simple"), gids(ax, "predicted:b_noise")
+    assert b_simple.get_xdata()[0] != b_noise.get_xdata()[0] and b_simple.get_marker() != b_noise.get_marker()
+    assert b_simple.get_color() != b_noise.get_color()
+    assert list(gids(ax, "predicted_interval:b_simple")[0].get_ydata()) == [50.0, 200.0]
+    assert list(gids(ax, "predicted_interval:b_noise")[0].get_ydata()) == [150.0, 600.0]
+    assert {"B_simple at the target\n(predicted B_crit, 95%)", "B_noise at the target\n(predicted B_crit, 95%)"} <= \
+        set(legend_texts(fig))
+    # B_noise not measured: B_simple alone, without B_noise's legend entry or its lines along training
+    without = study["critical"].assign(b_noise=np.nan, b_noise_ci_low=np.nan, b_noise_ci_high=np.nan, b_noise_n_runs=0)
+    sharpness = study["sharpness"][study["sharpness"]["metric"] != "b_noise"]
+    fig = build("noise_scale", {**study, "critical": without, "sharpness": sharpness})
+    ax = axes_titled(fig, "cnn")
+    assert gids(ax, "predicted:b_simple") and not gids(ax, "predicted:b_noise") and not gids(ax, "b_noise:")
+    assert ax.get_ylabel() == "B_simple" and gids(ax, "b_simple:")
+    assert not any(t.startswith("B_noise") for t in legend_texts(fig))
+    # no interval for B_simple, an open-ended one for B_noise: that one runs to the top of the axes
+    open_ended = study["critical"].assign(b_simple_ci_low=np.nan, b_simple_ci_high=np.nan, b_noise_ci_high=np.inf)
+    ax = axes_titled(build("noise_scale", {**study, "critical": open_ended}), "cnn")
+    assert gids(ax, "predicted:b_simple") and not gids(ax, "predicted_interval:b_simple")
+    [interval] = gids(ax, "predicted_interval:b_noise")
+    assert interval.get_ydata()[0] == 150.0 and interval.get_ydata()[1] == ax.get_ylim()[1] < np.inf
+
+
+def dots(ax, gid):
+    """The (x, y) of the points drawn with `gid` in the noise_vs_bcrit panel (not the arrows), in row order."""
+    return sorted((float(x), float(y)) for line in gids(ax, gid) if line.get_gid() == gid and line in ax.lines
+                  for x, y in zip(line.get_xdata(), line.get_ydata()))
+
+
+def row_labels(ax):
+    return [t.get_text().replace("\n", " ") for t in ax.get_yticklabels()]
+
+
+def test_noise_vs_bcrit_draws_one_row_per_model_with_the_three_measures(study):
+    fig = build("noise_vs_bcrit", study)
+    [ax] = visible(fig)
+    assert row_labels(ax) == ["demo · mlp (train loss ≤ 1)", "demo · cnn (train loss ≤ 1)"]
+    assert list(ax.get_yticks()) == [0, 1] and ax.get_xscale() == "log" and ax.get_xlabel() == "batch size"
+    assert dots(ax, "b_crit_value") == [(120.0, -0.25), (843.0, 0.75)]
+    assert dots(ax, "b_simple_value") == [(80.0, 0.0), (100.0, 1.0)]
+    assert dots(ax, "b_noise_value") == [(250.0, 0.25), (300.0, 1.25)]
+    assert sorted(tuple(line.get_xdata()) for line in gids(ax, "b_crit_interval")) == [(60.0, 240.0), (400.0, 2000.0)]
+    assert sorted(tuple(line.get_xdata()) for line in gids(ax, "b_noise_interval")) == [(120.0, 500.0), (150.0, 600.0)]
+    assert not gids(ax, "b_crit_bound") and not gids(ax, "missing_note")
+    assert legend_texts(fig) == ["measured B_crit (tuned curve)", "B_simple = tr(Σ) / |G|² at the target",
+                                 "B_noise = tr(HΣ) / GᵀHG at the target"]
+    # another study, a target set by a rule and two training fractions: a row each, labelled with its own target
+    tables = combined(study, another_study(study, "other", "cnn", RULES, TARGETS))
+    critical = with_half_the_data(with_q25_target(tables["critical"]))
+    labels = row_labels(visible(build("noise_vs_bcrit", {"critical": critical}))[0])
+    assert labels == ["demo · mlp, 100% of the data (train loss ≤ 0.3)", "demo · cnn, 100% of the data (train loss ≤ 0.2)",
+                      "other · cnn, 100% of the data (train loss ≤ 0.2)", "demo · mlp, 50% of the data (train loss ≤ 0.3)",
+                      "demo · cnn, 50% of the data (train loss ≤ 0.2)", "other · cnn, 50% of the data (train loss ≤ 0.2)"]
+
+
+def test_noise_vs_bcrit_draws_bounds_and_says_what_is_missing(study):
+    critical = study["critical"].copy()
+    first = (critical["lr_rule"] == "best") & (critical["target_value"] == TARGETS[0][1])
+    cnn, mlp = first & (critical["model"] == "cnn"), first & (critical["model"] == "mlp")
+    critical.loc[cnn, ["fit_status", "b_crit", "ci_low", "ci_high", "b_crit_bound", "b_simple_ci_high"]] = \
+        ["beyond_grid", np.nan, 512.0, np.inf, ">512", np.inf]
+    critical.loc[mlp, ["fit_status", "b_crit", "ci_low", "ci_high", "b_noise", "b_noise_ci_low", "b_noise_ci_high"]] = \
+        ["too_few_points", np.nan, np.nan, np.nan, np.nan, np.nan, np.nan]
+    fig = build("noise_vs_bcrit", {"critical": critical})
+    [ax] = visible(fig)
+    assert not gids(ax, "b_crit_value") and not gids(ax, "b_crit_interval")
+    assert dots(ax, "b_crit_bound") == [(512.0, 0.75)]  # the bound's tick, in cnn's row
+    [arrow] = [a for a in gids(ax, "b_crit_bound") if hasattr(a, "xyann")]
+    assert arrow.xyann == (512.0, 0.75) and arrow.xy[0] > 512.0 and arrow.xy[1] == 0.75  # pointing up the batch sizes
+    assert dots(ax, "b_simple_value") == [(80.0, 0.0), (100.0, 1.0)] and dots(ax, "b_noise_value") == [(300.0, 1.25)]
+    [open_ended] = [line for line in gids(ax, "b_simple_interval") if line.get_ydata()[0] == 1.0]
+    assert list(open_ended.get_xdata()) == [50.0, ax.get_xlim()[1]]  # to the right edge
+    [note] = gids(ax, "missing_note")
+    assert note.get_position()[1] == 0 and note.get_text().replace("\n", " ") == \
+        f"no B_crit: {FIT_STATUS_TEXT['too_few_points']} no B_noise: not read at the target"
+    assert "a bound on B_crit: it lies that way" in legend_texts(fig) and "measured B_crit (tuned curve)" not in legend_texts(fig)
+    # below the grid: the arrow points down; no tuned fit for mlp's target: a note, and no marks in its row
+    critical.loc[cnn, ["fit_status", "b_crit_bound"]] = ["below_grid", "<16"]
+    [ax] = visible(build("noise_vs_bcrit", {"critical": critical[~mlp]}))
+    [arrow] = [a for a in gids(ax, "b_crit_bound") if hasattr(a, "xyann")]
+    assert arrow.xyann == (16.0, 0.75) and arrow.xy[0] < 16.0
+    assert [t.get_text() for t in gids(ax, "missing_note")] == ["no fit of the tuned curve for this target"]
+    assert not [xy for gid in ("b_simple_value", "b_noise_value") for xy in dots(ax, gid) if round(xy[1]) == 0]
+    assert row_labels(ax)[0] == "demo · mlp (train loss ≤ 1)"
+    # nothing read anywhere: the rows and their notes, on a default axis
+    nothing = critical.assign(fit_status="too_few_points", b_crit=np.nan, b_crit_bound=None, b_simple=np.nan, b_noise=np.nan)
+    [ax] = visible(build("noise_vs_bcrit", {"critical": nothing}))
+    assert len(gids(ax, "missing_note")) == 2 and not any(line.get_gid() for line in ax.lines)
+    assert ax.get_xlim() == (1.0, 1000.0)
 
 
 def test_figures_smk_gives_each_figure_the_tables_it_takes():

@@ -35,7 +35,8 @@ def critical_rows(**fit) -> pd.DataFrame:
     row = dict(study="k", model="mlp", train_fraction=1.0, lr_rule="best", target_metric="train_loss", target_value=0.5,
                target_rule="fixed", target_batch_size=None, target_fallback=False, b_crit=40.0,
                s_min=100.0, ci_low=20.0, ci_high=80.0, n_points=3, fit_status="ok", b_crit_bound=None,
-               b_noise_predicted=60.0, b_noise_ci_low=50.0, b_noise_ci_high=70.0, b_noise_n_runs=4)
+               b_simple=60.0, b_simple_ci_low=50.0, b_simple_ci_high=70.0, b_simple_n_runs=4,
+               b_noise=30.0, b_noise_ci_low=np.nan, b_noise_ci_high=np.nan, b_noise_n_runs=1, b_noise_train_loss=0.5)
     return pd.DataFrame([{**row, **fit}])
 
 
@@ -54,10 +55,11 @@ def test_summary_gives_health_best_batch_b_crit_and_sharpness_ratio():
     assert (row["n_runs"], row["n_completed"], row["n_diverged"], row["n_stalled"]) == (9, 9, 0, 0)
     assert row["best_batch_size"] == 32 and row["best_test_acc"] == pytest.approx(0.918)
     assert row["best_batch_edge"] == "smallest"  # the grid is 32-400: the optimum may lie below it
-    assert (row["b_crit"], row["b_crit_ci_low"], row["b_crit_ci_high"], row["b_noise_predicted"]) == (40, 20, 80, 60)
+    assert (row["b_crit"], row["b_crit_ci_low"], row["b_crit_ci_high"], row["b_simple"]) == (40, 20, 80, 60)
     assert row["sharpness_ratio"] == pytest.approx(np.exp(np.log([4.0, 5.0, 6.0]).mean()))
     shown = summary_display(table).iloc[0]
-    assert shown["B_crit [95% interval]"] == "40 [20, 80]" and shown["noise-scale prediction [95%]"] == "60 [50, 70]"
+    assert shown["B_crit [95% interval]"] == "40 [20, 80]" and shown["B_simple at the target [95%]"] == "60 [50, 70]"
+    assert shown["B_noise at the target [95%]"] == "30 (no interval)"
     assert shown["sharpness LB / SB [95%]"].startswith("4.93 [")
 
 
@@ -107,12 +109,12 @@ def test_a_sharpness_ratio_between_ends_at_different_losses_is_context_not_headl
 
 
 def test_a_noise_prediction_far_from_b_crit_is_flagged():
-    far = critical_rows(b_noise_predicted=4583.0, b_noise_ci_low=2169.0, b_noise_ci_high=9068.0, b_crit=82.0)
+    far = critical_rows(b_simple=4583.0, b_simple_ci_low=2169.0, b_simple_ci_high=9068.0, b_crit=82.0)
     row = summary_display(summary_table(runs_with_lrs(), far, pd.DataFrame(columns=["study", "model", "metric", "epsilon"]),
                                         SETTINGS)).iloc[0]
-    assert row["noise-scale prediction [95%]"] == "4583 [2169, 9068] — 55.9× B_crit, beyond the 10× the paper reports"
+    assert row["B_simple at the target [95%]"] == "4583 [2169, 9068] — 55.9× B_crit, beyond the 10× the paper reports"
     assert "B_crit" not in summary_display(summary_table(runs_with_lrs(), critical_rows(), pd.DataFrame(
-        columns=["study", "model", "metric", "epsilon"]), SETTINGS)).iloc[0]["noise-scale prediction [95%]"]
+        columns=["study", "model", "metric", "epsilon"]), SETTINGS)).iloc[0]["B_simple at the target [95%]"]
 
 
 def report_page(tmp_path, figures) -> str:

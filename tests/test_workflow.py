@@ -136,7 +136,7 @@ def test_speedup_table_agrees_with_an_independent_recomputation(workflow_dir):
                 checked += 1
     assert checked >= 2  # the tiny targets are reached somewhere
     critical = pd.read_parquet(workflow_dir / "results/tables/critical_batch.parquet")
-    assert {"b_crit", "s_min", "ci_low", "ci_high", "b_noise_predicted"} <= set(critical.columns)
+    assert {"b_crit", "s_min", "ci_low", "ci_high", "b_simple", "b_noise", "b_noise_train_loss"} <= set(critical.columns)
     assert len(critical) == 2 * 3  # (train loss, test error) x (constant, linear, best)
 
 

@@ -25,8 +25,11 @@ Critical batch size (Golmant et al. 2018, Shallue et al. 2018, McCandlish et al.
   perfect scaling and what the fit says of B_crit (a number, a bound, or why neither).
 - `speedup` (speedup): speed-up over the smallest batch, with its bootstrap interval.
 - `best_lr` (speedup, runs): the tuned LR against batch size, marking the LRs at the edge of the grid.
-- `noise_scale` (runs, sharpness, critical): B_simple along training beside the measured
-  B_crit and its noise-scale prediction.
+- `noise_scale` (runs, sharpness, critical): B_simple and B_noise along training against the
+  train loss, beside the measured B_crit, the train loss of the target (where the prediction is
+  read) and the two noise-scale predictions of B_crit read there (batchlab.noise_prediction).
+- `noise_vs_bcrit` (critical): the measured B_crit beside B_simple and B_noise read at the
+  target, one row per study, model and training fraction for its first target.
 
 Every figure draws from empty tables too (a panel that says why there is nothing to show),
 and marks stalled and diverged runs where it shows them rather than dropping them. A figure has
@@ -43,7 +46,7 @@ import pandas as pd
 
 from batchlab.plots.common import figure_style, fit_titles, save_figure
 from batchlab.plots.critical import (
-    figure_best_lr, figure_noise_scale, figure_speedup, figure_steps_to_target,
+    figure_best_lr, figure_noise_scale, figure_noise_vs_bcrit, figure_speedup, figure_steps_to_target,
 )
 from batchlab.plots.generalization import (
     figure_accuracy_vs_base_lr, figure_accuracy_vs_batch, figure_generalization_gap, figure_training_curves,
@@ -67,6 +70,7 @@ FIGURES = {
     "speedup": figure_speedup,
     "best_lr": figure_best_lr,
     "noise_scale": figure_noise_scale,
+    "noise_vs_bcrit": figure_noise_vs_bcrit,
 }
 
 

@@ -1,6 +1,8 @@
 """Golmant et al. 2018 / Shallue et al. 2018 / McCandlish et al. 2018's figures: steps to
-target, speed-up and best LR against batch size, and the gradient noise scale along training
-beside the measured critical batch size."""
+target, speed-up and best LR against batch size; the gradient noise scales B_simple and B_noise
+along training, against the train loss, beside the measured critical batch size and the train
+loss at which the noise scales predict it; and the measured critical batch size beside those
+predictions (batchlab.noise_prediction), one row per model."""
 
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from batchlab.noise_prediction import MEASURES
 from batchlab.plots.common import (
-    batch_axis, batch_colors, drawn_gids, figure_legend, is_empty, label_outer, no_data_figure,
-    note_under_title, ordered_rules, panel_key, panel_note, plain_log_axis, present_cells, rule_handles, rule_marker,
-    rule_palette, set_title, status_series, wrapped_grid,
+    LEGEND_HEIGHT, NOTE_SIZE, batch_axis, batch_colors, drawn_gids, figure_legend, fraction_label, is_empty,
+    label_outer, no_data_figure, note_under_title, ordered_rules, panel_key, panel_note, plain_log_axis,
+    present_cells, rule_handles, rule_marker, rule_palette, set_title, status_series, wrapped_grid,
 )
 from batchlab.speedup import (
     FIT_STATUS_TEXT, TARGET_ABOVE_INITIAL, TARGET_FIXED, TARGET_METRICS, target_text, train_fractions,
@@ -24,7 +27,8 @@ from batchlab.speedup import (
 
 BEST_RULE = "best"
 NO_TARGETS = "no speed-up targets configured for this study"
-PREDICTION_COLOR = "tab:purple"
+PREDICTION_COLOR = "tab:purple"  # B_simple's prediction of B_crit
+B_NOISE_COLOR = "#c51b7d"  # B_noise's: a magenta, apart from the purple and from the batch sizes' turbo colours
 # rule 1's `not_reached_reason` of batchlab.speedup (the refusal aside), as a reader's phrase
 NOT_REACHED_TEXT = {"budget": "the runs used up their step budget", "diverged": "the runs diverged",
                     "stalled": "the runs stalled", "mixed": "the runs stopped for mixed reasons"}
@@ -414,28 +418,53 @@ def _draw_best_lr_line(ax: plt.Axes, line: pd.DataFrame, color) -> None:
 
 # --- gradient noise scale ----------------------------------------------------------------------------
 
+# batchlab.noise_prediction's two measures, by column prefix: how a reader reads them, and how they are drawn
+# (a run's line along training; the prediction read at the target, at a panel's right edge or in noise_vs_bcrit)
+MEASURE_NAMES = {"b_simple": "B_simple", "b_noise": "B_noise"}
+MEASURE_FORMULAS = {"b_simple": "B_simple = tr(Σ) / |G|²", "b_noise": "B_noise = tr(HΣ) / GᵀHG"}
+MEASURE_STYLES = {"b_simple": "-", "b_noise": "--"}
+PREDICTION_COLORS = {"b_simple": PREDICTION_COLOR, "b_noise": B_NOISE_COLOR}
+PREDICTION_MARKERS = {"b_simple": "D", "b_noise": "s"}
+PREDICTION_X = {"b_simple": 0.9, "b_noise": 0.96}  # axes fraction: side by side at a panel's right edge
+BOUND_X = 0.82  # axes fraction of a bound on B_crit, beside the predictions, clear of the note in the upper left
+TARGET_LINE = dict(color="0.35", ls=":", lw=1.5)
+
+
 def noise_scale_runs(runs: pd.DataFrame, sharpness: pd.DataFrame) -> pd.DataFrame:
-    """McCandlish's B_simple of each healthy run measured along training (more than one
-    checkpoint), at steps > 0 (a log axis) where it came out finite and positive."""
+    """McCandlish's noise scales of each healthy run measured along training (more than one checkpoint):
+    B_simple (sharpness.parquet's `noise_scale` rows) and, where measured, B_noise (its `b_noise` rows), as
+    `measure` (batchlab.noise_prediction's column prefix), at steps > 0 where the value came out finite and
+    positive and the checkpoint's train loss is known (both drawn on log axes)."""
+    columns = ["run_id", "step", "train_loss", "value", "ci_low", "ci_high", "measure", "study", "model",
+               "train_fraction", "lr_rule", "batch_size", "panel"]
     if is_empty(runs) or is_empty(sharpness):
-        return pd.DataFrame(columns=["run_id", "step", "value", "ci_low", "ci_high", "train_fraction", "panel"])
-    rows = sharpness[sharpness["metric"] == "noise_scale"]
-    rows = rows[rows.groupby("run_id")["step"].transform("nunique") > 1]
+        return pd.DataFrame(columns=columns)
+    measure_of = {metric: prefix for prefix, metric in MEASURES.items()}
+    rows = sharpness[sharpness["metric"].isin(measure_of)]
+    rows = rows.assign(measure=rows["metric"].map(measure_of), ci_low=rows.get("ci_low", np.nan),
+                       ci_high=rows.get("ci_high", np.nan))
+    rows = rows[rows.groupby(["run_id", "measure"])["step"].transform("nunique") > 1]
     runs = runs.assign(train_fraction=train_fractions(runs))
     data = rows.merge(runs[["run_id", "study", "model", "train_fraction", "lr_rule", "base_lr", "batch_size", "seed",
                             "status"]], on="run_id")
-    data = data[(status_series(data) == "completed") & (data["step"] > 0)]
-    data = data[np.isfinite(data["value"].astype(float)) & (data["value"] > 0)]
-    return data.assign(panel=panel_key(data)).sort_values(["run_id", "step"])
+    value, loss = data["value"].astype(float), data["train_loss"].astype(float)
+    data = data[(status_series(data) == "completed") & (data["step"] > 0) & np.isfinite(value) & (value > 0)
+                & np.isfinite(loss) & (loss > 0)]
+    return data.assign(panel=panel_key(data)).sort_values(["run_id", "measure", "step"])
 
 
-def _draw_noise_run(ax: plt.Axes, run: pd.DataFrame, color, ls: str, floor: float) -> None:
-    ax.plot(run["step"], run["value"], color=color, ls=ls, marker="o", ms=3, lw=1.3)
+def _draw_noise_run(ax: plt.Axes, run: pd.DataFrame, color, marker: str, floor: float) -> None:
+    """One run's measure against its train loss, in training order, with its interval as a band."""
+    measure = run["measure"].iloc[0]
+    loss = run["train_loss"].astype(float).to_numpy()
+    ax.plot(loss, run["value"].astype(float), color=color, ls=MEASURE_STYLES[measure], marker=marker, ms=3, lw=1.3,
+            gid=f"{measure}:{run['run_id'].iloc[0]}")
     lo, hi = run["ci_low"].astype(float).to_numpy(), run["ci_high"].astype(float).to_numpy()
     has = np.isfinite(lo) & np.isfinite(hi)
     if has.any():
         # an unbiased estimate's lower end can be <= 0: on a log axis it runs to the floor
-        ax.fill_between(run["step"].to_numpy()[has], np.maximum(lo[has], floor), hi[has], color=color, alpha=0.15, lw=0)
+        ax.fill_between(loss[has], np.maximum(lo[has], floor), hi[has], color=color,
+                        alpha=0.15 if measure == "b_simple" else 0.08, lw=0)
 
 
 def annotate_b_crit_on_noise_axis(ax: plt.Axes, info: dict | None, target: str) -> None:
@@ -448,44 +477,84 @@ def annotate_b_crit_on_noise_axis(ax: plt.Axes, info: dict | None, target: str) 
         if np.isfinite(info["lo"]) and np.isfinite(info["hi"]):
             ax.axhspan(info["lo"], info["hi"], color="k", alpha=0.08, gid="b_crit_band")
     elif info["kind"] in ("above", "below"):
-        # beside the prediction's diamond (x = 0.94), clear of the note in the upper left
-        ax.plot([0.85], [info["value"]], marker="^" if info["kind"] == "above" else "v", ms=9, color="k",
+        ax.plot([BOUND_X], [info["value"]], marker="^" if info["kind"] == "above" else "v", ms=9, color="k",
                 transform=ax.get_yaxis_transform(), ls="none", gid="b_crit_bound")
     panel_note(ax, f"{info['text']}\n(tuned curve, {target})", "upper left", width=36)
 
 
 def _annotation_values(info: dict | None, prediction: pd.Series | None) -> list[float]:
+    """The values that a panel's annotations draw: B_crit (its interval, or its bound) and both predictions with
+    their intervals (an infinite end is left to `_y_range`, which keeps finite values only)."""
     values = []
     if info is not None and info["kind"] != "none":
         values += [info["value"]] + ([info["lo"], info["hi"]] if info["kind"] == "ok" else [])
     if prediction is not None:
-        values += [number(prediction, k) for k in ("b_noise_predicted", "b_noise_ci_low", "b_noise_ci_high")]
+        values += [number(prediction, prefix + end) for prefix in MEASURES for end in ("", "_ci_low", "_ci_high")]
     return values
 
 
-def _draw_prediction(ax: plt.Axes, fit: pd.Series | None) -> bool:
-    """McCandlish's prediction of B_crit from the noise scale, at the right edge with its
-    interval; whether there was one to draw."""
-    if fit is None or not np.isfinite(number(fit, "b_noise_predicted")):
-        return False
-    trans = ax.get_yaxis_transform()
-    lo, hi = number(fit, "b_noise_ci_low"), number(fit, "b_noise_ci_high")
-    if np.isfinite(lo) and np.isfinite(hi):
-        ax.plot([0.94, 0.94], [lo, hi], color=PREDICTION_COLOR, lw=2, transform=trans)
-    ax.plot([0.94], [number(fit, "b_noise_predicted")], marker="D", ms=7, color=PREDICTION_COLOR, transform=trans,
-            ls="none", gid="b_noise_predicted")
-    return True
+def _prediction_interval(lo: float, hi: float) -> bool:
+    """Whether a prediction has an interval to draw: NaN ends mean none (batchlab.noise_prediction's rule 4);
+    the upper end may be infinite."""
+    return np.isfinite(lo) and not np.isnan(hi) and hi > lo
+
+
+def _draw_prediction(ax: plt.Axes, fit: pd.Series | None) -> set[str]:
+    """The noise scale's predictions of B_crit read where the runs reached the target (batchlab.noise_prediction):
+    B_simple and B_noise side by side at the right edge of the panel (ylim already set), each with its 95% interval
+    where it has one; an infinite upper end runs to the top of the axes, a lower end below the axes from its
+    bottom. The measures drawn (MEASURES' prefixes)."""
+    drawn = set()
+    if fit is None:
+        return drawn
+    trans, (bottom, top) = ax.get_yaxis_transform(), ax.get_ylim()
+    for prefix in MEASURES:
+        value = number(fit, prefix)
+        if not (np.isfinite(value) and value > 0):
+            continue
+        x, color = PREDICTION_X[prefix], PREDICTION_COLORS[prefix]
+        lo, hi = number(fit, f"{prefix}_ci_low"), number(fit, f"{prefix}_ci_high")
+        if _prediction_interval(lo, hi):
+            ax.plot([x, x], [max(lo, bottom), min(hi, top)], color=color, lw=2, transform=trans,
+                    solid_capstyle="butt", gid=f"predicted_interval:{prefix}")
+        ax.plot([x], [value], marker=PREDICTION_MARKERS[prefix], ms=7, mec="white", mew=0.6, color=color,
+                transform=trans, ls="none", zorder=5, gid=f"predicted:{prefix}")
+        drawn.add(prefix)
+    return drawn
+
+
+def read_level(fit: pd.Series | None) -> tuple[float, str] | None:
+    """The train loss at which the predictions were read, and what it is: the target itself for a train-loss
+    target ("target_train_loss"), else the median train loss of the states read ("read_train_loss",
+    `b_noise_train_loss`); None where there is none."""
+    if fit is None:
+        return None
+    if fit.get("target_metric") == "train_loss":
+        level, kind = number(fit, "target_value"), "target_train_loss"
+    else:
+        level, kind = number(fit, "b_noise_train_loss"), "read_train_loss"
+    return (level, kind) if np.isfinite(level) and level > 0 else None
+
+
+def _loss_range(part: pd.DataFrame, level: tuple[float, str] | None) -> tuple[float, float]:
+    """Log x limits, largest train loss first (training runs left to right), that hold the runs and the level read."""
+    losses = part["train_loss"].astype(float).to_numpy()
+    if level is not None:
+        losses = np.append(losses, level[0])
+    return losses.max() * 1.15, losses.min() / 1.15
 
 
 def figure_noise_scale(runs: pd.DataFrame, sharpness: pd.DataFrame, critical: pd.DataFrame) -> plt.Figure:
-    """McCandlish's B_simple along training (log-log), one line per healthy run measured along
-    training, beside the measured B_crit of the tuned curve and its noise-scale prediction."""
+    """McCandlish's noise scales along training against the train loss (log-log, the loss axis inverted so that
+    training runs left to right): B_simple (solid) and, where measured, B_noise (dashed), one line each per healthy
+    run measured along training; beside them the measured B_crit of the tuned curve for the first target, the
+    train loss at which its predictions were read (dotted), and the predictions themselves at the right edge."""
     data = noise_scale_runs(runs, sharpness)
     if data.empty:
         return no_data_figure("no noise scale was measured along training on a healthy run")
     colors = batch_colors(data["batch_size"])
     rules = ordered_rules(data["lr_rule"])
-    styles = dict(zip(rules, ["-", "--", ":", "-."] * 3))
+    markers = {rule: rule_marker(rule) if len(rules) > 1 else "o" for rule in rules}
     panels = [p for p in dict.fromkeys(panel_key(runs)) if p in set(data["panel"])]  # the runs table's order
     fig, axes = wrapped_grid(len(panels), panel=(3.8, 2.9))
     drawn = set()
@@ -494,28 +563,53 @@ def figure_noise_scale(runs: pd.DataFrame, sharpness: pd.DataFrame, critical: pd
         study, model, fraction = part["study"].iloc[0], part["model"].iloc[0], float(part["train_fraction"].iloc[0])
         target = first_target(critical, study)
         fit = fit_row(critical, study, model, target, fraction)
-        info = describe_b_crit(fit)
+        info, level = describe_b_crit(fit), read_level(fit)
         lo, hi = _y_range(part, _annotation_values(info, fit))
-        for _, run in part.groupby("run_id", sort=False):
-            _draw_noise_run(ax, run, colors[run["batch_size"].iloc[0]], styles[run["lr_rule"].iloc[0]], lo)
-        ax.set(xscale="log", yscale="log", ylim=(lo, hi), title=panel, xlabel="training step", ylabel="B_simple")
+        for _, run in part.groupby(["run_id", "measure"], sort=False):
+            _draw_noise_run(ax, run, colors[run["batch_size"].iloc[0]], markers[run["lr_rule"].iloc[0]], lo)
+        measured = [m for m in MEASURES if (part["measure"] == m).any()]
+        drawn |= {f"measure:{m}" for m in measured}
+        ax.set(xscale="log", yscale="log", xlim=_loss_range(part, level), ylim=(lo, hi), title=panel,
+               xlabel="train loss", ylabel=", ".join(MEASURE_NAMES[m] for m in measured))
         plain_log_axis(ax)
+        plain_log_axis(ax, "x")
+        if level is not None:
+            ax.axvline(level[0], **TARGET_LINE, zorder=1, gid=level[1])
+            drawn.add(level[1])
         if target is None:
             panel_note(ax, NO_TARGETS, "upper left")
         else:
             annotate_b_crit_on_noise_axis(ax, info, resolved_label(fit) if fit is not None else target_label(*target))
-            drawn |= {info["kind"] if info else "none"} | ({"prediction"} if _draw_prediction(ax, fit) else set())
-    figure_legend(fig, *_noise_legend(colors, rules if len(rules) > 1 else [], styles, drawn))
-    set_title(fig, "Gradient noise scale B_simple along training (bands: 95% intervals), beside the critical batch "
-                   "size measured for the first target")
+            drawn |= {info["kind"] if info else "none"} | {f"predicted:{m}" for m in _draw_prediction(ax, fit)}
+    figure_legend(fig, *_noise_legend(colors, rules if len(rules) > 1 else [], markers, drawn))
+    set_title(fig, "Gradient noise scales along training against the train loss: B_simple (solid) and B_noise "
+                   "(dashed; bands: 95% intervals), beside the critical batch size measured for the first target, "
+                   "the train loss where the noise scales predict it (dotted) and their predictions read there")
+    _fit_legend(fig)
     return fig
 
 
-def _noise_legend(colors: dict, rules: list[str], styles: dict, drawn: set[str]) -> tuple[list, list[str]]:
-    """Legend entries for the batch sizes, the rules (when several) and the annotations drawn."""
+def _fit_legend(fig: plt.Figure) -> None:
+    """Make the figure tall enough for its legend on the right: a row of panels is shorter than a long legend,
+    which would otherwise run into the figure's title."""
+    if not fig.legends:
+        return
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    legend, title = (a.get_window_extent(renderer).height / fig.dpi for a in (fig.legends[0], fig._suptitle))
+    fig.set_figheight(max(fig.get_figheight(), legend + 2 * title + 0.3))
+
+
+def _noise_legend(colors: dict, rules: list[str], markers: dict, drawn: set[str]) -> tuple[list, list[str]]:
+    """Legend entries for the batch sizes, the measures drawn along training, the rules (when several) and the
+    annotations drawn."""
     handles = [Line2D([], [], color=c, lw=2) for c in colors.values()]
     labels = [f"B = {b:g}" for b in colors]
-    handles += [Line2D([], [], color="0.3", ls=styles[r]) for r in rules]
+    for prefix in MEASURES:
+        if f"measure:{prefix}" in drawn:
+            handles.append(Line2D([], [], color="0.3", ls=MEASURE_STYLES[prefix]))
+            labels.append(MEASURE_FORMULAS[prefix])
+    handles += [Line2D([], [], color="0.3", marker=markers[r], ls="none") for r in rules]
     labels += [f"{r} rule" for r in rules]
     if "ok" in drawn:
         handles += [Line2D([], [], color="k", ls="--"), Patch(color="k", alpha=0.08)]
@@ -523,9 +617,17 @@ def _noise_legend(colors: dict, rules: list[str], styles: dict, drawn: set[str])
     if drawn & {"above", "below"}:
         handles.append(Line2D([], [], color="k", marker="^", ls="none"))
         labels.append("a bound on B_crit\n(▲: above, ▼: below)")
-    if "prediction" in drawn:
-        handles.append(Line2D([], [], color=PREDICTION_COLOR, marker="D", ls="none"))
-        labels.append("B_crit predicted from\nthe noise scale (95%)")
+    if "target_train_loss" in drawn:
+        handles.append(Line2D([], [], **TARGET_LINE))
+        labels.append("the target's train loss\n(where B_crit is predicted)")
+    if "read_train_loss" in drawn:
+        handles.append(Line2D([], [], **TARGET_LINE))
+        labels.append("train loss where the runs\nreached the target (median)")
+    for prefix in MEASURES:
+        if f"predicted:{prefix}" in drawn:
+            handles.append(Line2D([], [], color=PREDICTION_COLORS[prefix], marker=PREDICTION_MARKERS[prefix],
+                                  ls="none"))
+            labels.append(f"{MEASURE_NAMES[prefix]} at the target\n(predicted B_crit, 95%)")
     return handles, labels
 
 
@@ -535,3 +637,136 @@ def _y_range(part: pd.DataFrame, extra: list[float]) -> tuple[float, float]:
                              part["ci_high"].astype(float).to_numpy(), np.asarray(extra, dtype=float)])
     values = values[np.isfinite(values) & (values > 0)]
     return values.min() / 1.6, values.max() * 1.6
+
+
+# --- measured B_crit beside the noise scale's predictions ----------------------------------------------
+
+BOUND_ARROW = 2.5  # how far (a factor in batch size) a bound's arrow points the way B_crit lies
+ROW_OFFSETS = {"b_crit": -0.25, "b_simple": 0.0, "b_noise": 0.25}  # within a row, top to bottom
+B_CRIT_MARKER = dict(marker="o", ms=7, color="k")
+NOTE_WIDTH = 44  # characters of a note beside a row
+ROW_LABEL_WIDTH = 36  # characters of a row's label on one line
+
+
+def row_label_lines(label: str) -> str:
+    """A row's label on as many lines as it needs: its target on a line of its own where one line would not do."""
+    if len(label) <= ROW_LABEL_WIDTH:
+        return label
+    head, _, target = label.rpartition(" (")
+    return textwrap.fill(head, ROW_LABEL_WIDTH) + "\n(" + target
+
+
+def noise_vs_bcrit_rows(critical: pd.DataFrame) -> list[dict]:
+    """One row per (study, model, training fraction) of the critical-batch table, in its order: its `label`
+    ("study · model (target)", the fraction named where its study has several), and the `fit` of its tuned curve
+    for its study's first target (`first_target`, `fit_row`; None where there is none)."""
+    if is_empty(critical):
+        return []
+    table = critical.assign(train_fraction=train_fractions(critical))
+    several = table.groupby("study")["train_fraction"].nunique()
+    rows = []
+    for (study, model, fraction), _ in table.groupby(["study", "model", "train_fraction"], sort=False):
+        target = first_target(critical, study)
+        fit = fit_row(critical, study, model, target, float(fraction))
+        name = f"{model}, {fraction_label(float(fraction))}" if several[study] > 1 else str(model)
+        # the value resolved for the model, without a rule's explanation: that is the caption's
+        target_name = (resolved_label(fit) if fit is not None else target_label(*target)).partition(" (")[0]
+        rows.append(dict(label=f"{study} · {name} ({target_name})", fit=fit))
+    return rows
+
+
+def _measure_marks(fit: pd.Series | None) -> tuple[dict, list[str]]:
+    """What a row draws, measure -> (kind, value, lo, hi) with kind 'ok' (a value), 'above' or 'below' (B_crit's
+    bound); and what it lacks, in words."""
+    if fit is None:
+        return {}, ["no fit of the tuned curve for this target"]
+    marks, missing = {}, []
+    info = describe_b_crit(fit)
+    if info["kind"] == "none":
+        missing.append(info["text"])
+    else:
+        marks["b_crit"] = (info["kind"], info["value"], info.get("lo", np.nan), info.get("hi", np.nan))
+    for prefix in MEASURES:
+        value = number(fit, prefix)
+        if np.isfinite(value) and value > 0:
+            marks[prefix] = ("ok", value, number(fit, f"{prefix}_ci_low"), number(fit, f"{prefix}_ci_high"))
+        else:
+            missing.append(f"no {MEASURE_NAMES[prefix]}: not read at the target")
+    return marks, missing
+
+
+def _batch_range(marks: list[dict]) -> tuple[float, float]:
+    """Log x limits that hold every value, finite interval end and bound's arrow."""
+    values = []
+    for row in marks:
+        for kind, value, lo, hi in row.values():
+            values += [value, value * BOUND_ARROW if kind == "above" else value / BOUND_ARROW if kind == "below"
+                       else value, lo, hi]
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    return (values.min() / 1.6, values.max() * 1.6) if len(values) else (1.0, 1000.0)
+
+
+def _draw_mark(ax: plt.Axes, measure: str, y: float, mark: tuple) -> None:
+    """One measure of one row: its marker and 95% interval bar (an infinite end runs to the edge of the axes),
+    or for a bound on B_crit an arrow from the bound the way B_crit lies."""
+    kind, value, lo, hi = mark
+    if kind in ("above", "below"):
+        end = value * BOUND_ARROW if kind == "above" else value / BOUND_ARROW
+        ax.annotate("", xy=(end, y), xytext=(value, y),
+                    arrowprops=dict(arrowstyle="-|>", color="k", lw=1.4, shrinkA=0, shrinkB=0), gid="b_crit_bound")
+        ax.plot([value], [y], marker="|", ms=10, mew=1.6, color="k", ls="none", gid="b_crit_bound")
+        return
+    color = "k" if measure == "b_crit" else PREDICTION_COLORS[measure]
+    left, right = ax.get_xlim()
+    if (np.isfinite(lo) or lo == -np.inf) and not np.isnan(hi) and hi > lo:
+        ax.plot([lo if lo > left else left, min(hi, right)], [y, y], color=color, lw=1.8, solid_capstyle="butt",
+                gid=f"{measure}_interval")
+    style = B_CRIT_MARKER if measure == "b_crit" else dict(marker=PREDICTION_MARKERS[measure], ms=7, color=color)
+    ax.plot([value], [y], ls="none", zorder=5, gid=f"{measure}_value", **style)
+
+
+def figure_noise_vs_bcrit(critical: pd.DataFrame) -> plt.Figure:
+    """The measured critical batch size of the tuned curve beside the noise scale's two predictions of it, one row
+    per (study, model, training fraction) for its first target: B_crit (black; an arrow from its bound where the
+    fit gives only a bound), B_simple and B_noise read where the runs reached the target, each with its 95%
+    interval, on a log batch-size axis; a note beside a row says what it lacks."""
+    rows = noise_vs_bcrit_rows(critical)
+    if not rows:
+        return no_data_figure(NO_TARGETS)
+    marks, missing = zip(*(_measure_marks(row["fit"]) for row in rows))
+    fig, ax = plt.subplots(figsize=(11.0, 1.4 + 0.62 * len(rows) + LEGEND_HEIGHT), layout="constrained")
+    ax.set_xscale("log")
+    ax.set_xlim(*_batch_range(marks))
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
+    for y, (row_marks, row_missing) in enumerate(zip(marks, missing)):
+        for measure, mark in row_marks.items():
+            _draw_mark(ax, measure, y + ROW_OFFSETS[measure], mark)
+        if row_missing:
+            note = ax.text(1.02, y, "\n".join(textwrap.fill(m, NOTE_WIDTH) for m in row_missing), fontsize=NOTE_SIZE,
+                           transform=ax.get_yaxis_transform(), ha="left", va="center", gid="missing_note")
+            note.set_in_layout(True)
+    for y in range(len(rows) - 1):
+        ax.axhline(y + 0.5, color="0.85", lw=0.8)
+    ax.set_yticks(range(len(rows)), [row_label_lines(row["label"]) for row in rows])
+    ax.tick_params(axis="y", length=0)
+    ax.grid(axis="x", color="0.92", lw=0.8)
+    ax.set_xlabel("batch size")
+    plain_log_axis(ax, "x")
+    figure_legend(fig, *_noise_vs_bcrit_legend(drawn_gids(fig)), where="bottom")
+    set_title(fig, "Critical batch size measured from steps to target (tuned curve, first target) beside the noise "
+                   "scale's predictions of it, B_simple and B_noise read where the runs reached that target "
+                   "(bars: 95% intervals)")
+    return fig
+
+
+def _noise_vs_bcrit_legend(drawn: set[str]) -> tuple[list, list[str]]:
+    """Legend entries for what `figure_noise_vs_bcrit` drew, by gid."""
+    entries = [("b_crit_value", Line2D([], [], ls="none", **B_CRIT_MARKER), "measured B_crit (tuned curve)"),
+               ("b_crit_bound", Line2D([], [], color="k", marker="$→$", ms=12, ls="none"),
+                "a bound on B_crit: it lies that way")]
+    entries += [(f"{prefix}_value", Line2D([], [], color=PREDICTION_COLORS[prefix], marker=PREDICTION_MARKERS[prefix],
+                                           ls="none"), f"{MEASURE_FORMULAS[prefix]} at the target")
+                for prefix in MEASURES]
+    chosen = [(handle, label) for gid, handle, label in entries if gid in drawn]
+    return [h for h, _ in chosen], [label for _, label in chosen]

@@ -1,6 +1,6 @@
-# Per-checkpoint measurements: epsilon-sharpness, Hessian spectrum, gradient noise scale.
+# Per-checkpoint measurements: epsilon-sharpness, Hessian spectrum, gradient noise scales.
 # One job per stack with analysed runs, once the stack has trained: each analysed run's final
-# checkpoint, and every log-spaced one if selected. One process for the stack's runs, because
+# checkpoint, and every other checkpoint if selected. One process for the stack's runs, because
 # starting Python, torch and torch.func costs more than measuring one small run.
 
 

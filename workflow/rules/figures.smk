@@ -24,6 +24,7 @@ FIGURES = {
     "speedup": (["speedup"], "3 Critical batch size (Golmant, Shallue)"),
     "best_lr": (["speedup", "runs"], "3 Critical batch size (Golmant, Shallue)"),
     "noise_scale": (["runs", "sharpness", "critical"], "3 Critical batch size (Golmant, Shallue)"),
+    "noise_vs_bcrit": (["critical"], "3 Critical batch size (Golmant, Shallue)"),
 }
 
 # One job per report section, drawing its figures as soon as their tables exist: a figure is a
