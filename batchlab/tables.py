@@ -28,7 +28,7 @@ RUN_COLUMNS = (
 )
 SHARPNESS_COLUMNS = (
     "run_id", "step", "train_loss", "metric", "epsilon", "value", "stderr", "subset_loss", "n_evals", "bn_mode", "n_examples",
-    "ci_low", "ci_high", "method",
+    "ci_low", "ci_high", "method", "error_target_met",
 )
 # sharpness.parquet's `method` of the two epsilon-sharpness searches: Keskar's own (about 10 L-BFGS-B iterations,
 # a lower bound that falls further short at the sharper end) and the multi-start search run to convergence

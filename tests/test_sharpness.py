@@ -8,6 +8,7 @@ vertex, so small dense cases are solved exactly by enumerating vertices.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 
@@ -22,6 +23,7 @@ from batchlab.analysis.sharpness import (
     SharpnessResult,
     box_half_widths,
     eps_sharpness,
+    eps_sharpness_converged,
     random_subspace,
 )
 from batchlab.models import build_model
@@ -401,4 +403,254 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
     obj = Quadratic(np.ones(5), np.eye(5))
     with pytest.raises(ValueError, match=message):
         eps_sharpness(obj, **kwargs)
+    assert obj.seen == []  # rejected before any evaluation
+
+
+# ---- 8. the converged measure: multi-start, restarted L-BFGS-B ----
+
+
+def test_converged_first_start_retraces_the_paper_run_and_never_falls_below_it():
+    """Start 1 is eps_sharpness's start and its first run is eps_sharpness's run, evaluation for evaluation."""
+    n, eps = 6, 1e-3
+    r = np.random.default_rng(13)
+    x, M, m = r.normal(size=n), r.normal(size=(3, n)), r.uniform(-1, 1, n)
+    paper_obj, conv_obj = (Quadratic(x, M, c=0.1, center=x + 0.3 * eps * m) for _ in range(2))
+
+    paper = eps_sharpness(paper_obj, epsilon=eps)
+    conv = eps_sharpness_converged(conv_obj, epsilon=eps)
+
+    assert conv_obj.seen[: len(paper_obj.seen)] == paper_obj.seen
+    assert conv.n_fev > paper.n_fev
+    assert conv.max_loss >= paper.max_loss
+    assert conv.loss == paper.loss
+
+
+@pytest.mark.parametrize("spike", [20.0, 0.0])
+def test_converged_beats_paper_on_dense_quadratics(spike):
+    """Same 40 cases as section 3: the paper's search finds the best vertex in 38 and 22 of them
+    (worst 94% and 66% of the rise); the converged one found it in all 40 of each."""
+    exact, ratios = 0, []
+    for seed in range(40):
+        obj, x, b, eps = dense_case(seed, spike)
+        vertices = itertools.product([-1.0, 1.0], repeat=len(b))
+        best = max(obj.loss(torch.as_tensor(x + np.array(s) * b)) for s in vertices)
+        paper = eps_sharpness(obj, epsilon=eps)
+        conv = eps_sharpness_converged(obj, epsilon=eps)
+
+        assert conv.max_loss >= paper.max_loss
+        assert conv.max_loss <= best * (1 + 1e-12)  # a convex f peaks at a vertex
+        exact += conv.max_loss == pytest.approx(best, rel=1e-12, abs=0)
+        ratios.append((conv.max_loss - conv.loss) / (best - conv.loss))
+    assert exact >= (40 if spike else 38)
+    assert min(ratios) >= (1.0 - 1e-9 if spike else 0.95)
+    assert np.mean(ratios) >= 0.995
+
+
+def test_converged_reports_best_of_all_evaluations_counts_them_and_is_deterministic():
+    n, eps = 8, 1e-3
+    r = np.random.default_rng(14)
+    x, M, m = r.normal(size=n), r.normal(size=(4, n)), r.uniform(-1, 1, n)
+    make = lambda: Quadratic(x, M, c=0.2, center=x + 0.3 * eps * m)  # noqa: E731
+    kwargs = dict(epsilon=eps, n_starts=12, screen_iter=20, n_keep=2, max_iter=60)  # 1 + 8 eigen + 3 random starts
+    obj = make()
+
+    res = eps_sharpness_converged(obj, **kwargs)
+
+    assert res.n_fev == len(obj.seen)
+    assert res.max_loss == max(obj.seen)
+    assert res.loss == obj.seen[0]
+    assert res.value == pytest.approx(phi(res.max_loss, res.loss), rel=1e-12)
+    assert res.start in ("zero", "gradient_corner", "curvature_corner", "eigen_corner", "random_corner", "random_point")
+    assert res.n_iter <= 12 * 20 + 2 * 40  # 12 screened climbs, 2 of them on to 60 iterations
+    again = make()
+    assert eps_sharpness_converged(again, **kwargs) == res
+    assert again.seen == obj.seen
+    other = make()
+    eps_sharpness_converged(other, **kwargs, seed=1)
+    assert other.seen != obj.seen  # other random starts
+
+
+def test_converged_subspace_matches_closed_form_with_the_papers_subspace():
+    n, p, eps = 30, 5, 1e-3
+    obj, exact_max = subspace_quadratic(n, p, seed=3, eps=eps)
+
+    res = eps_sharpness_converged(obj, epsilon=eps, subspace_dim=p, seed=3)
+
+    assert res.subspace_dim == p
+    assert res.max_loss == pytest.approx(exact_max, rel=1e-9, abs=0)
+
+
+@pytest.mark.parametrize("n", [12, 80])  # a dense eigendecomposition (p <= 64), ARPACK's Lanczos (p > 64)
+def test_eigen_corners_come_from_the_top_box_scaled_curvature(n):
+    """For f = c + 0.5 sum h_i z_i^2 the box-scaled curvature is diag(b_i^2 h_i): its top
+    eigenvectors are the unit vectors of the 4 largest b_i^2 h_i, highest first."""
+    eps = 1e-3
+    r = np.random.default_rng(15)
+    x, h = r.normal(size=n), r.uniform(1.0, 100.0, n)
+    obj = Quadratic(x, np.diag(np.sqrt(h)), c=0.3)
+    b = full_box(x, eps)
+
+    V = sharpness._top_scaled_eigenvectors(obj, obj.params(), None, b, 4, seed=0)
+
+    top = np.argsort(-(b**2 * h))[:4]
+    assert V.shape == (n, 4)
+    np.testing.assert_allclose(np.abs(V[top, range(4)]), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(V, axis=0), 1.0, atol=1e-9)
+    assert obj.n_hvp <= (n if n <= sharpness.DENSE_EIG_MAX else 100)  # 34 measured for n = 80
+
+
+class MLPObjective:
+    """Mean cross-entropy of a Linear/ReLU nn.Sequential as a function of its flat weights, by plain autograd.
+
+    The same function as ModelObjective (checked below) at a sixth of its cost per evaluation on
+    a model this small, which lets the long reference search run inside the test's time budget.
+    """
+
+    def __init__(self, model, x, y):
+        self.shapes = [(m.weight.shape, m.bias.shape) for m in model if isinstance(m, torch.nn.Linear)]
+        self.x, self.y = x, y
+        self.w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def params(self):
+        return self.w0.clone()
+
+    def _loss(self, w):
+        h, i = self.x, 0
+        for k, (ws, bs) in enumerate(self.shapes):
+            W = w[i : i + ws.numel()].view(ws)
+            b = w[i + ws.numel() : i + ws.numel() + bs.numel()]
+            i += ws.numel() + bs.numel()
+            h = h @ W.T + b
+            if k < len(self.shapes) - 1:
+                h = torch.relu(h)
+        return torch.nn.functional.cross_entropy(h, self.y)
+
+    def loss(self, w):
+        with torch.no_grad():
+            return float(self._loss(w))
+
+    def loss_and_grad(self, w):
+        w = w.detach().requires_grad_(True)
+        loss = self._loss(w)
+        (g,) = torch.autograd.grad(loss, w)
+        return float(loss.detach()), g
+
+    def hvp(self, w, v):
+        w = w.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(self._loss(w), w, create_graph=True)
+        (hv,) = torch.autograd.grad(g @ v, w)
+        return hv
+
+
+def train_tiny_mlp(batch_size: int):
+    """A 10-12-12-4 ReLU MLP (364 weights) trained 300 Adam steps (lr 1e-2) on 48 synthetic examples
+    at `batch_size`: 48 (full batch) gives a large-batch minimum, 8 a small-batch one."""
+    g = torch.Generator().manual_seed(1000)
+    W = torch.randn(10, 4, generator=g)
+    xs = torch.randn(48, 10, generator=g)
+    ys = (xs @ W + 0.5 * torch.randn(48, 4, generator=g)).argmax(1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 12), torch.nn.ReLU(), torch.nn.Linear(12, 12), torch.nn.ReLU(),
+                                torch.nn.Linear(12, 4))
+    # Adam written out: torch.optim's first use imports torch._dynamo, seconds of the time budget
+    params = list(model.parameters())
+    m1, m2 = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    batches = torch.Generator().manual_seed(0)
+    for t in range(1, 301):
+        idx = torch.randperm(48, generator=batches)[:batch_size]
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx]), params)
+        with torch.no_grad():
+            for p, gr, a, v in zip(params, grads, m1, m2):
+                a.mul_(0.9).add_(gr, alpha=0.1)
+                v.mul_(0.999).addcmul_(gr, gr, value=0.001)
+                p -= 1e-2 * (a / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+    return model, MLPObjective(model, xs, ys)
+
+
+@pytest.fixture(scope="module")
+def tiny_mlps():
+    torch.set_num_threads(1)
+    return {bs: train_tiny_mlp(bs) for bs in (48, 8)}
+
+
+def sign_ascent(obj, eps, n_starts, steps, seed=5):
+    """An independent reference search: projected sign-gradient ascent over the box (the L-inf
+    "PGD" of adversarial attacks) from uniform random points, step from 0.5 down to 0.002 of
+    the box (cosine); the best f seen, as phi."""
+    x = obj.params().double()
+    b = box_half_widths(x, eps)
+    rng = np.random.default_rng(seed)
+    f0 = best = obj.loss(x.float())
+    for _ in range(n_starts):
+        u = rng.uniform(-1.0, 1.0, b.shape)
+        for k in range(steps):
+            f, g = obj.loss_and_grad((x + torch.from_numpy(u * b)).float())
+            best = max(best, f)
+            u = np.clip(u + (0.25 * (1 + np.cos(np.pi * k / steps)) + 2e-3) * np.sign(g.double().numpy()), -1, 1)
+    return phi(best, f0)
+
+
+def test_tiny_mlp_objective_is_model_objective(tiny_mlps):
+    model, obj = tiny_mlps[48]
+    ref = ModelObjective(model, obj.x, obj.y)
+    w = obj.params() + 0.01 * torch.randn(obj.params().shape, generator=torch.Generator().manual_seed(0))
+    f, g = obj.loss_and_grad(w)
+    f_ref, g_ref = ref.loss_and_grad(w)
+    assert torch.equal(obj.params(), ref.params())
+    assert f == pytest.approx(f_ref, rel=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-7)
+    # its Hessian-vector product against central differences of its gradient (float64 copy)
+    obj64 = MLPObjective(copy.deepcopy(model).double(), obj.x.double(), obj.y)
+    v, h = torch.randn(w.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64), 1e-5
+    fd = (obj64.loss_and_grad(w.double() + h * v)[1] - obj64.loss_and_grad(w.double() - h * v)[1]) / (2 * h)
+    torch.testing.assert_close(obj64.hvp(w.double(), v), fd, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("batch_size, eps", [(48, 5e-3), (8, 2e-2)])
+def test_converged_reaches_a_long_search_on_a_tiny_mlp(tiny_mlps, batch_size, eps):
+    """The reference: the best of a long search (24 starts, each climbed until 10 iterations gain
+    nothing, up to 600) and 16 x 150 steps of sign-gradient ascent. Measured, as fractions of it:
+    the paper's 10 iterations 0.51 (batch 48) and 0.61 (batch 8); one start climbed to the end
+    0.54 and 0.61; the converged defaults 0.998 and 1.000."""
+    _, obj = tiny_mlps[batch_size]
+    t0 = time.perf_counter()
+    conv = eps_sharpness_converged(obj, epsilon=eps)
+    t_conv = time.perf_counter() - t0
+    paper = eps_sharpness(obj, epsilon=eps)
+    one = eps_sharpness_converged(obj, epsilon=eps, n_starts=1)
+    long = eps_sharpness_converged(obj, epsilon=eps, n_starts=24, screen_iter=600, n_keep=1, max_iter=600, rtol=0.0)
+    best = max(long.value, sign_ascent(obj, eps, n_starts=16, steps=150))
+
+    assert conv.value >= 0.97 * best
+    # what it is measured against is no pushover: the paper's search and a single start fall short
+    assert paper.value < 0.8 * best
+    assert one.value < 0.8 * best
+    assert conv.value >= one.value >= paper.value
+    assert conv.loss == paper.loss == long.loss
+    assert long.n_fev > 2 * conv.n_fev > 20 * paper.n_fev
+    assert t_conv < 10.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_starts": 0}, "n_starts must be an integer >= 1, got 0"),
+        ({"n_starts": 2.0}, "n_starts must be an integer >= 1, got 2.0"),
+        ({"n_starts": True}, "n_starts must be an integer >= 1, got True"),
+        ({"screen_iter": 0}, "screen_iter must be an integer >= 1, got 0"),
+        ({"n_keep": -1}, "n_keep must be an integer >= 1, got -1"),
+        ({"max_iter": 0}, "max_iter must be an integer >= 1, got 0"),
+        ({"max_iter": None}, "max_iter must be an integer >= 1, got None"),
+        ({"rtol": -1e-5}, r"rtol must be a number in \[0, 1\), got -1e-05"),
+        ({"rtol": 1.0}, r"rtol must be a number in \[0, 1\), got 1.0"),
+        ({"rtol": float("nan")}, r"rtol must be a number in \[0, 1\), got nan"),
+        ({"epsilon": 0.0}, "epsilon must be a finite number > 0, got 0.0"),
+        ({"subspace_dim": 6}, r"subspace_dim must be None \(full space\) or an integer in \[1, n=5\], got 6"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ],
+)
+def test_converged_bad_arguments_raise_clear_errors(kwargs, message):
+    obj = Quadratic(np.ones(5), np.eye(5))
+    with pytest.raises(ValueError, match=message):
+        eps_sharpness_converged(obj, **kwargs)
     assert obj.seen == []  # rejected before any evaluation

@@ -20,15 +20,26 @@ from batchlab.plots.generalization import (
 )
 from batchlab.quality import best_base_lr_runs, task_quality
 from batchlab.speedup import train_fractions
+from batchlab.tables import CONVERGED_SEARCH, KESKAR_SEARCH
 
 SB_LB_COLORS = {"SB": "tab:blue", "LB": "tab:red"}
 
 
-def headline_sharpness(sharpness: pd.DataFrame) -> pd.DataFrame:
+def headline_sharpness(sharpness: pd.DataFrame, search: str | None = None) -> pd.DataFrame:
     """Rows of the headline measure: full-space epsilon-sharpness at the largest epsilon
-    (Keskar's 1e-3 by default), or the subspace measure where the full one was not run."""
+    (Keskar's 1e-3 by default), or the subspace measure where the full one was not run; by the
+    search `search`, or by default the converged one where it was run (the final checkpoints),
+    else Keskar's."""
     if is_empty(sharpness):
         return sharpness.iloc[0:0]
+    if "method" in sharpness:
+        eps = sharpness["metric"].str.startswith("eps_")
+        if search is not None:
+            sharpness = sharpness[~eps | (sharpness["method"] == search)]
+        else:  # per measurement, the converged search where it ran
+            converged = (sharpness["method"] == CONVERGED_SEARCH).groupby(
+                [sharpness["run_id"], sharpness["step"], sharpness["metric"], sharpness["epsilon"].fillna(0)]).transform("any")
+            sharpness = sharpness[~eps | (sharpness["method"] == np.where(converged, CONVERGED_SEARCH, KESKAR_SEARCH))]
     for metric in ("eps_sharpness_full", "eps_sharpness_subspace"):
         rows = sharpness[sharpness["metric"] == metric]
         if len(rows):
@@ -159,8 +170,9 @@ def figure_sharpness_vs_batch(runs: pd.DataFrame, sharpness: pd.DataFrame) -> pl
 def sb_lb_runs(runs: pd.DataFrame, sharpness: pd.DataFrame) -> pd.DataFrame:
     """Headline-sharpness rows of the runs measured along training (more than one checkpoint)
     whose batch is the smallest (SB) or largest (LB) among the HEALTHY ones of their study,
-    model, training fraction and LR rule: a stalled or diverged run is no solution, so never an end."""
-    rows = headline_sharpness(sharpness)
+    model, training fraction and LR rule: a stalled or diverged run is no solution, so never an end.
+    Keskar's search, the one measured at every checkpoint."""
+    rows = headline_sharpness(sharpness, KESKAR_SEARCH)
     if rows.empty or is_empty(runs):
         return rows.assign(regime=pd.Series(dtype=str))
     along = rows.groupby("run_id")["step"].transform("nunique") > 1
