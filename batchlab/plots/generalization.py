@@ -66,8 +66,10 @@ def missing_value_notes(qualities: list[Quality]) -> dict[str, str]:
 
 
 def quality_axis(ax: plt.Axes, quality: Quality) -> None:
-    """A log y axis for perplexity (plain numbers over a short range); accuracy and IoU stay linear."""
-    if quality.log:
+    """A log y axis for perplexity (plain numbers over a short range); accuracy and IoU stay linear. A panel whose
+    drawn values reach zero or below (every run stalled or diverged, marked at the worst edge) keeps a linear axis."""
+    low = ax.dataLim.intervaly[0]
+    if quality.log and np.isfinite(low) and low > 0:
         ax.set_yscale("log")
         plain_log_axis(ax)
 
