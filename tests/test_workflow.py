@@ -72,7 +72,8 @@ def test_sharpness_table_has_every_metric_for_every_analysed_checkpoint(workflow
     sharp = pd.read_parquet(workflow_dir / "results/tables/sharpness.parquet")
     contract = ["run_id", "step", "train_loss", "metric", "epsilon", "value"]
     assert set(contract) <= set(sharp.columns)
-    assert set(sharp["metric"]) == {"eps_sharpness_full", "eps_sharpness_subspace", "hessian_lambda_max", "hessian_trace", "noise_scale"}
+    assert set(sharp["metric"]) == {"eps_sharpness_full", "eps_sharpness_subspace", "hessian_lambda_max", "hessian_trace",
+                                    "noise_scale", "b_noise"}  # analysis.measures' default: every measure
     assert set(sharp["run_id"]) == set(runs.index) and set(sharp["bn_mode"]) == {"eval"}
     steps = sharp.groupby("run_id")["step"].unique()
     for run_id, run in runs.iterrows():
