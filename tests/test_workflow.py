@@ -139,6 +139,13 @@ def test_speedup_table_agrees_with_an_independent_recomputation(workflow_dir):
     critical = pd.read_parquet(workflow_dir / "results/tables/critical_batch.parquet")
     assert {"b_crit", "s_min", "ci_low", "ci_high", "b_simple", "b_noise", "b_noise_train_loss"} <= set(critical.columns)
     assert len(critical) == 2 * 3  # (train loss, test error) x (constant, linear, best)
+    # the noise scales are read where the runs' train loss crossed the target, never far from it
+    assert critical["b_simple"].notna().all() and (critical["b_simple_n_runs"] >= 1).all()
+    on_train_loss = critical[critical["target_metric"] == "train_loss"]
+    assert ((on_train_loss["b_noise_train_loss"] / on_train_loss["target_value"]).between(1 / 1.25, 1.25)).all()
+    for measure in ("b_simple", "b_noise"):  # an interval is NaN or has a width, never zero
+        low, high = critical[f"{measure}_ci_low"], critical[f"{measure}_ci_high"]
+        assert (low.isna() == high.isna()).all() and (low[low.notna()] < high[high.notna()]).all()
 
 
 def test_report_opens_in_a_browser_with_the_summary_and_every_figure(workflow_dir):
