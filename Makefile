@@ -11,7 +11,7 @@ SNAKEMAKE_ARGS ?=
 
 PRESET ?= golmant
 
-.PHONY: demo test smoke estimate venv browser slurm clean-results
+.PHONY: demo test check smoke estimate venv browser slurm clean-results
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,19 @@ smoke: $(STAMP)
 estimate: $(STAMP)
 	$(BIN)/python -m batchlab estimate $(CONFIG)
 
+# Test files are shared among one worker per core (pytest-xdist), each file whole on one worker,
+# so a file's module fixtures (a trained workflow, a SLURM cluster) are built once; every test
+# runs torch on one thread (tests/conftest.py), so a serial run leaves all cores but one idle.
+# The 20 slowest tests are listed at the end.
+TEST_WORKERS ?= auto
 test: $(STAMP) browser slurm
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
+
+# The fast tier for the inner loop: the unit tests but the slow ones (marked `slow`, several
+# seconds each), and one tiny workflow end to end (marked `check`); none that runs the real
+# snakemake otherwise. `make test` before a commit.
+check: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load -m "(not workflow and not slow) or check" --durations=10
 
 # The report is checked in a real headless browser: Debian's Chromium and its driver,
 # installed here when they are missing and apt-get can (as root, as on CI).

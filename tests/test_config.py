@@ -318,6 +318,7 @@ def test_every_command_reads_config_files_through_the_same_check(command, tmp_pa
     assert code == 2 and err == [f"error: config file {tmp_path / 'empty.yaml'} is empty: a config is a mapping of keys such as studies"]
 
 
+@pytest.mark.slow
 def test_check_config_runs_as_a_command_and_names_the_file_of_an_invalid_config(tmp_path):
     import subprocess
     import sys

@@ -37,6 +37,7 @@ def test_the_segmentation_network_learns_the_generated_shapes(tmp_path):
     assert 0 < summary["final_test_miou"] <= 1 and evaluated[["train_miou", "test_miou"]].notna().all().all()
 
 
+@pytest.mark.slow
 def test_the_language_model_learns_the_embedded_python_docs(tmp_path):
     options = {"bptt": 12, "max_vocab": 300}
     prepare_dataset("pydoc_text", tmp_path / "pydoc.npz", options)

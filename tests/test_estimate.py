@@ -65,6 +65,7 @@ def test_counts_equal_the_grid_the_stacks_and_the_plans():
     assert est.jobs["train_stack"] == 8 and est.jobs["interpolate_study"] == 1 and est.jobs["prepare_data"] == 1
 
 
+@pytest.mark.slow
 def test_job_counts_equal_snakemake_dry_run_of_the_demo(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     est = estimate(check_config(copy.deepcopy(config)))

@@ -27,6 +27,7 @@ RUN_LEVEL_COLUMNS = {"run_id", "step", "train_loss", "bn_mode", "n_examples"}
 def analysis_cfg() -> dict:
     cfg = check_config(copy.deepcopy(TINY_CONFIG))["studies"]["tiny"]["analysis"]
     cfg["sharpness"]["max_iter"] = 3  # the sharpness values themselves are tested elsewhere
+    cfg["sharpness"]["converged"] = True  # the tiny workflows leave the converged search out, for time
     return cfg
 
 
@@ -40,6 +41,7 @@ def measure(data, cfg: dict, state: dict | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("metric", drop=False)
 
 
+@pytest.mark.slow
 def test_rows_carry_method_and_interval(tiny_data, analysis_cfg):
     df = measure(tiny_data, analysis_cfg)
     methods = {metric: list(part.unique()) for metric, part in df["method"].groupby(df["metric"].to_numpy())}
@@ -106,6 +108,7 @@ def test_non_finite_weights_still_name_their_methods(tiny_data, analysis_cfg):
     assert np.all(df["method"].notna())
 
 
+@pytest.mark.slow
 def test_analyse_runs_is_analyse_run_for_each_run_in_one_table(tiny_data, analysis_cfg, tmp_path):
     from batchlab.analysis.measure import analyse_run, analyse_runs
     from batchlab.config import build_grid

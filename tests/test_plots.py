@@ -519,6 +519,7 @@ def test_an_unreached_target_says_why(study):
     assert note.endswith(why) and note.startswith("no speed-up for this target")
 
 
+@pytest.mark.slow
 def test_the_steps_legend_lists_only_the_b_crit_marks_drawn(study):
     critical = study["critical"]
     in_grid = critical.assign(b_crit=critical["b_crit"].where(critical["b_crit"] != 843.0, 300.0),
@@ -825,6 +826,7 @@ def with_half_the_data(table, **changes):
     return pd.concat([table, half], ignore_index=True)
 
 
+@pytest.mark.slow
 def test_each_training_fraction_gets_its_own_panels_and_fits(study):
     from batchlab.plots.critical import fit_row
 
@@ -971,6 +973,7 @@ def mixed_domains(study):
     return combined(study, text, shapes)
 
 
+@pytest.mark.slow
 def test_a_one_rule_study_beside_a_three_rule_study_draws_no_empty_panels(study):
     tables = combined(study, another_study(study, "keskar", "mlp", ["constant"], []))
     for name in FIGURES:
@@ -984,6 +987,7 @@ def test_a_one_rule_study_beside_a_three_rule_study_draws_no_empty_panels(study)
         assert "keskar / mlp · constant rule" in titles and "keskar / mlp · linear rule" not in titles, name
 
 
+@pytest.mark.slow
 def test_every_figure_draws_three_domains_in_one_config_without_an_empty_panel(study):
     tables = mixed_domains(study)
     for name in FIGURES:
@@ -1009,6 +1013,7 @@ def test_every_figure_draws_three_domains_in_one_config_without_an_empty_panel(s
     axes_titled(sharp, "shapes / drn · test mean IoU")
 
 
+@pytest.mark.slow
 def test_many_panels_wrap_into_a_figure_of_a_windows_shape(study):
     """Seven one-rule, one-target studies (the Golmant smoke report's shape): rows of four (five targets), not a
     column of seven, each panel as large as in a small figure."""

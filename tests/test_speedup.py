@@ -647,6 +647,7 @@ def test_speedup_tables_read_brackets_off_the_demo_evaluation_plan(bcrit_coverag
     assert row["b_crit"] == pytest.approx(64, rel=0.25) and row["fit_sigma"] >= SIGMA_FLOOR
 
 
+@pytest.mark.slow
 def test_the_interval_covers_the_truth_on_the_presets_evaluation_plans(bcrit_coverage):
     # a small version of benchmarks/bcrit_coverage.py (200 curves per setting there, coverage 0.94-1.00 in each):
     # B_crit below, at the edges of, inside and above the batch sizes of the demo's and Masters & Luschi's plans,

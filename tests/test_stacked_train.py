@@ -129,7 +129,10 @@ def float64_default():
     torch.set_default_dtype(torch.float32)
 
 
-@pytest.mark.parametrize("case", CASES)
+SLOW_CASES = ("drn", "lstm_lm", "lstm_lm-clipped", "keskar_f1", "keskar_c1", "gru")  # 3-9 s each
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES])
 def test_every_member_of_a_stack_follows_its_run_trained_alone(case, tmp_path, float64_default):
     c = CASES[case]
     data = c["data"]()

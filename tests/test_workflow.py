@@ -42,6 +42,7 @@ def workflow_dir(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.check  # the one tiny workflow of `make check`
 def test_end_to_end_writes_tables_and_figures(workflow_dir):
     runs = pd.read_parquet(workflow_dir / "results/tables/runs.parquet")
     curves = pd.read_parquet(workflow_dir / "results/tables/curves.parquet")
