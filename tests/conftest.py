@@ -64,3 +64,25 @@ def tiny_data_path(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_data(tiny_data_path):
     return load_prepared(tiny_data_path, "cpu")
+
+
+# --- sharing the suite among workers (pytest-xdist, `make test`) -----------------------------
+# Each group runs whole on one worker, so the module fixtures it shares (a trained workflow, a
+# SLURM cluster, a preset's smoke run) are built once. A group is a test file, except that each
+# preset's smoke run is a group of its own: together they take a third of the suite. The longest
+# groups go first (measured on 2 cores), so that no worker is left with one of them at the end.
+LONGEST_FIRST = ("test_presets[golmant]", "test_slurm", "test_presets[keskar]", "test_workflow",
+                 "test_presets[masters_luschi]", "test_plots", "test_library_changes", "test_measure")
+
+
+def _group(item) -> str:
+    group = item.module.__name__.rpartition(".")[2]
+    preset = getattr(item, "callspec", None) and item.callspec.params.get("smoke_run")
+    return f"{group}[{preset}]" if preset else group
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: the order within a group stays
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
