@@ -160,12 +160,21 @@ def not_measured(tables: Tables, why: str) -> list[dict]:
                  ci_high=np.nan, value_text="–", verdict=INCONCLUSIVE, reason=f"not measured: {why}", caveats="")]
 
 
-def interval_text(value: float, low: float, high: float, spec: str = "{:.3g}", unit: str = "") -> str:
+def batch_count_text(value: float) -> str:
+    """A batch-size-like number (B_crit, B_simple, B_noise): whole from 10 up, two significant digits below,
+    so that a lower end of 0.06 does not print as 0."""
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}"
+
+
+def interval_text(value: float, low: float, high: float, spec: str | Callable[[float], str] = "{:.3g}",
+                  unit: str = "") -> str:
+    """'value [low, high]' (the value alone without a finite interval); `spec` a format string or a function."""
+    fmt = spec if callable(spec) else spec.format
     if not np.isfinite(value):
         return "–"
     if np.isfinite(low) and np.isfinite(high):
-        return f"{spec.format(value)}{unit} [{spec.format(low)}, {spec.format(high)}]"
-    return f"{spec.format(value)}{unit}"
+        return f"{fmt(value)}{unit} [{fmt(low)}, {fmt(high)}]"
+    return f"{fmt(value)}{unit}"
 
 
 def model_groups(runs: pd.DataFrame):
@@ -575,7 +584,7 @@ def judge_noise_scale(tables: Tables) -> list[dict]:
                 if verdict != INCONCLUSIVE and not hi_n > lo_n:
                     verdict, reason = INCONCLUSIVE, "the prediction has no interval (one run with an exact value)"
             text = (f"{label} / B_crit = {interval_text(value, low, high, unit='×')} "
-                    f"({label} {interval_text(prediction, lo_n, hi_n, '{:.0f}')} from {fit[f'{measure}_n_runs']:.0f} "
+                    f"({label} {interval_text(prediction, lo_n, hi_n, batch_count_text)} from {fit[f'{measure}_n_runs']:.0f} "
                     f"runs; {fit_text(fit)})")
             rows.append(row(tables, fit["study"], fit["model"], fit["train_fraction"], value, low, high, text, verdict,
                             reason, paper_value=NOISE_PAPER, condition=name))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import pandas as pd
 import yaml
 
 from batchlab.findings import (
-    INCONCLUSIVE, NOT_REPRODUCED, ORDER_OF_MAGNITUDE, REPRODUCED, VERDICTS, keskar_protocol,
+    INCONCLUSIVE, NOT_REPRODUCED, ORDER_OF_MAGNITUDE, REPRODUCED, VERDICTS, batch_count_text, keskar_protocol,
 )
 from batchlab.plots.common import model_label
 from batchlab.plots.critical import Target, fit_row, resolved_label, target_label
@@ -154,13 +155,14 @@ def fmt(x, spec: str = "{:.3g}") -> str:
     return spec.format(x) if _finite(x) else "–"
 
 
-def with_interval(value, low, high, spec: str = "{:.3g}") -> str:
-    """'value [low, high]', or the value alone when there is no interval."""
+def with_interval(value, low, high, spec: str | Callable[[float], str] = "{:.3g}") -> str:
+    """'value [low, high]', or the value alone when there is no interval; `spec` a format string or a function."""
+    fmt = spec if callable(spec) else spec.format
     if not _finite(value):
         return "–"
     if _finite(low) and _finite(high):
-        return f"{spec.format(value)} [{spec.format(low)}, {spec.format(high)}]"
-    return spec.format(value)
+        return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+    return fmt(value)
 
 
 def b_crit_text(b_crit, low, high, status, bound, not_reached=None) -> str:
@@ -217,8 +219,8 @@ def summary_display(table: pd.DataFrame) -> pd.DataFrame:
 def prediction_text(value: float, low: float, high: float) -> str:
     """A noise-scale prediction with its interval; an open upper end as ∞, and "no interval" where it has none."""
     if _finite(value) and _finite(low) and high == np.inf:
-        return f"{value:.0f} [{low:.0f}, ∞)"
-    text = with_interval(value, low, high, "{:.0f}")
+        return f"{batch_count_text(value)} [{batch_count_text(low)}, ∞)"
+    text = with_interval(value, low, high, batch_count_text)
     return text + " (no interval)" if _finite(value) and not (_finite(low) and _finite(high)) else text
 
 

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 from batchlab.findings import findings_table  # noqa: E402
 from batchlab.speedup import SPEEDUP_COLUMNS  # noqa: E402
-from batchlab.report import b_crit_text, build_report, headline_target, summary_display, summary_table  # noqa: E402
+from batchlab.report import b_crit_text, build_report, prediction_text, headline_target, summary_display, summary_table  # noqa: E402
 from tests.browser import render  # noqa: E402
 from tests.test_sharpness_ratio import fake_runs, fake_sharpness  # noqa: E402
 from batchlab.sharpness_ratio import sharpness_ratios  # noqa: E402
@@ -259,3 +259,10 @@ def test_the_critical_table_counts_tuned_lrs_at_a_grid_edge_and_says_why_larger_
     assert row["tuned LR at a grid edge (batch sizes)"] == "1 of 2"
     assert row["B_crit [95% interval]"] == "– (the larger batches did not reach the target: budget)"
     assert critical_display(failed).iloc[0]["tuned LR at a grid edge (batch sizes)"] == "–"
+
+
+def test_a_prediction_below_ten_keeps_its_digits_rather_than_printing_zero():
+    assert prediction_text(51.19, 0.0617, 42578.9) == "51 [0.062, 42579]"
+    assert prediction_text(9.77, 0.636, 150.2) == "9.8 [0.64, 150]"
+    assert prediction_text(24.4, 2.9, np.inf) == "24 [2.9, ∞)"
+    assert prediction_text(229.8, np.nan, np.nan) == "230 (no interval)"
