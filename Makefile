@@ -43,14 +43,14 @@ smoke: $(STAMP)
 estimate: $(STAMP)
 	$(BIN)/python -m batchlab estimate $(CONFIG)
 
-# Tests are shared among one worker per core (pytest-xdist), each group (a test file, or one
-# preset's smoke run) whole on one worker, longest first (tests/conftest.py), so the module
-# fixtures a group shares (a trained workflow, a SLURM cluster) are built once. Every test runs
-# torch on one thread (tests/conftest.py): a serial run would leave all cores but one idle.
+# Test files are shared among one worker per core (pytest-xdist), each file whole on one worker
+# and the longest first (tests/conftest.py), so the module fixtures a file shares (a trained
+# workflow, a SLURM cluster, a preset's smoke run) are built once. Every test runs torch on one
+# thread (tests/conftest.py): a serial run would leave all cores but one idle.
 # The 20 slowest tests are listed at the end.
 TEST_WORKERS ?= auto
 test: $(STAMP) browser slurm
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 # The fast tier for the inner loop: the unit tests but the slow ones (marked `slow`, several
 # seconds each), and one tiny workflow end to end (marked `check`); none that runs the real

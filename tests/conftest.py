@@ -67,22 +67,15 @@ def tiny_data(tiny_data_path):
 
 
 # --- sharing the suite among workers (pytest-xdist, `make test`) -----------------------------
-# Each group runs whole on one worker, so the module fixtures it shares (a trained workflow, a
-# SLURM cluster, a preset's smoke run) are built once. A group is a test file, except that each
-# preset's smoke run is a group of its own: together they take a third of the suite. The longest
-# groups go first (measured on 2 cores), so that no worker is left with one of them at the end.
-LONGEST_FIRST = ("test_presets[golmant]", "test_slurm", "test_presets[keskar]", "test_workflow",
-                 "test_presets[masters_luschi]", "test_plots", "test_library_changes", "test_measure")
-
-
-def _group(item) -> str:
-    group = item.module.__name__.rpartition(".")[2]
-    preset = getattr(item, "callspec", None) and item.callspec.params.get("smoke_run")
-    return f"{group}[{preset}]" if preset else group
+# `--dist loadfile` runs each test file whole on one worker, so the module fixtures it shares (a
+# trained workflow, a SLURM cluster, a preset's smoke run) are built once; each preset's smoke run
+# has a file of its own for that reason. The longest files go first (measured on 2 cores), so that
+# no worker is left with one of them at the end; xdist hands out files in the order collected.
+LONGEST_FIRST = ("test_smoke_golmant", "test_slurm", "test_smoke_keskar", "test_workflow",
+                 "test_smoke_masters_luschi", "test_plots", "test_library_changes", "test_measure")
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: the order within a group stays
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    # stable: the order within a file stays
+    items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(rank)))

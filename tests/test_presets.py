@@ -8,14 +8,11 @@ tiny grid, through training, analyses, speed-up, interpolation, figures and the 
 
 import subprocess
 
-import pandas as pd
 import pytest
 import yaml
 from snakemake.utils import update_config
 
 from batchlab.config import build_grid, build_stacks, check_config
-from batchlab.data.fake_release import write_smoke_releases
-from batchlab.plots import FIGURES
 from tests.conftest import REPO
 from tests.test_workflow import SNAKEMAKE, job_counts
 
@@ -85,53 +82,3 @@ def test_masters_luschi_preset_is_the_published_setup():
     assert study["base_lrs"] == [2.0 ** -i for i in range(12, -1, -1)]  # 2^-12 ... 2^0
     assert study["budget"] == {"epochs": 82}
     assert study["schedule"]["decay"] == "step" and study["schedule"]["decay_milestones"] == [0.5, 0.75]
-
-
-@pytest.fixture(scope="module", params=PRESETS)
-def smoke_run(request, tmp_path_factory):
-    preset = request.param
-    workdir = tmp_path_factory.mktemp(f"smoke_{preset}")
-    config = merged_config(preset, smoke=True)
-    written = write_smoke_releases({name: {**opts, "root": str(workdir / opts["root"])} if "root" in opts else opts
-                                    for name, opts in config["datasets"].items()})
-    assert written  # every smoke variant reads at least one release in its real format
-    result = run_snakemake(workdir, preset, smoke=True)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return preset, workdir, config
-
-
-def test_a_smoke_variant_runs_every_rule_on_the_presets_models(smoke_run):
-    preset, workdir, config = smoke_run
-    tables = workdir / "results" / "tables"
-    runs = pd.read_parquet(tables / "runs.parquet")
-    grid = build_grid(config)
-    assert sorted(runs["run_id"]) == sorted(grid)
-    assert set(runs["model"]) == {r.model for r in grid.values()}  # the preset's own models
-    assert (runs["status"] == "completed").mean() >= 0.75, runs[["run_id", "status"]]
-    speedup = pd.read_parquet(tables / "speedup.parquet")
-    studies_with_targets = {s for s, st in config["studies"].items() if st["speedup"]["targets"]}
-    assert set(speedup["study"]) == studies_with_targets
-    sharpness = pd.read_parquet(tables / "sharpness.parquet")
-    analysed = {s for s, st in config["studies"].items() if st["analysis"]["enabled"]}
-    assert {run_id.split("/")[0] for run_id in sharpness["run_id"]} == analysed
-    assert sharpness["value"].notna().mean() > 0.9
-    interpolation = pd.read_parquet(tables / "interpolation.parquet")
-    interpolated = {s for s, st in config["studies"].items() if st["interpolation"]["enabled"]}
-    assert {pair.split("/")[0] for pair in interpolation["pair_id"]} == interpolated
-    drawn = {name: (workdir / "results" / "figures" / f"{name}.png").stat().st_size for name in FIGURES}
-    assert sum(size > 10_000 for size in drawn.values()) >= len(FIGURES) - 1, drawn  # one may say "nothing to show"
-    report = (workdir / "results" / "report.html").read_text()
-    assert all(study in report for study in config["studies"])
-
-
-def test_smoke_runs_record_the_task_metric(smoke_run):
-    preset, workdir, config = smoke_run
-    runs = pd.read_parquet(workdir / "results" / "tables" / "runs.parquet")
-    for task, column in (("language_model", "final_test_perplexity"), ("segmentation", "final_test_miou")):
-        rows = runs[runs["task"] == task]
-        assert rows[column].notna().all() and (rows[column] > 0).all()
-        other = runs[runs["task"] != task]
-        assert other[column].isna().all()
-    if preset == "golmant":
-        assert set(runs["task"]) == {"classification", "segmentation", "language_model"}
-        assert sorted(runs.loc[runs["study"] == "golmant_cifar10", "train_fraction"].unique()) == [0.5, 1.0]
