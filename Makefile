@@ -44,13 +44,14 @@ estimate: $(STAMP)
 	$(BIN)/python -m batchlab estimate $(CONFIG)
 
 # Test files are shared among one worker per core (pytest-xdist), each file whole on one worker
-# and the longest first (tests/conftest.py), so the module fixtures a file shares (a trained
+# and the longest first (tests/conftest.py; --no-loadscope-reorder keeps that order, where xdist
+# would start with the files of most tests), so the module fixtures a file shares (a trained
 # workflow, a SLURM cluster, a preset's smoke run) are built once. Every test runs torch on one
 # thread (tests/conftest.py): a serial run would leave all cores but one idle.
 # The 20 slowest tests are listed at the end.
 TEST_WORKERS ?= auto
 test: $(STAMP) browser slurm
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 # The fast tier for the inner loop: the unit tests but the slow ones (marked `slow`, several
 # seconds each), and one tiny workflow end to end (marked `check`); none that runs the real

@@ -70,7 +70,8 @@ def tiny_data(tiny_data_path):
 # `--dist loadfile` runs each test file whole on one worker, so the module fixtures it shares (a
 # trained workflow, a SLURM cluster, a preset's smoke run) are built once; each preset's smoke run
 # has a file of its own for that reason. The longest files go first (measured on 2 cores), so that
-# no worker is left with one of them at the end; xdist hands out files in the order collected.
+# no worker is left with one of them at the end (`--no-loadscope-reorder`: xdist hands out the files
+# in the order collected, rather than those of most tests first).
 LONGEST_FIRST = ("test_smoke_golmant", "test_slurm", "test_smoke_keskar", "test_workflow",
                  "test_smoke_masters_luschi", "test_plots", "test_library_changes", "test_measure")
 

@@ -1,7 +1,8 @@
 """A preset's smoke variant (config/smoke/<preset>.yaml laid over config/<preset>.yaml) through every rule
-of the real snakemake, on small generated files in the real formats: the fixture and the checks that
+of the real snakemake, on small generated files in the real formats: the fixture and the tests that
 tests/test_smoke_<preset>.py run. One file per preset, so that pytest-xdist (which keeps a file on one
-worker) can run the three smoke runs, a third of the suite, on different workers."""
+worker) can run the three smoke runs, a third of the suite, on different workers. pytest does not
+collect this module; each of those files imports the tests and names its own `smoke_run`."""
 
 import pandas as pd
 import pytest
@@ -33,7 +34,7 @@ def run_smoke(preset: str, tmp_path_factory):
     return preset, workdir, config
 
 
-def check_every_rule_ran_on_the_presets_models(smoke_run):
+def test_a_smoke_variant_runs_every_rule_on_the_presets_models(smoke_run):
     preset, workdir, config = smoke_run
     tables = workdir / "results" / "tables"
     runs = pd.read_parquet(tables / "runs.parquet")
@@ -57,7 +58,7 @@ def check_every_rule_ran_on_the_presets_models(smoke_run):
     assert all(study in report for study in config["studies"])
 
 
-def check_the_runs_record_the_task_metric(smoke_run):
+def test_smoke_runs_record_the_task_metric(smoke_run):
     preset, workdir, config = smoke_run
     runs = pd.read_parquet(workdir / "results" / "tables" / "runs.parquet")
     for task, column in (("language_model", "final_test_perplexity"), ("segmentation", "final_test_miou")):
