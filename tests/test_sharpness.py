@@ -273,11 +273,12 @@ def subspace_quadratic(n, p, seed, eps, c=0.25):
     return Quadratic(x, np.sqrt(h)[:, None] * P, c=c), c + 0.5 * np.sum(h * b**2)
 
 
-def test_subspace_diagonal_matches_closed_form():
+@pytest.mark.parametrize("search", [eps_sharpness, eps_sharpness_converged])  # Keskar's and the converged one
+def test_subspace_diagonal_matches_closed_form(search):
     n, p, eps = 30, 5, 1e-3
     obj, exact_max = subspace_quadratic(n, p, seed=3, eps=eps)
 
-    res = eps_sharpness(obj, epsilon=eps, subspace_dim=p, seed=3)
+    res = search(obj, epsilon=eps, subspace_dim=p, seed=3)
 
     assert res.subspace_dim == p
     assert res.max_loss == pytest.approx(exact_max, rel=1e-9, abs=0)
@@ -468,16 +469,6 @@ def test_converged_reports_best_of_all_evaluations_counts_them_and_is_determinis
     other = make()
     eps_sharpness_converged(other, **kwargs, seed=1)
     assert other.seen != obj.seen  # other random starts
-
-
-def test_converged_subspace_matches_closed_form_with_the_papers_subspace():
-    n, p, eps = 30, 5, 1e-3
-    obj, exact_max = subspace_quadratic(n, p, seed=3, eps=eps)
-
-    res = eps_sharpness_converged(obj, epsilon=eps, subspace_dim=p, seed=3)
-
-    assert res.subspace_dim == p
-    assert res.max_loss == pytest.approx(exact_max, rel=1e-9, abs=0)
 
 
 @pytest.mark.parametrize("n", [12, 80])  # a dense eigendecomposition (p <= 64), ARPACK's Lanczos (p > 64)
