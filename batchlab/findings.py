@@ -170,11 +170,16 @@ def interval_text(value: float, low: float, high: float, spec: str | Callable[[f
                   unit: str = "") -> str:
     """'value [low, high]' (the value alone without a finite interval); `spec` a format string or a function."""
     fmt = spec if callable(spec) else spec.format
-    if not np.isfinite(value):
+    if not known(value):
         return "–"
-    if np.isfinite(low) and np.isfinite(high):
+    if known(low) and known(high):
         return f"{fmt(value)}{unit} [{fmt(low)}, {fmt(high)}]"
     return f"{fmt(value)}{unit}"
+
+
+def known(x) -> bool:
+    """A finite number: not None, NaN, pandas' NA or infinite."""
+    return not pd.isna(x) and bool(np.isfinite(x))
 
 
 def model_groups(runs: pd.DataFrame):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,7 +35,8 @@ import pandas as pd
 import yaml
 
 from batchlab.findings import (
-    INCONCLUSIVE, NOT_REPRODUCED, ORDER_OF_MAGNITUDE, REPRODUCED, VERDICTS, batch_count_text, keskar_protocol,
+    INCONCLUSIVE, NOT_REPRODUCED, ORDER_OF_MAGNITUDE, REPRODUCED, VERDICTS, batch_count_text, interval_text, keskar_protocol,
+    known,
 )
 from batchlab.plots.common import model_label
 from batchlab.plots.critical import Target, fit_row, resolved_label, target_label
@@ -147,29 +147,15 @@ def summary_table(runs: pd.DataFrame, critical: pd.DataFrame, ratios: pd.DataFra
 
 # --- formatting ----------------------------------------------------------------------------
 
-def _finite(x) -> bool:
-    return x is not None and not (isinstance(x, float) and not np.isfinite(x)) and not pd.isna(x)
-
-
 def fmt(x, spec: str = "{:.3g}") -> str:
-    return spec.format(x) if _finite(x) else "–"
-
-
-def with_interval(value, low, high, spec: str | Callable[[float], str] = "{:.3g}") -> str:
-    """'value [low, high]', or the value alone when there is no interval; `spec` a format string or a function."""
-    fmt = spec if callable(spec) else spec.format
-    if not _finite(value):
-        return "–"
-    if _finite(low) and _finite(high):
-        return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
-    return fmt(value)
+    return spec.format(x) if known(x) else "–"
 
 
 def b_crit_text(b_crit, low, high, status, bound, not_reached=None) -> str:
     """B_crit with its interval; else the bound the data allow, or why there is no number (for larger batches
     that did not reach the target, why they did not: "budget", "diverged", "stalled")."""
-    if _finite(b_crit):
-        return with_interval(b_crit, low, high, "{:.0f}")
+    if known(b_crit):
+        return interval_text(b_crit, low, high, "{:.0f}")
     why = FIT_STATUS_TEXT.get(status, status)
     if status == "not_reached" and isinstance(not_reached, str) and not_reached:
         why += f": {not_reached}"
@@ -218,16 +204,16 @@ def summary_display(table: pd.DataFrame) -> pd.DataFrame:
 
 def prediction_text(value: float, low: float, high: float) -> str:
     """A noise-scale prediction with its interval; an open upper end as ∞, and "no interval" where it has none."""
-    if _finite(value) and _finite(low) and high == np.inf:
+    if known(value) and known(low) and high == np.inf:
         return f"{batch_count_text(value)} [{batch_count_text(low)}, ∞)"
-    text = with_interval(value, low, high, batch_count_text)
-    return text + " (no interval)" if _finite(value) and not (_finite(low) and _finite(high)) else text
+    text = interval_text(value, low, high, batch_count_text)
+    return text + " (no interval)" if known(value) and not (known(low) and known(high)) else text
 
 
 def disagreement(predicted: float, b_crit: float) -> str:
     """A note beside a noise-scale prediction when it and B_crit differ by more than McCandlish's order of
     magnitude."""
-    if not (_finite(predicted) and _finite(b_crit)):
+    if not (known(predicted) and known(b_crit)):
         return ""
     ratio = predicted / b_crit
     if 1 / ORDER_OF_MAGNITUDE <= ratio <= ORDER_OF_MAGNITUDE:
@@ -237,9 +223,9 @@ def disagreement(predicted: float, b_crit: float) -> str:
 
 def sharpness_text(r) -> str:
     """The LB / SB ratio; where Keskar's protocol is not met, marked as context with the reason."""
-    if not _finite(r.sharpness_ratio):
+    if not known(r.sharpness_ratio):
         return "–"
-    text = (f"{with_interval(r.sharpness_ratio, r.sharpness_ratio_ci_low, r.sharpness_ratio_ci_high, '{:.2f}')}× "
+    text = (f"{interval_text(r.sharpness_ratio, r.sharpness_ratio_ci_low, r.sharpness_ratio_ci_high, '{:.2f}')}× "
             f"(B={r.sharpness_lb_batch_size:.0f} / {r.sharpness_sb_batch_size:.0f}, ε={r.sharpness_epsilon:g}, "
             f"{r.sharpness_n_pairs:.0f} pairs)")
     if isinstance(r.sharpness_protocol, str) and r.sharpness_protocol:
@@ -294,7 +280,7 @@ def ratios_display(ratios: pd.DataFrame) -> pd.DataFrame:
         "ε": ratios["epsilon"].map(lambda e: fmt(e, "{:g}")),
         "SB / LB batch": [f"{r.sb_batch_size} / {r.lb_batch_size}" for r in ratios.itertuples()],
         "SB value": ratios["sb_value"].map(fmt), "LB value": ratios["lb_value"].map(fmt),
-        "LB / SB [95% over seeds]": [with_interval(r.ratio, r.ratio_ci_low, r.ratio_ci_high, "{:.2f}")
+        "LB / SB [95% over seeds]": [interval_text(r.ratio, r.ratio_ci_low, r.ratio_ci_high, "{:.2f}")
                                      for r in ratios.itertuples()],
         "pairs": ratios["n_pairs"],
         "final train loss SB / LB": [f"{fmt(r.sb_train_loss)} / {fmt(r.lb_train_loss)}" for r in ratios.itertuples()],
