@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from batchlab.data.catalog import DatasetInfo, dataset_info
+from batchlab.devices import resolve_device
 from batchlab.lr_rules import scaled_lr
 from batchlab.models import MODEL_INPUTS, RECURRENT_MODELS, check_bn_batch_size, uses_batchnorm
 
@@ -110,8 +111,6 @@ def job_device(name: str) -> str:
     decides what reruns (and records the params), and, under a cluster executor, the one that runs
     the job on its node, so each job computes where it runs (CUDA on a GPU node, the CPU elsewhere).
     """
-    from batchlab.train import resolve_device  # here, not at the top: batchlab.train imports this module
-
     return resolve_device(name).type if name == "auto" else name
 
 

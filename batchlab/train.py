@@ -78,6 +78,7 @@ from batchlab import io, provenance
 from batchlab.config import RunSpec
 from batchlab.data import IGNORE_INDEX, Dataset, load_prepared
 from batchlab.data.augment import apply_augment
+from batchlab.devices import resolve_device
 from batchlab.health import prior_entropy, stall_reason, stop_reason
 from batchlab.lr_rules import lr_factor
 from batchlab.metrics import member_confusion, member_sums, mean_iou, perplexity
@@ -146,16 +147,6 @@ def make_plan(spec: RunSpec, n_train: int) -> Plan:
 
 
 # --- pieces of the loop --------------------------------------------------------------------
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
-
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of the training set in `epoch`: a pure function of (seed, epoch)."""

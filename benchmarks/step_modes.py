@@ -35,7 +35,7 @@ from batchlab.models import build_model
 from batchlab.stacked import models as stacked_models
 from batchlab.stacked.optim import build_optimizer
 from batchlab.stacked.step import GRAPH_WARMUP_STEPS
-from batchlab.train import resolve_device
+from batchlab.devices import resolve_device
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("throughput_benchmark", HERE / "throughput.py")

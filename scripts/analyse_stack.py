@@ -10,7 +10,7 @@ with claim_job_gpu(snakemake.config, snakemake.params.device):
     from batchlab.analysis.measure import analyse_runs
     from batchlab.config import RunSpec
     from batchlab.data import load_prepared
-    from batchlab.train import resolve_device
+    from batchlab.devices import resolve_device
 
     data = load_prepared(snakemake.input.data, resolve_device(snakemake.params.device))
     runs = [(run_dir, RunSpec.from_dict(spec), along) for run_dir, spec, along

@@ -12,7 +12,7 @@ with claim_job_gpu(snakemake.config, snakemake.params.device):
     from batchlab.analysis.interpolate import interpolate_run_pairs
     from batchlab.config import Pair, RunSpec
     from batchlab.data import load_prepared
-    from batchlab.train import resolve_device
+    from batchlab.devices import resolve_device
 
     pairs = []
     for fields, dirs, spec in zip(snakemake.params.pairs, snakemake.params.run_dirs, snakemake.params.specs):

@@ -10,10 +10,11 @@ import torch
 
 from batchlab import io, train
 from batchlab.data import TRAIN_SUBSET_SEED, Dataset
+from batchlab.devices import resolve_device
 from batchlab.health import prior_entropy
 from batchlab.models import build_model
 from batchlab.train import (
-    epoch_permutation, evaluate, first_bad_step, log_spaced_steps, make_plan, resolve_device, train_run,
+    epoch_permutation, evaluate, first_bad_step, log_spaced_steps, make_plan, train_run,
 )
 from tests.conftest import make_spec
 
