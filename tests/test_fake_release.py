@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from batchlab.data import IGNORE_INDEX, load_prepared
-from batchlab.data.catalog import n_windows
 from batchlab.data.fake_release import NAMES, NWORDS, TEXT_FILES, fake_images, main, write_fake_release
 from batchlab.data.prepare import prepare_dataset
-from batchlab.data.text import EOS, UNK, read_tokens, read_vocab
+from batchlab.data.text import EOS, UNK, n_windows, read_tokens, read_vocab
 
 # name: (n_train, n_test, extra prepare options)
 SIZES = {

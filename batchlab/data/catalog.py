@@ -16,7 +16,7 @@ estimates use it before the data exist, so the real releases' sizes are written 
 - Penn Treebank (Mikolov's release): 10000 words (with `<eos>` and `<unk>`), 929,589 train
   and 82,430 test tokens with `<eos>` (887,521 and 78,669 without);
 - a language model's examples are the non-overlapping windows of `bptt` tokens whose
-  next-token targets fit in the stream: (tokens - 1) // bptt;
+  next-token targets fit in the stream: (tokens - 1) // bptt (batchlab.data.text.n_windows);
 - mnist1d and shapes are generated, so their sizes are their options; the embedded text
   corpus `pydoc_text` ships with Python and is measured (once per process, 1 to 3 s).
 """
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchlab.data import TASKS  # noqa: F401  (re-exported: the tasks a data set can serve)
+from batchlab.data.text import PYDOC_MAX_VOCAB, n_windows, pydoc_text_counts
 
 INPUTS = ("signal", "image", "segmentation", "tokens")
 
@@ -53,13 +54,6 @@ class DatasetInfo:
     n_test: int
 
 
-def n_windows(n_tokens: int, bptt: int) -> int:
-    """Examples cut from a stream of `n_tokens`: windows of `bptt` whose shifted targets fit."""
-    if bptt < 1:
-        raise ValueError(f"bptt must be at least 1, got {bptt}")
-    return max(0, (n_tokens - 1) // bptt)
-
-
 def capped_vocab(full: int, max_vocab: int | None) -> int:
     """Vocabulary size once `max_vocab` keeps the most frequent words (and `<unk>`)."""
     if max_vocab is None:
@@ -79,8 +73,6 @@ def _positive(options: dict, key: str, default: Any) -> int:
 def _text(name: str, options: dict) -> DatasetInfo:
     bptt = _positive(options, "bptt", 35)
     if name == "pydoc_text":
-        from batchlab.data.text import PYDOC_MAX_VOCAB, pydoc_text_counts
-
         vocab, n_train_tokens, n_test_tokens = pydoc_text_counts(options.get("max_vocab", PYDOC_MAX_VOCAB))
     else:
         full, n_train_tokens, n_test_tokens = TEXT_SIZES[name]

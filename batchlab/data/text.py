@@ -62,7 +62,6 @@ from pathlib import Path
 import numpy as np
 
 from batchlab.data import save_prepared
-from batchlab.data.catalog import n_windows
 from batchlab.io import atomic_path
 
 EOS = "<eos>"
@@ -122,6 +121,13 @@ def encode(tokens: Sequence[str], vocab: Sequence[str]) -> np.ndarray:
     index = {w: i for i, w in enumerate(vocab)}
     unk = index[UNK]
     return np.fromiter((index.get(t, unk) for t in tokens), dtype=np.int64, count=len(tokens))
+
+
+def n_windows(n_tokens: int, bptt: int) -> int:
+    """Examples cut from a stream of `n_tokens`: windows of `bptt` whose shifted targets fit."""
+    if bptt < 1:
+        raise ValueError(f"bptt must be at least 1, got {bptt}")
+    return max(0, (n_tokens - 1) // bptt)
 
 
 def windows(ids: np.ndarray, bptt: int) -> tuple[np.ndarray, np.ndarray]:
