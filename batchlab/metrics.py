@@ -21,10 +21,25 @@ from torch import Tensor
 from batchlab.data import IGNORE_INDEX
 
 
+def cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """F.cross_entropy of a plain model's logits (N, C, *positions) against targets (N, *positions),
+    IGNORE_INDEX counting nowhere.
+
+    Where the classes are innermost in memory (the language model's (N, V, T) is a transposed view
+    of its decoder's (N, T, V)), it runs on the free (N*T, V) view instead: over dim 1 of the
+    transposed view, torch's kernel is 3x slower at V = 5000, forward and backward (one thread).
+    """
+    if logits.dim() > 2 and logits.stride(1) == 1:
+        flat = logits.movedim(1, -1).reshape(-1, logits.shape[1])
+        loss = F.cross_entropy(flat, targets.reshape(-1), reduction=reduction, ignore_index=IGNORE_INDEX)
+        return loss.view(targets.shape) if reduction == "none" else loss
+    return F.cross_entropy(logits, targets, reduction=reduction, ignore_index=IGNORE_INDEX)
+
+
 def member_losses(logits: Tensor, targets: Tensor) -> Tensor:
     """(K,) mean cross-entropy of each member over its targets that count: the training loss."""
     k = targets.shape[0]
-    per_target = F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), reduction="none").view(k, -1)
+    per_target = cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), reduction="none").view(k, -1)
     if targets.dim() == 2:  # one label per example: nothing is ignored
         return per_target.mean(1)
     return per_target.sum(1) / (targets != IGNORE_INDEX).view(k, -1).sum(1).clamp_min(1)
@@ -33,7 +48,7 @@ def member_losses(logits: Tensor, targets: Tensor) -> Tensor:
 def member_sums(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(K,) float64 summed cross-entropy, (K,) correct predictions and (K,) targets that count."""
     k = targets.shape[0]
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), reduction="none").view(k, -1).double().sum(1)
+    loss = cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), reduction="none").view(k, -1).double().sum(1)
     valid = targets != IGNORE_INDEX
     correct = ((logits.argmax(2) == targets) & valid).view(k, -1).sum(1)
     return loss, correct, valid.view(k, -1).sum(1)

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from batchlab.data import IGNORE_INDEX, Dataset
-from batchlab.metrics import member_confusion, member_losses, member_sums, mean_iou, perplexity
-from batchlab.train import evaluate
+from batchlab.metrics import cross_entropy, member_confusion, member_losses, member_sums, mean_iou, perplexity
+from batchlab.train.evaluation import evaluate
 
 
 def _dense_case(seed=0, k=3, b=4, c=5, positions=(6, 7), ignore_share=0.2):
@@ -26,6 +26,23 @@ def test_member_losses_average_the_targets_that_count_per_member():
         assert losses[k].item() == pytest.approx(per_pixel[keep].mean().item(), rel=1e-12)
         # torch's own mean with ignore_index is the same definition
         assert losses[k].item() == pytest.approx(F.cross_entropy(logits[k], targets[k]).item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_cross_entropy_of_class_innermost_logits_is_torchs_over_dim_1(reduction):
+    """The language model's (N, V, T) logits, a transposed view of (N, T, V), take the fast path:
+    the same numbers as torch's cross-entropy over dim 1, with IGNORE_INDEX counting nowhere."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 7, 50, generator=g, dtype=torch.float64).transpose(1, 2)  # (N, V, T), V innermost
+    targets = torch.randint(50, (4, 7), generator=g)
+    targets[0, :3] = IGNORE_INDEX
+    assert logits.stride(1) == 1
+    expected = F.cross_entropy(logits.contiguous(), targets, reduction=reduction)
+    got = cross_entropy(logits, targets, reduction)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    dense = logits.contiguous()  # classes not innermost: torch's own path
+    torch.testing.assert_close(cross_entropy(dense, targets, reduction), expected, rtol=0, atol=0)
 
 
 def test_member_losses_of_labels_are_the_plain_mean():

@@ -102,14 +102,13 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from batchlab.analysis.noise_scale import b_simple_of, why_no_per_example_gradients
 from batchlab.analysis.objective import ModelObjective
-from batchlab.data import IGNORE_INDEX
+from batchlab.metrics import cross_entropy
 
 METHODS = ("auto", "exact", "probes")
 CI_LEVEL = 0.95
@@ -232,7 +231,7 @@ class ModelPoint:
         obj = self.obj
         with torch.backends.cudnn.flags(enabled=obj._cudnn and torch.backends.cudnn.enabled):
             logits = functional_call(obj.model, (obj.unflatten(w), obj._buffers), (xb,))
-        per_target = F.cross_entropy(logits, yb, reduction="none", ignore_index=IGNORE_INDEX)
+        per_target = cross_entropy(logits, yb, reduction="none")
         return per_target.reshape(len(yb), -1).sum(1)
 
     def _forward(self):

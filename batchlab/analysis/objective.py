@@ -21,11 +21,11 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jvp
 
 from batchlab.data import IGNORE_INDEX
+from batchlab.metrics import cross_entropy
 
 BN_MODES = ("eval", "batch")
 
@@ -85,7 +85,7 @@ class ModelObjective:
         buffers = {k: v.clone() for k, v in self._buffers.items()} if self.bn_mode == "batch" else self._buffers
         with torch.backends.cudnn.flags(enabled=self._cudnn and torch.backends.cudnn.enabled):
             logits = functional_call(self.model, (self.unflatten(w), buffers), (xb,))
-        return F.cross_entropy(logits, yb, reduction="sum")
+        return cross_entropy(logits, yb, reduction="sum")
 
     @torch.no_grad()
     def loss(self, w: torch.Tensor) -> float:
