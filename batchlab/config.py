@@ -105,8 +105,8 @@ def job_device(name: str) -> str:
     params changed. What counts is the hardware, not how the config spells it: `auto` and `cpu` on a
     CPU machine (`auto` and `cuda` on a GPU one) are one device, and switching between them reruns
     nothing. A config that asks for other hardware (cpu -> cuda) reruns those jobs there; the trainer
-    still keeps its finished members (train.result_hash: a run is its config, not where it ran, and
-    its run.json names the device), and the analyses are measured again.
+    still keeps its finished members (batchlab.train.run_files.result_hash: a run is its config, not
+    where it ran, and its run.json names the device), and the analyses are measured again.
     Every snakemake process that reads the Snakefile resolves it on its own machine: the one that
     decides what reruns (and records the params), and, under a cluster executor, the one that runs
     the job on its node, so each job computes where it runs (CUDA on a GPU node, the CPU elsewhere).

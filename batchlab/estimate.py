@@ -198,7 +198,7 @@ class Estimate:
 def estimate(config: dict, throughput: pd.DataFrame | None = None, device_name: str | None = None,
              source: str = "") -> Estimate:
     """The cost of a checked config; hours from `throughput`'s rows of one device (see the module docstring)."""
-    from batchlab.train import make_plan  # imports torch: only here, so that reading this module stays light
+    from batchlab.train.plan import make_plan  # imports torch: only here, so that reading this module stays light
 
     grid = build_grid(config)
     stacks = build_stacks(config, grid)

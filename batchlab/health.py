@@ -1,7 +1,7 @@
 """Run health and the convergence budget: pure functions of a run's full evaluations.
 
 Both read only the evaluations of the curve, `{step: (train_loss, train_acc, test_loss,
-test_acc)}` (the `Curve.evals` of batchlab.train). Checkpoints hold these, so a resumed run
+test_acc)}` (the `Curve.evals` of batchlab.train.curve). Checkpoints hold these, so a resumed run
 reaches the same verdicts at the same steps as an uninterrupted one.
 
 - `stall_reason`: why a run that did not diverge still failed to train (its status is then

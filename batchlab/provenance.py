@@ -59,7 +59,7 @@ def device_name(device: torch.device) -> str:
 def code_hash(package: Path = LIBRARY) -> str:
     """A hash of the library code a training run runs (batchlab.train and what it imports): a finished
     run trained by other code is trained again, but a run is kept when only other code (a plot) changed."""
-    return library_hash(package / "train.py", package)
+    return library_hash(package / "train" / "__init__.py", package)
 
 
 @functools.lru_cache  # the Snakefile asks once per rule, the trainer once per member

@@ -1,7 +1,7 @@
 """Coverage of the critical batch size's 95% interval (batchlab.speedup, rule 5) on curves read off real plans.
 
 Each synthetic run reaches its target after S* = S_min (1 + B_crit / B) exp(N(0, sigma^2)) steps; it is *read*
-the way rule 1 reads a workflow run: at the first evaluated step at or after S* (batchlab.train.make_plan's
+the way rule 1 reads a workflow run: at the first evaluated step at or after S* (batchlab.train.plan.make_plan's
 evaluation steps of the preset), with the evaluated step before it as the lower end, and not reached when S* lies
 past the run's budget. Seeds are pooled per batch size by rule 2 (`cell_steps`, the median of the upper and of
 the lower ends), and `fit_critical_batch` fits the brackets. S_min is drawn per curve so that the largest batch
@@ -40,7 +40,7 @@ import pandas as pd
 
 from batchlab import speedup
 from batchlab.config import check_config, dataset_train_size, load_config_file, study_runs
-from batchlab.train import make_plan
+from batchlab.train.plan import make_plan
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {  # plan name: (config file, study, batch sizes kept (None: all))
@@ -54,7 +54,7 @@ REACH_FRACTION = (0.3, 0.9)  # where in its budget the largest batch reaches the
 
 
 def evaluation_plan(config_file: str, study: str, batch_sizes=None) -> tuple[dict[int, np.ndarray], int]:
-    """{batch size: its runs' evaluated steps, sorted} of a preset's study, by batchlab.train.make_plan, and the
+    """{batch size: its runs' evaluated steps, sorted} of a preset's study, by batchlab.train.plan.make_plan, and the
     study's number of seeds."""
     config = check_config(load_config_file(REPO / config_file))
     spec = config["studies"][study]

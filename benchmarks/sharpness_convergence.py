@@ -22,7 +22,7 @@ only, where the seed moves only the random starts) the converged measure is reru
 It reads each run's final.pt under results/runs/<run id>/ and the prepared data set under
 results/data/ (prepared here when missing). A run without final.pt is reported with the
 snakemake command that trains it (exit status 2); --train trains it here instead, with the
-library's `batchlab.train.train_run`, into the same run directory as the workflow would.
+library's `batchlab.train.loop.train_run`, into the same run directory as the workflow would.
 Seed 0 with --measure-seeds 4 took 11 minutes on the shared 2-core machine (the long search
 ~85-140 s per row, the converged measure ~15 s, the paper's 0.1 s).
 On a busy 2-core machine, keep BLAS to one thread (set below unless already set): L-BFGS-B's
@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--long-max-iter", type=int, default=1000)
     p.add_argument("--measure-seeds", type=int, default=0, help="rerun the converged measure with seeds 0..K-1")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--train", action="store_true", help="train missing runs here (batchlab.train.train_run)")
+    p.add_argument("--train", action="store_true", help="train missing runs here (batchlab.train.loop.train_run)")
     return p.parse_args(argv)
 
 
@@ -123,10 +123,10 @@ def main(argv=None) -> int:
               f"    cd {REPO} && .venv/bin/snakemake --cores 2 --configfile {args.config} "
               + " ".join(f"results/stacks/{t}.json" for t in targets)
               + f"\nor rerun this script with --train, which trains just these runs into {results}/runs "
-              "with batchlab.train.train_run (a few minutes on a CPU).")
+              "with batchlab.train.loop.train_run (a few minutes on a CPU).")
         return 2
     if missing:
-        from batchlab.train import train_run
+        from batchlab.train.loop import train_run
 
         for spec in missing:
             print(f"training {spec.run_id} ...", flush=True)

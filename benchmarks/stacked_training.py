@@ -28,7 +28,7 @@ from batchlab.config import build_grid, check_config
 from batchlab.data import Dataset
 from batchlab.models import build_model
 from batchlab.stacked.optim import build_optimizer
-from batchlab.train import train_stack
+from batchlab.train.loop import train_stack
 
 OPTIMIZER = {"name": "sgd", "momentum": 0.9}
 

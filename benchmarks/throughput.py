@@ -49,7 +49,9 @@ from batchlab.stacked.models import build_stacked_model
 from batchlab.stacked.optim import StackedOptimizer
 from batchlab.stacked.step import GRAPH_WARMUP_STEPS, make_step, resolve_step_mode
 from batchlab.devices import resolve_device
-from batchlab.train import epoch_permutation, evaluate_stack, member_batches
+from batchlab.train.evaluation import evaluate_stack
+from batchlab.train.plan import epoch_permutation
+from batchlab.train.stack import member_batches
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "throughput.csv"

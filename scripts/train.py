@@ -8,7 +8,7 @@ start_job(snakemake.log[0], snakemake.threads)
 with claim_job_gpu(snakemake.config, snakemake.params.device) as gpu:
     from batchlab import io
     from batchlab.config import RunSpec
-    from batchlab.train import train_stack
+    from batchlab.train.loop import train_stack
 
     summaries = train_stack(
         [RunSpec.from_dict(spec) for spec in snakemake.params.specs], snakemake.input.data, snakemake.params.run_dirs,

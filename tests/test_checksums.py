@@ -12,7 +12,8 @@ import torch
 
 from batchlab import io
 from batchlab.tables import curves_table, runs_table
-from batchlab.train import make_plan, train_run
+from batchlab.train.loop import train_run
+from batchlab.train.plan import make_plan
 from tests.conftest import make_spec
 from tests.test_train import RUN, assert_same_results
 

@@ -8,7 +8,7 @@ import pytest
 from batchlab.data import IGNORE_INDEX, load_prepared
 from batchlab.data.prepare import prepare_dataset
 from batchlab.health import prior_entropy
-from batchlab.train import train_run
+from batchlab.train.loop import train_run
 
 
 def domain_spec(dataset: str, model: str, base_lr: float, epochs: int, datasets: dict, batch_size: int = 16):

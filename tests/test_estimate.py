@@ -17,7 +17,7 @@ import yaml
 from batchlab.__main__ import main as cli_main
 from batchlab.config import analysed_runs, build_grid, build_stacks, check_config
 from batchlab.estimate import TAIL_JOBS, Throughput, choose_device, estimate, format_estimate
-from batchlab.train import make_plan
+from batchlab.train.plan import make_plan
 from tests.conftest import REPO, TINY_CONFIG
 
 CPU = "cpu Test CPU (2 threads)"

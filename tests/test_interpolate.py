@@ -15,7 +15,8 @@ from batchlab import io
 from batchlab.analysis.interpolate import alpha_grid, interpolate_pair, interpolate_states
 from batchlab.data import Dataset, load_prepared
 from batchlab.models import build_model
-from batchlab.train import evaluate, train_run
+from batchlab.train.evaluation import evaluate
+from batchlab.train.loop import train_run
 from tests.conftest import make_spec
 
 EVAL_BS = 4096  # the tiny config's eval.batch_size (checked below), so evaluations match training's

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from batchlab import provenance
-from batchlab.train import train_run
+from batchlab.train.loop import train_run
 from tests.conftest import REPO, TINY_CONFIG, make_spec
 
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -101,7 +101,7 @@ def test_a_change_to_the_training_code_retrains_with_the_changed_code(workflow):
 
 @pytest.mark.workflow
 def test_a_change_to_the_trainer_reruns_training(workflow):
-    edit(workflow / "repo" / "batchlab" / "train.py")
+    edit(workflow / "repo" / "batchlab" / "train" / "loop.py")
     assert scheduled(snakemake(workflow, small_config(device="cpu"), "-n"))
 
 

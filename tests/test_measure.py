@@ -112,7 +112,7 @@ def test_non_finite_weights_still_name_their_methods(tiny_data, analysis_cfg):
 def test_analyse_runs_is_analyse_run_for_each_run_in_one_table(tiny_data, analysis_cfg, tmp_path):
     from batchlab.analysis.measure import analyse_run, analyse_runs
     from batchlab.config import build_grid
-    from batchlab.train import train_stack
+    from batchlab.train.loop import train_stack
 
     analysis_cfg["sharpness"].update(full_space=False)
     cfg = copy.deepcopy(TINY_CONFIG)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from batchlab import io
-from batchlab.train import train_run
+from batchlab.train.loop import train_run
 from tests.conftest import make_spec
 
 

@@ -49,7 +49,7 @@ def test_an_edited_training_loss_changes_training_and_what_measures_runs(pristin
 
 
 def test_an_edited_trainer_changes_the_code_hash_runs_record(pristine, tmp_path):
-    assert "code_hash" in changed(pristine, tmp_path, "train.py")
+    assert "code_hash" in changed(pristine, tmp_path, "train/loop.py")
 
 
 def test_an_edited_data_preparation_changes_only_its_job(pristine, tmp_path):
@@ -62,7 +62,7 @@ def test_a_moved_copy_hashes_the_same(pristine, tmp_path):
 
 
 def test_code_hash_without_arguments_is_the_imported_librarys_training_closure():
-    assert provenance.code_hash() == provenance.library_hash(provenance.LIBRARY / "train.py", provenance.LIBRARY)
+    assert provenance.code_hash() == provenance.library_hash(provenance.LIBRARY / "train" / "__init__.py", provenance.LIBRARY)
 
 
 def write(root: Path, files: dict[str, str]) -> None:

@@ -25,7 +25,7 @@ import yaml
 from batchlab import io
 from batchlab.config import build_grid, check_config
 from batchlab.data.mnist1d import prepare_mnist1d
-from batchlab.train import train_run
+from batchlab.train.loop import train_run
 from tests.conftest import REPO, TINY_CONFIG
 from tests.slurm_cluster import start_cluster
 

@@ -15,7 +15,8 @@ from batchlab.data.augment import apply_augment
 from batchlab.lr_rules import lr_factor
 from batchlab.models import build_model
 from batchlab.stacked.optim import build_optimizer
-from batchlab.train import epoch_permutation, make_plan, train_stack
+from batchlab.train.loop import train_stack
+from batchlab.train.plan import epoch_permutation, make_plan
 from tests.test_train import assert_same_results, sigterm_during_update
 
 STEPS = 56

@@ -15,7 +15,7 @@ from batchlab.config import ConfigError, check_config
 from batchlab.stacked.models import build_stacked_model
 from batchlab.stacked.optim import StackedOptimizer
 from batchlab.stacked.step import GRAPH_WARMUP_STEPS, make_step, resolve_step_mode
-from batchlab.train import train_stack
+from batchlab.train.loop import train_stack
 from tests.conftest import TINY_CONFIG
 from tests.test_stacked_train import CASES, signals, stack_specs
 from tests.test_train import assert_same_results

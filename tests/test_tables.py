@@ -3,7 +3,7 @@ import pytest
 
 from batchlab import io
 from batchlab.tables import CURVE_COLUMNS, RUN_COLUMNS, curves_table, runs_table
-from batchlab.train import train_run
+from batchlab.train.loop import train_run
 from tests.conftest import make_spec
 
 CONTRACT_RUN_COLUMNS = [

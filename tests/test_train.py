@@ -8,14 +8,19 @@ import pandas as pd
 import pytest
 import torch
 
-from batchlab import io, train
+from batchlab import io
 from batchlab.data import TRAIN_SUBSET_SEED, Dataset
 from batchlab.devices import resolve_device
 from batchlab.health import prior_entropy
 from batchlab.models import build_model
-from batchlab.train import (
-    epoch_permutation, evaluate, first_bad_step, log_spaced_steps, make_plan, train_run,
-)
+from batchlab.train import loop, resume
+from batchlab.train.curve import first_bad_step
+from batchlab.train.evaluation import evaluate
+from batchlab.train.loop import train_run
+from batchlab.train.plan import Plan, epoch_permutation, log_spaced_steps, make_plan
+from batchlab.train.resume import RESUME_COST_FACTOR, RESUME_FLOOR_S, Interrupted
+from batchlab.train.run_files import save_member_checkpoint
+from batchlab.train.stack import Stack
 from tests.conftest import make_spec
 
 
@@ -80,7 +85,7 @@ def test_a_convergence_budget_evaluates_at_every_epoch_end():
     assert {16, 32, 40} <= steps.eval_steps
 
 
-def plan_before_regular_checkpoints(spec, n_train: int) -> train.Plan:
+def plan_before_regular_checkpoints(spec, n_train: int) -> Plan:
     """make_plan as it was before `checkpoints.regular_points`: log-spaced checkpoints only."""
     steps_per_epoch = n_train // spec.batch_size
     budget = spec.budget
@@ -90,7 +95,7 @@ def plan_before_regular_checkpoints(spec, n_train: int) -> train.Plan:
     epoch_ends = set(range(steps_per_epoch, total + 1, steps_per_epoch)) if budget.get("stop") else set()
     ckpts = {0} | (log_spaced_steps(total, spec.checkpoints["log_points"]) - {total})
     evals = regular | logs | epoch_ends | ckpts | {0, total}
-    return train.Plan(steps_per_epoch, total, frozenset(evals), frozenset(ckpts))
+    return Plan(steps_per_epoch, total, frozenset(evals), frozenset(ckpts))
 
 
 @pytest.mark.parametrize("overrides", [
@@ -403,7 +408,7 @@ class FakeClock:
         return self.now
 
     def install(self, monkeypatch):
-        step, save = train.Stack.step, train.save_member_checkpoint
+        step, save = Stack.step, save_member_checkpoint
 
         def timed_step(*args):
             self.now += self.step_s
@@ -414,14 +419,15 @@ class FakeClock:
             self.now += self.save_s
             save(path, *args)
 
-        monkeypatch.setattr(train, "clock", self)
-        monkeypatch.setattr(train.Stack, "step", timed_step)
-        monkeypatch.setattr(train, "save_member_checkpoint", timed_save)
+        monkeypatch.setattr(resume, "clock", self)  # the resume interval
+        monkeypatch.setattr(loop, "clock", self)  # the wall times
+        monkeypatch.setattr(Stack, "step", timed_step)
+        monkeypatch.setattr(loop, "save_member_checkpoint", timed_save)
 
 
 @pytest.mark.parametrize("save_s, most_s, interval_s", [
-    (0.0, 120.0, train.RESUME_FLOOR_S),  # a cheap save: every RESUME_FLOOR_S
-    (0.4, 120.0, 0.4 * train.RESUME_COST_FACTOR),  # a dear one: 20 times its cost apart
+    (0.0, 120.0, RESUME_FLOOR_S),  # a cheap save: every RESUME_FLOOR_S
+    (0.4, 120.0, 0.4 * RESUME_COST_FACTOR),  # a dear one: 20 times its cost apart
     (0.4, 5.0, 5.0),  # but never further apart than resume_every_s
 ])
 def test_resume_checkpoints_come_as_often_as_their_cost_allows(tmp_path, tiny_data, monkeypatch, save_s, most_s,
@@ -442,7 +448,7 @@ def test_resume_checkpoints_come_as_often_as_their_cost_allows(tmp_path, tiny_da
 def sigterm_during_update(monkeypatch, update: int):
     """SIGTERM arrives during update `update`, as a cluster's would. Training must stop with Interrupted
     and put back the handler it found, which itself never sees the signal."""
-    calls, step = itertools.count(1), train.Stack.step
+    calls, step = itertools.count(1), Stack.step
 
     def step_then_sigterm(*args):
         if next(calls) == update:
@@ -455,14 +461,14 @@ def sigterm_during_update(monkeypatch, update: int):
         outside.append(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
-    monkeypatch.setattr(train.Stack, "step", step_then_sigterm)
+    monkeypatch.setattr(Stack, "step", step_then_sigterm)
     try:
-        with pytest.raises(train.Interrupted, match=f"SIGTERM at step {update} "):
+        with pytest.raises(Interrupted, match=f"SIGTERM at step {update} "):
             yield
         assert signal.getsignal(signal.SIGTERM) is handler and not outside
     finally:
         signal.signal(signal.SIGTERM, previous)
-        monkeypatch.setattr(train.Stack, "step", step)
+        monkeypatch.setattr(Stack, "step", step)
 
 
 def test_sigterm_saves_a_resume_checkpoint_and_stops_and_the_rerun_is_bit_identical(tmp_path, tiny_data, monkeypatch):

@@ -10,7 +10,7 @@ and plot the train and test loss and accuracy against alpha. alpha = 0 is the sm
 solution and alpha = 1 the large-batch one; alpha < 0 and alpha > 1 extrapolate beyond
 them. A sharp minimum shows as a steep wall on its side of the curve.
 
-Losses and accuracies come from `batchlab.train.evaluate` (mean cross-entropy and accuracy
+Losses and accuracies come from `batchlab.train.evaluation.evaluate` (mean cross-entropy and accuracy
 over the whole split, in eval mode), so at alpha = 0 and 1 they are the numbers the
 training runs recorded for their own final weights.
 
@@ -53,7 +53,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
 from batchlab.data import Dataset
-from batchlab.train import evaluate
+from batchlab.train.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 # One job per stack: the runs of one model and batch size that differ only in LR rule, base LR
-# and seed train together (batchlab.train.train_stack), each into its own run directory. The
+# and seed train together (batchlab.train.loop.train_stack), each into its own run directory. The
 # job writes results/stacks/<stack>.json when every member has finished; what reads a run
 # waits for that file. A member that finished before with the same config and code is kept,
 # so a stack that gains a seed or an LR trains only the new runs. A job that dies resumes

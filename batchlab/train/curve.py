@@ -1,0 +1,93 @@
+"""A run's curve, on the host, and what it says about the run: where it diverged, whether it stalled.
+
+Curve rows: row k >= 1 is update k: `batch_loss` is the loss of the batch of update k
+(before the update) and `lr` its learning rate; the evaluation columns at row k are
+measured after update k. Row 0 is the evaluation at initialisation.
+
+Divergence (a non-finite batch loss, or one above `divergence.max_loss`) is found at the next
+evaluation point, and the run ends there with `status = "diverged"`, the first bad step
+recorded, and its outputs written like any other run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from batchlab.config import RunSpec
+from batchlab.health import stall_reason
+from batchlab.train.evaluation import EVAL_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Curve:
+    """The curve so far, on the host."""
+
+    batch_loss: np.ndarray  # (S+1,)
+    lr: np.ndarray  # (S+1,)
+    evals: dict[int, tuple[float, ...]]  # step -> one value per column
+    columns: tuple[str, ...] = EVAL_COLUMNS
+
+    @classmethod
+    def empty(cls, total_steps: int, columns: tuple[str, ...] = EVAL_COLUMNS) -> "Curve":
+        return cls(np.full(total_steps + 1, np.nan), np.full(total_steps + 1, np.nan), {}, columns)
+
+    def to_state(self, upto: int) -> dict:
+        steps = sorted(self.evals)
+        return {
+            "batch_loss": torch.from_numpy(self.batch_loss[: upto + 1].copy()),
+            "lr": torch.from_numpy(self.lr[: upto + 1].copy()),
+            "eval_steps": torch.tensor(steps, dtype=torch.int64),
+            "eval_values": torch.tensor([self.evals[s] for s in steps], dtype=torch.float64).reshape(-1, len(self.columns)),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, total_steps: int, columns: tuple[str, ...] = EVAL_COLUMNS) -> "Curve":
+        curve = cls.empty(total_steps, columns)
+        n = len(state["batch_loss"])
+        curve.batch_loss[:n] = state["batch_loss"].numpy()
+        curve.lr[:n] = state["lr"].numpy()
+        curve.evals = {int(s): tuple(v.tolist()) for s, v in zip(state["eval_steps"], state["eval_values"])}
+        return curve
+
+    def frame(self, upto: int, steps_per_epoch: int, batch_size: int) -> pd.DataFrame:
+        steps = np.arange(upto + 1)
+        values = np.full((upto + 1, len(self.columns)), np.nan)
+        for s, v in self.evals.items():
+            if s <= upto:
+                values[s] = v
+        return pd.DataFrame(
+            {
+                "step": steps,
+                "epoch": steps / steps_per_epoch,
+                "examples_seen": steps * batch_size,
+                "lr": self.lr[: upto + 1],
+                "batch_loss": self.batch_loss[: upto + 1],
+                **{col: values[:, i] for i, col in enumerate(self.columns)},
+            }
+        )
+
+
+def first_bad_step(batch_loss: np.ndarray, start: int, stop: int, max_loss: float) -> int | None:
+    """The first step in [start, stop] whose batch loss is non-finite or above max_loss."""
+    window = batch_loss[start : stop + 1]
+    bad = np.flatnonzero(~np.isfinite(window) | (window > max_loss))
+    return int(start + bad[0]) if len(bad) else None
+
+
+def health_status(spec: RunSpec, curve: Curve, prior_loss: float) -> str:
+    """The status of a run that ended without diverging, "completed" or "stalled"; a stall is logged with its reason.
+
+    `prior_loss` is the chance level: the entropy of the prior of the training targets the run
+    trains on (batchlab.health.prior_entropy of its data, after `train_fraction`)."""
+    reason = stall_reason(curve.evals, prior_loss, spec.health)
+    if reason is None:
+        return "completed"
+    log.warning("%s stalled: %s", spec.run_id, reason)
+    return "stalled"

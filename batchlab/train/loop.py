@@ -1,0 +1,227 @@
+"""The training loop: a stack of runs of one model and one batch size, each into its own run directory.
+
+Each member of the stack (batchlab.train.stack) keeps its own initialisation, data order,
+augmentation draws, LR schedule, curve, evaluations, divergence check, checkpoints and resume;
+a member that diverges or meets its stop criterion writes its outputs at that evaluation and
+leaves the stack. A single run is a stack of one (`train_run`).
+
+Habits that keep it fast and safe:
+- the data set sits on the device as tensors and batches are index slices of each epoch's
+  permutation (batchlab.train.plan), so there is no DataLoader;
+- the loss of every step is written into a device buffer and read back only at
+  evaluation points, so the hot loop never waits for the device;
+- divergence and the convergence criteria are judged at evaluation points only
+  (batchlab.train.curve, batchlab.train.plan);
+- a restarted run resumes from its newest checkpoint (batchlab.train.run_files), written as
+  often as its cost allows and on SIGTERM (batchlab.train.resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from batchlab.config import RunSpec
+from batchlab.data import IGNORE_INDEX, Dataset, load_prepared
+from batchlab.devices import resolve_device
+from batchlab.health import prior_entropy, stop_reason
+from batchlab.lr_rules import lr_factor
+from batchlab.stacked.step import resolve_step_mode
+from batchlab.train.curve import first_bad_step, health_status
+from batchlab.train.evaluation import eval_columns, evaluate_stack
+from batchlab.train.plan import Plan, epoch_permutation, make_plan
+from batchlab.train.resume import Interrupted, ResumeClock, clock, sigterm_event
+from batchlab.train.run_files import Member, finished_summary, open_member, save_member_checkpoint, write_outputs
+from batchlab.train.stack import Stack, check_stackable, member_batches
+
+log = logging.getLogger(__name__)
+
+
+def train_stack(
+    specs: list[RunSpec],
+    data: Dataset | str | Path,
+    run_dirs: list[str | Path],
+    device: str = "auto",
+    max_steps: int | None = None,
+    progress: bool = True,
+    step_mode: str = "auto",
+    cudnn_benchmark: bool = True,
+) -> list[dict]:
+    """Train the runs of one stack together, each into its own run directory; their summaries, in order.
+
+    Members resume from their own newest checkpoints; members found at different steps train
+    as separate stacks, one after another. `max_steps` stops early once that many updates are
+    done, leaving resume checkpoints and no final outputs (for chunked jobs under a time
+    limit, and for tests of resume); those members' summaries say "interrupted". SIGTERM
+    does the same at the next step boundary, then raises Interrupted so that the job fails
+    and its retry resumes. `step_mode` says how the device runs each update (see
+    batchlab.stacked.step): `auto`, `eager` or `cuda_graph`. `cudnn_benchmark` lets cuDNN
+    time its convolution algorithms on a GPU (torch.backends.cudnn.benchmark).
+    """
+    check_stackable(specs)
+    dev = resolve_device(device)
+    step_mode = resolve_step_mode(step_mode, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+    if not isinstance(data, Dataset):
+        data = load_prepared(data, dev)
+    if data.x_train.device.type != dev.type:
+        raise ValueError(f"data set is on {data.x_train.device}, the runs on {dev}")
+    data = data.train_fraction(specs[0].train_fraction)
+    plan = make_plan(specs[0], data.n_train)
+    summaries: dict[str, dict] = {}
+    members = []
+    for spec, run_dir in zip(specs, map(Path, run_dirs)):
+        done = finished_summary(spec, run_dir)
+        if done is not None:
+            log.info("%s finished before with this config and code; kept", spec.run_id)
+            summaries[spec.run_id] = done
+        else:
+            members.append(open_member(spec, run_dir, plan.total_steps, eval_columns(data.task)))
+    with sigterm_event() as stop:
+        for start in sorted({m.start_step for m in members}):
+            group = [m for m in members if m.start_step == start]
+            summaries.update(_train_from(group, data, plan, dev, max_steps, progress, stop, step_mode))
+    return [summaries[spec.run_id] for spec in specs]
+
+
+def train_run(spec: RunSpec, data: Dataset | str | Path, run_dir: str | Path, device: str = "auto",
+              max_steps: int | None = None, progress: bool = True, step_mode: str = "auto",
+              cudnn_benchmark: bool = True) -> dict:
+    """Train one run: a stack of one (see `train_stack`)."""
+    return train_stack([spec], data, [run_dir], device, max_steps, progress, step_mode, cudnn_benchmark)[0]
+
+
+def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.device, max_steps: int | None,
+                progress: bool, stop: threading.Event, step_mode: str) -> dict[str, dict]:
+    """Train members that all stand at the same step, until each has finished (or `max_steps`, or `stop`)."""
+    spec = members[0].spec
+    S, B, step = plan.total_steps, spec.batch_size, members[0].start_step
+    stack = Stack(members, data, dev, step_mode)
+    log.info("training %d run(s) together from step %d: %s", len(members), step, ", ".join(m.spec.run_id for m in members))
+    t_start = clock()
+
+    chance = prior_entropy(data.y_train, data.num_classes, IGNORE_INDEX)  # the loss of predicting the targets' prior
+
+    def wall(m: Member) -> float:
+        return m.wall_before + clock() - t_start
+
+    def evaluate_now(at: int) -> None:
+        ev, miou = spec.eval["batch_size"], data.task == "segmentation"
+        train = evaluate_stack(stack.model, data.x_train, data.y_train, ev, data.num_classes, miou)
+        test = evaluate_stack(stack.model, data.x_test, data.y_test, ev, data.num_classes, miou)
+        for k, m in enumerate(stack.members):  # in the order of eval_columns: losses and accuracies, then mean IoUs
+            m.curve.evals[at] = tuple(float(scores[k]) for scores in (*train[:2], *test[:2], *train[2:], *test[2:]))
+
+    losses = torch.full((S + 1, len(members)), float("nan"), device=dev, dtype=data.dtype)
+    flushed = step  # host copies of batch_loss are valid up to `flushed`
+    # A resumed run checks for divergence from its last evaluation on, as an uninterrupted one
+    # would: it may have been saved between evaluations, after a bad step not yet judged.
+    checked = max(s for s in plan.eval_steps if s <= step)
+    factors = np.full(S + 1, np.nan)  # the LR factor of every step; a member's LR is its peak times it
+    column = {m.spec.run_id: k for k, m in enumerate(members)}  # a member's column of `losses`, fixed for the whole loop
+    resume_clock = ResumeClock(spec.checkpoints["resume_every_s"])
+
+    def flush(upto: int) -> None:
+        """Copy the losses and LRs since the last flush into the members' host curves."""
+        nonlocal flushed
+        host = losses[flushed + 1 : upto + 1].cpu().numpy()
+        for m in stack.members:
+            m.curve.batch_loss[flushed + 1 : upto + 1] = host[:, column[m.spec.run_id]]
+            m.curve.lr[flushed + 1 : upto + 1] = m.spec.lr * factors[flushed + 1 : upto + 1]
+        flushed = upto
+
+    def save_all(name: str, at: int) -> None:
+        """Every member's checkpoint `name` at step `at`; its duration sets the resume interval."""
+        flush(at)  # after the device sync this implies, so the timing is of the save alone
+        with resume_clock.saving():
+            for k, m in enumerate(stack.members):
+                save_member_checkpoint(m.run_dir / "checkpoints" / name, m, stack.model, stack.optimizer, k, at, wall(m))
+
+    if step == 0:
+        evaluate_now(0)
+        save_all("step_0.pt", 0)
+
+    sched = spec.schedule
+    milestones = tuple(sched["decay_milestones"])
+    perm_epoch, perms = -1, None
+    factor_now, lr = None, None
+    summaries: dict[str, dict] = {}
+    cols = torch.arange(len(members), device=dev)  # the columns of the members still training
+    seeds = [m.spec.seed for m in members]
+    desc = spec.run_id if len(members) == 1 else f"{spec.study}/{spec.model}/bs{B} ×{len(members)}"
+    bar = tqdm(total=S, initial=step, desc=desc, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 15,
+               disable=not progress)
+
+    while stack.members and step < S:
+        if stop.is_set() or (max_steps is not None and step >= max_steps):
+            break
+        epoch, pos = divmod(step, plan.steps_per_epoch)
+        if epoch != perm_epoch:
+            perms = torch.stack([epoch_permutation(data.n_train, m.spec.seed, epoch) for m in stack.members]).to(dev)
+            perm_epoch = epoch
+        xb, yb = member_batches(data, perms, seeds, step, pos, B)
+        # learning rate: a pure function of the step, scaled by each member's peak
+        factor = lr_factor(step, S, sched["warmup_steps"], sched["decay"], sched["decay_gamma"], milestones)
+        if factor != factor_now:
+            lr, factor_now = stack.peak_lr * factor, factor
+        losses[step + 1].index_copy_(0, cols, stack.step(xb, yb, lr))
+        factors[step + 1] = factor
+        step += 1
+        bar.update(1)
+
+        if step in plan.eval_steps:  # read the losses back, evaluate, then judge every member
+            flush(step)
+            evaluate_now(step)
+            finished, keep = [], []
+            for k, m in enumerate(stack.members):
+                bad = first_bad_step(m.curve.batch_loss, checked + 1, step, spec.divergence["max_loss"])
+                if bad is not None:
+                    log.warning("%s diverged at step %d (batch loss %s)", m.spec.run_id, bad, m.curve.batch_loss[bad])
+                    finished.append((k, "diverged", bad))
+                    continue
+                stopped = stop_reason(m.curve.evals, plan.steps_per_epoch, spec.budget.get("stop"))
+                if stopped is not None:
+                    log.info("%s stops at step %d of %d: %s criterion met", m.spec.run_id, step, S, stopped)
+                    finished.append((k, stopped, None))
+                elif step == S:
+                    finished.append((k, "budget", None))
+                else:
+                    keep.append(k)
+            checked = step
+            for k, stopped, diverged_step in finished:
+                m = stack.members[k]
+                status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, chance)
+                summaries[m.spec.run_id] = write_outputs(m, stack.model.member_state_dict(k), plan, step, status,
+                                                          stopped, diverged_step, dev, wall(m), data.task, step_mode)
+            if not keep:
+                stack.members = []
+                break
+            if finished:
+                stack.keep(keep)
+                factor_now = perm_epoch = None  # the LR vector and permutations follow the members left
+                cols = torch.tensor([column[m.spec.run_id] for m in stack.members], device=dev)
+                seeds = [m.spec.seed for m in stack.members]
+            first = stack.members[0].curve.evals[step]
+            bar.set_postfix(train_loss=f"{first[0]:.4f}", test_acc=f"{first[3]:.3f}", refresh=False)
+        # Here every member is unfinished and step < S: the last step is an evaluation that ends them all.
+        if step in plan.checkpoint_steps:
+            save_all(f"step_{step}.pt", step)
+        elif resume_clock.due():
+            save_all("resume.pt", step)
+    bar.close()
+
+    if stack.members and step < S:  # stopped by max_steps or SIGTERM: keep what we have, finish later
+        save_all("resume.pt", step)
+        if stop.is_set():
+            raise Interrupted(f"SIGTERM at step {step} of {S}: resume checkpoints written for "
+                              f"{', '.join(m.spec.run_id for m in stack.members)}; run the job again to resume")
+        for m in stack.members:
+            summaries[m.spec.run_id] = {"run_id": m.spec.run_id, "status": "interrupted", "step": step}
+    return summaries

@@ -1,0 +1,197 @@
+"""A run's files: whether it finished or can resume, its checkpoints, and its outputs.
+
+Checkpoints hold the model, the optimizer and the curve so far, stamped with a hash of the
+run's config and checksummed (batchlab.io); a restarted run resumes from the newest matching
+one that passes its checksum. A finished run is kept while its config and the library code
+are the same (`finished_summary`).
+
+How a run ends, in run.json:
+    status       "diverged" (a bad batch loss), else "stalled" when it finished without
+                 training (final train loss near chance, the entropy of the training
+                 targets' prior, or no improvement on step 0: batchlab.health.stall_reason,
+                 logged as a warning), else "completed".
+                 A stalled run writes all its outputs like a completed one.
+    stop_reason  "diverged"; "train_loss", "train_acc" or "plateau" (a `budget.stop`
+                 criterion met, checked after updates only, so never at step 0);
+                 "budget" (it ran to its cap without meeting one).
+    steps        the step it ended at; planned_steps is the cap.
+
+Run directory:
+    metrics.parquet             the dense curve (one row per step)
+    final.pt                    final weights (+ run_id, spec, step, status)
+    checkpoints/step_<k>.pt     log-spaced (and `checkpoints.regular_points` evenly spaced) checkpoints
+                                for along-training analyses
+    checkpoints/resume.pt       only while a run is unfinished
+    checkpoints/COMPLETE        once it has finished (a later rerun then starts from scratch)
+    run.json                    resolved config, seed, versions, device, git commit, results
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from batchlab import io, provenance
+from batchlab.config import RunSpec
+from batchlab.metrics import perplexity
+from batchlab.stacked.models import StackedModel
+from batchlab.stacked.optim import StackedOptimizer
+from batchlab.train.curve import Curve
+from batchlab.train.plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+COMPLETE_MARK = "COMPLETE"  # in checkpoints/: the run behind these checkpoints finished
+
+
+@dataclass
+class Member:
+    """One run of a stack: its spec, its directory, and its curve on the host."""
+
+    spec: RunSpec
+    run_dir: Path
+    chash: str
+    curve: Curve
+    start_step: int
+    wall_before: float
+    resumed: dict | None
+
+
+def result_hash(spec: dict) -> str:
+    """The hash of everything in a run's spec that can change its results: all but how often a
+    resume checkpoint is written, so changing that interval neither retrains nor refuses to resume."""
+    checkpoints = {k: v for k, v in spec.get("checkpoints", {}).items() if k != "resume_every_s"}
+    return provenance.config_hash({**spec, "checkpoints": checkpoints})
+
+
+def finished_summary(spec: RunSpec, run_dir: Path) -> dict | None:
+    """The summary of a run that already finished with this config and this library code, else None.
+
+    A stack's job runs again when a run joins it (a new seed or LR); its finished members are
+    kept as they are. One finished under another config or other code is trained again.
+    """
+    summary_path = run_dir / "run.json"
+    outputs = (run_dir / "checkpoints" / COMPLETE_MARK, summary_path, run_dir / "final.pt", run_dir / "metrics.parquet")
+    if not all(path.exists() for path in outputs):
+        return None
+    summary = io.read_json(summary_path)
+    same_config = result_hash(summary.get("spec", {})) == result_hash(spec.to_dict())
+    return summary if same_config and summary.get("code_hash") == provenance.code_hash() else None
+
+
+def open_member(spec: RunSpec, run_dir: Path, total_steps: int, columns: tuple[str, ...]) -> Member:
+    """A member at its newest matching checkpoint, or at step 0."""
+    ckpt_dir = run_dir / "checkpoints"
+    if (ckpt_dir / COMPLETE_MARK).exists():
+        # It finished under another config or other code: start over rather than resume
+        # from checkpoints of the old code.
+        log.info("%s finished before under other code or config; retraining from scratch", spec.run_id)
+        shutil.rmtree(ckpt_dir)
+    chash = result_hash(spec.to_dict())
+    io.remove_leftovers(run_dir)
+    io.remove_leftovers(ckpt_dir)
+    resumed = newest_checkpoint(ckpt_dir, chash)
+    if resumed is None:
+        # Nothing here belongs to this config: checkpoints of an earlier config of this run_id must
+        # never be analysed as this run's, so start from a clean folder.
+        for stale in ckpt_dir.glob("*.pt"):
+            log.info("removing %s: not a checkpoint of this run's config", stale)
+            stale.unlink()
+        return Member(spec, run_dir, chash, Curve.empty(total_steps, columns), 0, 0.0, None)
+    log.info("resuming %s from step %d of %d", spec.run_id, resumed["step"], total_steps)
+    return Member(spec, run_dir, chash, Curve.from_state(resumed["curve"], total_steps, columns), resumed["step"],
+                  resumed["wall_time_s"], resumed)
+
+
+def _named_step(path: Path) -> float:
+    """The step in a step_<k>.pt file's name; infinite for resume.pt, whose step only its content says."""
+    number = path.stem.removeprefix("step_")
+    return int(number) if path.stem.startswith("step_") and number.isdigit() else math.inf
+
+
+def newest_checkpoint(ckpt_dir: Path, chash: str) -> dict | None:
+    """The checkpoint with the highest step whose config hash matches, if any.
+
+    Files are tried newest first and reading stops at the first good one that no file left can
+    beat, so a resume reads and checks one or two checkpoints, not all. A damaged one (unreadable,
+    or failing its checksum) is skipped with a warning: an older one will do, since training
+    from it again gives the same weights.
+    """
+    best = None
+    for path in sorted(ckpt_dir.glob("*.pt"), key=_named_step, reverse=True):
+        if best is not None and _named_step(path) <= best["step"]:
+            break
+        try:
+            state = io.load_torch(path)
+        except OSError as exc:
+            log.warning("skipping damaged checkpoint %s: %s", path, exc)
+            continue
+        if state.get("config_hash") == chash and (best is None or state["step"] > best["step"]):
+            best = state
+    return best
+
+
+def save_member_checkpoint(path: Path, member: Member, model: StackedModel, optimizer: StackedOptimizer, k: int,
+                           step: int, wall: float) -> None:
+    io.save_torch(
+        {
+            "config_hash": member.chash,
+            "run_id": member.spec.run_id,
+            "spec": member.spec.to_dict(),
+            "step": step,
+            "model": model.member_state_dict(k),
+            "optimizer": optimizer.member_state_dict(k),
+            "curve": member.curve.to_state(step),
+            "wall_time_s": wall,
+        },
+        path,
+    )
+
+
+def write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, status: str, stopped: str,
+                   diverged_step: int | None, dev: torch.device, wall_time: float, task: str, step_mode: str) -> dict:
+    spec, run_dir, curve = member.spec, member.run_dir, member.curve
+    metrics = curve.frame(step, plan.steps_per_epoch, spec.batch_size)
+    io.write_parquet(metrics, run_dir / "metrics.parquet")
+    io.save_torch({"run_id": spec.run_id, "spec": spec.to_dict(), "step": step, "status": status, "model": state_dict},
+                  run_dir / "final.pt")
+    final = dict(zip(curve.columns, curve.evals[step]))
+    if task == "language_model":
+        final.update(train_perplexity=perplexity(final["train_loss"]), test_perplexity=perplexity(final["test_loss"]))
+    summary = {
+        "run_id": spec.run_id,
+        "spec": spec.to_dict(),
+        "task": task,
+        "seed": spec.seed,
+        "lr": spec.lr,
+        "status": status,
+        "diverged_step": diverged_step,
+        "stop_reason": stopped,
+        "steps": step,
+        "planned_steps": plan.total_steps,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "epochs": step / plan.steps_per_epoch,
+        **{f"final_{k}": v for k, v in final.items()},
+        "best_test_acc": float(np.nanmax([v[3] for s, v in curve.evals.items() if s <= step])),
+        "wall_time_s": wall_time,
+        "resumed_from_step": member.resumed["step"] if member.resumed is not None else None,
+        "device": provenance.device_name(dev),
+        "step_mode": step_mode,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark if dev.type == "cuda" else None,
+        "versions": provenance.versions(),
+        "git": provenance.git_commit(),
+        "code_hash": provenance.code_hash(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    io.write_json(summary, run_dir / "run.json")
+    (run_dir / "checkpoints" / "resume.pt").unlink(missing_ok=True)
+    (run_dir / "checkpoints" / COMPLETE_MARK).touch()
+    return summary
