@@ -5,8 +5,9 @@ in total, what the workflow will do: the runs, the training jobs (stacks, `build
 the other jobs (one analysis per stack with analysed runs, one interpolation per study with
 pairs, one data preparation per data set, and the fixed tail of tables, figures and report),
 the run-steps (`make_plan` of each run, on the data set's size from
-`batchlab.data.catalog`), the training examples and the evaluated examples (every
-evaluation point of the plan runs each member over the whole train and test splits).
+`batchlab.data.catalog`), the training examples and the evaluated examples (each member
+runs over the whole train and test splits at step 0, the last step and every checkpoint, and
+over the `eval.train_subset` / `eval.test_subset` subsets at its other evaluation points).
 
 Hours come from the throughput table that `benchmarks/throughput.py` writes
 (`benchmarks/throughput.csv`), using the rows of ONE device. A stack of K runs at batch
@@ -198,7 +199,7 @@ class Estimate:
 def estimate(config: dict, throughput: pd.DataFrame | None = None, device_name: str | None = None,
              source: str = "") -> Estimate:
     """The cost of a checked config; hours from `throughput`'s rows of one device (see the module docstring)."""
-    from batchlab.train.plan import make_plan  # imports torch: only here, so that reading this module stays light
+    from batchlab.train.plan import evaluated_examples, make_plan  # imports torch: only here, so that reading this module stays light
 
     grid = build_grid(config)
     stacks = build_stacks(config, grid)
@@ -217,7 +218,7 @@ def estimate(config: dict, throughput: pd.DataFrame | None = None, device_name: 
         info = infos[spec.dataset]
         n_train = train_size(info.n_train, spec.train_fraction)
         plan = make_plan(spec, n_train)
-        evaluated = len(plan.eval_steps) * (n_train + info.n_test)  # examples through one member's evaluations
+        evaluated = evaluated_examples(plan, spec.eval, n_train, info.n_test)  # through one member's evaluations
         t = tallies.setdefault((spec.study, spec.model), _Tally(spec.dataset))
         t.runs += k
         t.train_jobs += 1

@@ -155,15 +155,15 @@ TARGET_COLUMNS = ("target_metric", "target_value", "target_initial_value", "targ
 SPEEDUP_COLUMNS = (
     "study", "model", "train_fraction", "lr_rule", *TARGET_COLUMNS, "batch_size", "steps_to_target", "best_lr",
     "best_base_lr", "best_lr_edge", "reached", "not_reached_reason", "n_seeds", "n_seeds_reached", "speedup",
-    "speedup_ci_low", "speedup_ci_high", "perfect_speedup", "regime", "steps_low",
+    "speedup_ci_low", "speedup_ci_high", "perfect_speedup", "regime", "steps_low", "steps_eval_set",
 )
 CRITICAL_COLUMNS = (
     "study", "model", "train_fraction", "lr_rule", *TARGET_COLUMNS, "b_crit", "s_min", "ci_low", "ci_high",
-    "n_points", "fit_status", "b_crit_bound", "not_reached_reason", "fit_method", "fit_sigma",
+    "n_points", "fit_status", "b_crit_bound", "not_reached_reason", "fit_method", "fit_sigma", "steps_eval_set",
 )
 # dtypes of the tables, so that an empty table still filters by `reached` and sorts by number
 _STRING_COLUMNS = {"study", "model", "lr_rule", "target_metric", "target_rule", "regime", "fit_status", "b_crit_bound",
-                   "best_lr_edge", "not_reached_reason", "fit_method"}
+                   "best_lr_edge", "not_reached_reason", "fit_method", "steps_eval_set"}
 _INT_COLUMNS = {"batch_size", "n_seeds", "n_seeds_reached", "n_points"}
 _NULLABLE_INT_COLUMNS = {"target_batch_size"}  # missing for a fixed target
 _BOOL_COLUMNS = {"reached", "target_fallback"}
@@ -172,7 +172,8 @@ FIT_OK = "ok"
 NOT_REACHED = "not_reached"  # rule 5: an upper bound withheld, the larger batches did not reach the target
 TARGET_ABOVE_INITIAL = "target_above_initial"  # rule 7: a target no run can reach
 UPPER_BOUNDS = ("beyond_grid", "above_range")  # the statuses that claim scaling past the largest reached batch
-MIXED = "mixed"  # rule 1: no single most common reason the runs did not reach
+MIXED = "mixed"  # rule 1: no single most common reason the runs did not reach; runs read on both sets
+EVAL_FULL = "full"  # a curve row's eval_set for the whole train and test sets (batchlab.train.evaluation)
 SCAN_MARGIN = 100.0  # rule 5's scan reaches this factor beyond the smallest and largest batch
 MAX_INTERVAL_RATIO = 100.0  # a wider interval says too little to report a number
 FIT_INTERVAL = "interval"  # rule 5's fit to the steps' brackets (censored likelihood)
@@ -301,19 +302,30 @@ def run_steps_interval(runs: pd.DataFrame, curves: pd.DataFrame, metric: str, ta
 
     `steps` is the first evaluated step after step 0 at or below the target (rule 1's steps to target), `steps_low`
     the evaluated step before it (0 when there is none); both NaN where not reached or not completed. A step is
-    evaluated where the metric is not NaN.
+    evaluated where the metric is not NaN. `eval_set` says what the evaluation at `steps` measured, the whole sets
+    ("full") or the eval subsets ("subset"); a curve without the column predates the subsets and is full.
     """
     value = metric_values(curves, metric).to_numpy(dtype=float)
     step = curves["step"].to_numpy()
-    evaluated = pd.DataFrame({"run_id": curves["run_id"].to_numpy(), "step": step,
-                              "hit": (step > 0) & (value <= target)})[~np.isnan(value)]
-    first = evaluated[evaluated["hit"]].groupby("run_id")["step"].min()
+    measured_on = curves["eval_set"] if "eval_set" in curves else pd.Series(None, index=curves.index, dtype=object)
+    evaluated = pd.DataFrame({"run_id": curves["run_id"].to_numpy(), "step": step, "hit": (step > 0) & (value <= target),
+                              "eval_set": measured_on.fillna(EVAL_FULL).to_numpy()})[~np.isnan(value)]
+    hits = evaluated[evaluated["hit"]].sort_values("step").drop_duplicates("run_id").set_index("run_id")
+    first = hits["step"]
     before = evaluated[evaluated["step"] < evaluated["run_id"].map(first)]
     previous = before.groupby("run_id")["step"].max().reindex(first.index).fillna(0)
     completed = runs["status"] == "completed"
     steps = runs["run_id"].map(first).astype(float).where(completed)
     low = runs["run_id"].map(previous).astype(float).where(completed)
-    return pd.DataFrame({"steps_low": low.to_numpy(), "steps": steps.to_numpy()}, index=runs.index)
+    eval_set = np.where(steps.notna(), runs["run_id"].map(hits["eval_set"]).to_numpy(dtype=object), None)
+    return pd.DataFrame({"steps_low": low.to_numpy(), "steps": steps.to_numpy(),
+                         "eval_set": pd.Series(eval_set, index=runs.index, dtype=object)}, index=runs.index)
+
+
+def steps_eval_set(eval_sets) -> str | None:
+    """What the steps to target of a group of runs were read on: "full", "subset", MIXED, or None where none reached."""
+    seen = set(pd.Series(eval_sets, dtype=object).dropna())
+    return None if not seen else seen.pop() if len(seen) == 1 else MIXED
 
 
 def run_cases(runs: pd.DataFrame, steps, refused: str | None = None) -> np.ndarray:
@@ -697,11 +709,11 @@ def _per_model(study_runs: pd.DataFrame, study_curves: pd.DataFrame, metric: str
                target: float | str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Rules 1 and 7 for one target of one study, each (model, training fraction) at its own resolved target.
 
-    Steps to target, their lower ends and the runs' cases aligned with `study_runs`, and the resolved target per
+    Steps to target, their lower ends, the runs' cases and the sets the steps were read on, aligned with `study_runs`, and the resolved target per
     (model, train_fraction).
     """
     steps, cases = np.full(len(study_runs), np.nan), np.full(len(study_runs), None, dtype=object)
-    low = np.full(len(study_runs), np.nan)
+    low, eval_sets = np.full(len(study_runs), np.nan), np.full(len(study_runs), None, dtype=object)
     resolved = {}
     for model, fraction in study_runs[["model", "train_fraction"]].drop_duplicates().itertuples(index=False):
         mask = ((study_runs["model"] == model) & (study_runs["train_fraction"] == fraction)).to_numpy()
@@ -710,8 +722,9 @@ def _per_model(study_runs: pd.DataFrame, study_curves: pd.DataFrame, metric: str
         resolved[(model, fraction)] = got = resolve_target(runs, curves, metric, target, model)
         interval = run_steps_interval(runs, curves, metric, got.reachable_value)
         steps[mask], low[mask] = interval["steps"].to_numpy(), interval["steps_low"].to_numpy()
+        eval_sets[mask] = interval["eval_set"].to_numpy()
         cases[mask] = run_cases(runs, steps[mask], got.refused)
-    return steps, low, cases, resolved
+    return steps, low, cases, eval_sets, resolved
 
 
 def speedup_tables(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict,
@@ -740,8 +753,8 @@ def speedup_tables(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict,
         study_runs = study_runs.assign(setting=setting, lr_edge=lr_edges(study_runs))
         for metric, values in study_targets.items():
             for target in values:
-                steps, low, cases, resolved = _per_model(study_runs, study_curves, metric, target)
-                per_run = study_runs.assign(steps=steps, steps_low=low, case=cases)
+                steps, low, cases, eval_sets, resolved = _per_model(study_runs, study_curves, metric, target)
+                per_run = study_runs.assign(steps=steps, steps_low=low, case=cases, eval_set=eval_sets)
                 pooled = per_run.assign(lr_rule=BEST_RULE)
                 for key, group in pd.concat([per_run, pooled]).groupby(CURVE, sort=False):
                     s, model, fraction, rule = key
@@ -755,7 +768,7 @@ def speedup_tables(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict,
                     fit["not_reached_reason"] = most_common_case(group.loc[above, "case"])
                     accepted = fit["b_crit"] if fit["fit_status"] == FIT_OK else np.nan
                     names = dict(study=s, model=model, train_fraction=fraction, lr_rule=rule, target_metric=metric,
-                                 **got.columns())
+                                 **got.columns(), steps_eval_set=steps_eval_set(group["eval_set"]))
                     curve = curve.assign(**names, regime=[regime(b, accepted) if reached else None
                                                           for b, reached in zip(curve["batch_size"], curve["reached"])])
                     speed_parts.append(curve)

@@ -1,8 +1,8 @@
 """Tidy tables gathered from run directories (contracts in DESIGN.md).
 
 - runs.parquet: one row per run, with its grid coordinates, status and final metrics;
-- curves.parquet: one row per (run, step), the dense batch-loss curve with the full
-  train/test evaluations where they were made;
+- curves.parquet: one row per (run, step), the dense batch-loss curve with the train/test
+  evaluations where they were made, and on which sets (eval_set: "full" or "subset");
 - sharpness.parquet: one row per (run, checkpoint, metric, epsilon);
 - interpolation.parquet: one row per (pair, alpha, split).
 """
@@ -38,7 +38,7 @@ INTERPOLATION_COLUMNS = ("pair_id", "run_id_small", "run_id_large", "alpha", "sp
 TABLE_COLUMNS = {"sharpness": SHARPNESS_COLUMNS, "interpolation": INTERPOLATION_COLUMNS}
 CURVE_COLUMNS = (
     "run_id", "step", "epoch", "examples_seen", "lr", "batch_loss", "train_loss", "train_acc", "test_loss", "test_acc",
-    "train_miou", "test_miou",
+    "train_miou", "test_miou", "eval_set",
 )
 
 

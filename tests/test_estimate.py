@@ -98,6 +98,16 @@ def test_hours_of_a_one_stack_config_by_hand():
     assert row["eval_hours"] == pytest.approx(eval_s / 3600)
     assert est.total["hours"] == pytest.approx(2.6 / 3600)
     assert est.total["longest_job_hours"] == pytest.approx(2.6 / 3600)  # the one stack is the whole job
+
+
+def test_eval_subsets_count_at_the_points_between_full_evaluations():
+    # As above, with evaluations at 0, 8 and 16: step 8 (no checkpoint) evaluates 100 + 50 examples, 0 and 16 all.
+    cfg = tiny(batch_sizes=[32], lr_rules=["constant"], base_lrs=[0.01, 0.02, 0.05], checkpoints={"log_points": 0},
+               eval={"regular_points": 2, "log_points": 0, "train_subset": 100, "test_subset": 50})
+    est = estimate(cfg, table(("mlp", 32, 3, 960.0), eval_rate=3456.0))
+    row = est.by_model.iloc[0]
+    assert row["eval_examples"] == 3 * (2 * (256 + 128) + (100 + 50))
+    assert row["eval_hours"] == pytest.approx(3 * (2 * (256 + 128) + 150) / 3456.0 / 3600)
     assert est.notes == []  # measured at exactly this batch size and K: nothing extrapolated
 
 

@@ -9,7 +9,7 @@ from scipy import optimize
 from batchlab.speedup import (
     CRITICAL_COLUMNS, FIT_STATUS_TEXT, LARGEST_BATCH_Q25, SIGMA_FLOOR, SPEEDUP_COLUMNS, TARGET_COLUMNS, ResolvedTarget,
     cell_steps, censored_profile, fit_critical_batch, lr_edges, most_common_case, regime, resolve_target, run_cases,
-    run_steps_interval, run_steps_to_target, speedup_curve, speedup_tables,
+    run_steps_interval, run_steps_to_target, speedup_curve, speedup_tables, steps_eval_set,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,10 +49,23 @@ def test_steps_to_target_is_bracketed_by_the_evaluation_before_it():
         curve("e", [0, 4, 8], [0.5, 1.2, 0.9]),  # below at step 0 only, which never counts: (4, 8]
     ])
     got = run_steps_interval(runs, curves, "train_loss", 1.0)
-    assert list(got.columns) == ["steps_low", "steps"] and (got.index == runs.index).all()
+    assert list(got.columns) == ["steps_low", "steps", "eval_set"] and (got.index == runs.index).all()
+    assert list(got["eval_set"]) == ["full", None, "full", None, "full"]  # curves without eval_set predate subsets
     np.testing.assert_array_equal(got["steps_low"], [3, np.nan, 0, np.nan, 4])
     np.testing.assert_array_equal(got["steps"], [5, np.nan, 3, np.nan, 8])
     pd.testing.assert_series_equal(run_steps_to_target(runs, curves, "train_loss", 1.0), got["steps"])
+
+
+def test_steps_to_target_say_which_sets_they_were_read_on():
+    runs = pd.DataFrame(dict(run_id=["a", "b"], status=["completed", "completed"]))
+    curves = pd.concat([
+        curve("a", [0, 5, 10], [2.0, 0.9, 0.5]).assign(eval_set=["full", "subset", "full"]),
+        curve("b", [0, 5, 10], [2.0, 1.5, 0.5]).assign(eval_set=["full", "subset", "full"]),
+    ])
+    got = run_steps_interval(runs, curves, "train_loss", 1.0)
+    assert list(got["steps"]) == [5, 10] and list(got["eval_set"]) == ["subset", "full"]
+    assert steps_eval_set(got["eval_set"]) == "mixed"
+    assert steps_eval_set(got["eval_set"][:1]) == "subset" and steps_eval_set([None, None]) is None
 
 
 @pytest.mark.parametrize("seeds, expected", [

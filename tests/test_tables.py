@@ -43,8 +43,10 @@ def test_runs_table_keeps_the_contract(two_runs):
 
 def test_curves_table_stacks_every_step_of_every_run(two_runs):
     df = curves_table([d / "run.json" for d in two_runs], [d / "metrics.parquet" for d in two_runs])
-    assert list(df.columns) == list(CURVE_COLUMNS) == CONTRACT_CURVE_COLUMNS + ["train_miou", "test_miou"]
+    assert list(df.columns) == list(CURVE_COLUMNS) == CONTRACT_CURVE_COLUMNS + ["train_miou", "test_miou", "eval_set"]
     assert df[["train_miou", "test_miou"]].isna().all().all()  # classification runs have no mean IoU
+    evaluated = df["test_loss"].notna()
+    assert (df.loc[evaluated, "eval_set"] == "full").all() and df.loc[~evaluated, "eval_set"].isna().all()  # no subsets set
     for d in two_runs:
         m = pd.read_parquet(d / "metrics.parquet")
         part = df[df["run_id"] == str(d).split("runs0/")[-1]]

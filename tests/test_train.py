@@ -15,7 +15,7 @@ from batchlab.health import prior_entropy
 from batchlab.models import build_model
 from batchlab.train import loop, resume
 from batchlab.train.curve import first_bad_step
-from batchlab.train.evaluation import evaluate
+from batchlab.train.evaluation import eval_subset, evaluate
 from batchlab.train.loop import train_run
 from batchlab.train.plan import Plan, epoch_permutation, log_spaced_steps, make_plan
 from batchlab.train.resume import RESUME_COST_FACTOR, RESUME_FLOOR_S, Interrupted
@@ -330,6 +330,54 @@ def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, t
     assert resumed["resumed_from_step"] == 21 and resumed["steps"] == whole["steps"] == 48
     assert_same_results(tmp_path / "whole", tmp_path / "split")
     assert not (tmp_path / "split/checkpoints/resume.pt").exists()
+
+
+SUBSETS = {"regular_points": 5, "log_points": 3, "train_subset": 100, "test_subset": 40}
+
+
+def test_eval_subsets_measure_the_points_between_the_full_evaluations(tmp_path, tiny_data):
+    spec = make_spec({"eval": SUBSETS, "budget": {"epochs": 3}}, run=RUN)
+    plan = make_plan(spec, tiny_data.n_train)
+    train_run(spec, tiny_data, tmp_path / "subsets", device="cpu")
+    train_run(make_spec({"budget": {"epochs": 3}}, run=RUN), tiny_data, tmp_path / "full", device="cpu")
+    sub, full = evaluations(tmp_path / "subsets"), evaluations(tmp_path / "full")
+    assert set(sub.index) == set(full.index) == plan.eval_steps
+    assert set(sub.index[sub["eval_set"] == "full"]) == plan.full_eval_steps == plan.checkpoint_steps | {0, 48}
+    assert len(plan.eval_steps - plan.full_eval_steps) >= 3 and (full["eval_set"] == "full").all()
+    pd.testing.assert_series_equal(sub["batch_loss"], full["batch_loss"])  # training is the same
+    at_full = sorted(plan.full_eval_steps)
+    pd.testing.assert_frame_equal(sub.loc[at_full].drop(columns="eval_set"), full.loc[at_full].drop(columns="eval_set"))
+    between = sorted(plan.eval_steps - plan.full_eval_steps)
+    assert (sub.loc[between, "train_loss"] != full.loc[between, "train_loss"]).all()
+
+    # a point between: the model of that step, evaluated on the fixed subsets
+    step = between[1]
+    train_run(spec, tiny_data, tmp_path / "cut", device="cpu", max_steps=step)
+    model = build_model("mlp", tiny_data.input_shape, tiny_data.num_classes)
+    model.load_state_dict(io.load_torch(tmp_path / "cut/checkpoints/resume.pt")["model"])
+    train_index, test_index = eval_subset(256, 100, "train"), eval_subset(128, 40, "test")
+    assert len(train_index) == 100 and len(set(train_index.tolist())) == 100
+    assert torch.equal(train_index, eval_subset(256, 100, "train"))  # the same subset for every run
+    expected = (*evaluate(model, tiny_data.x_train[train_index], tiny_data.y_train[train_index]),
+                *evaluate(model, tiny_data.x_test[test_index], tiny_data.y_test[test_index]))
+    assert tuple(sub.loc[step, ["train_loss", "train_acc", "test_loss", "test_acc"]]) == pytest.approx(expected, rel=1e-6)
+    assert eval_subset(256, 256, "train") is None and eval_subset(256, None, "train") is None
+    train_run(spec, tiny_data, tmp_path / "cut", device="cpu")  # resumed, it keeps which rows were subsets
+    assert_same_results(tmp_path / "subsets", tmp_path / "cut")
+
+
+def test_a_run_that_stops_on_a_subset_evaluation_ends_on_the_whole_sets(tmp_path, tiny_data):
+    spec = make_spec({"eval": SUBSETS, "budget": {"epochs": 20, "stop": {"train_loss": 1.5}},
+                      "checkpoints": {"log_points": 0}}, run=RUN)
+    summary = train_run(spec, tiny_data, tmp_path, device="cpu")
+    curve = evaluations(tmp_path)
+    stop = summary["steps"]
+    assert summary["stop_reason"] == "train_loss" and 0 < stop < 320
+    assert curve["eval_set"].iloc[-1] == "full" and (curve["eval_set"].iloc[1:-1] == "subset").all()
+    model = build_model("mlp", tiny_data.input_shape, tiny_data.num_classes)
+    model.load_state_dict(load_weights(tmp_path))
+    loss, _ = evaluate(model, tiny_data.x_train, tiny_data.y_train)
+    assert summary["final_train_loss"] == pytest.approx(loss, rel=1e-6) == curve.loc[stop, "train_loss"]
 
 
 def test_checkpoints_of_another_config_are_not_resumed(tmp_path, tiny_data):

@@ -2,7 +2,9 @@
 
 Curve rows: row k >= 1 is update k: `batch_loss` is the loss of the batch of update k
 (before the update) and `lr` its learning rate; the evaluation columns at row k are
-measured after update k. Row 0 is the evaluation at initialisation.
+measured after update k. Row 0 is the evaluation at initialisation. `eval_set` says what an
+evaluated row measured: "full" (the whole train and test sets) or "subset" (the fixed subsets
+of `eval.train_subset` / `eval.test_subset`, batchlab.train.evaluation.eval_subsets).
 
 Divergence (a non-finite batch loss, or one above `divergence.max_loss`) is found at the next
 evaluation point, and the run ends there with `status = "diverged"`, the first bad step
@@ -12,7 +14,7 @@ recorded, and its outputs written like any other run.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,7 @@ import torch
 
 from batchlab.config import RunSpec
 from batchlab.health import stall_reason
-from batchlab.train.evaluation import EVAL_COLUMNS
+from batchlab.train.evaluation import EVAL_COLUMNS, EVAL_FULL, EVAL_SUBSET
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class Curve:
     lr: np.ndarray  # (S+1,)
     evals: dict[int, tuple[float, ...]]  # step -> one value per column
     columns: tuple[str, ...] = EVAL_COLUMNS
+    subset_steps: set[int] = field(default_factory=set)  # the evaluations of the eval subsets, not the whole sets
 
     @classmethod
     def empty(cls, total_steps: int, columns: tuple[str, ...] = EVAL_COLUMNS) -> "Curve":
@@ -45,6 +48,7 @@ class Curve:
             "lr": torch.from_numpy(self.lr[: upto + 1].copy()),
             "eval_steps": torch.tensor(steps, dtype=torch.int64),
             "eval_values": torch.tensor([self.evals[s] for s in steps], dtype=torch.float64).reshape(-1, len(self.columns)),
+            "subset_steps": torch.tensor(sorted(self.subset_steps), dtype=torch.int64),
         }
 
     @classmethod
@@ -54,14 +58,17 @@ class Curve:
         curve.batch_loss[:n] = state["batch_loss"].numpy()
         curve.lr[:n] = state["lr"].numpy()
         curve.evals = {int(s): tuple(v.tolist()) for s, v in zip(state["eval_steps"], state["eval_values"])}
+        curve.subset_steps = {int(s) for s in state.get("subset_steps", [])}
         return curve
 
     def frame(self, upto: int, steps_per_epoch: int, batch_size: int) -> pd.DataFrame:
         steps = np.arange(upto + 1)
         values = np.full((upto + 1, len(self.columns)), np.nan)
+        measured_on = np.full(upto + 1, None, dtype=object)  # which sets an evaluated row's values come from
         for s, v in self.evals.items():
             if s <= upto:
                 values[s] = v
+                measured_on[s] = EVAL_SUBSET if s in self.subset_steps else EVAL_FULL
         return pd.DataFrame(
             {
                 "step": steps,
@@ -70,6 +77,7 @@ class Curve:
                 "lr": self.lr[: upto + 1],
                 "batch_loss": self.batch_loss[: upto + 1],
                 **{col: values[:, i] for i, col in enumerate(self.columns)},
+                "eval_set": measured_on,
             }
         )
 

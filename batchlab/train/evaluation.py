@@ -7,12 +7,36 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from batchlab.data import Dataset
 from batchlab.metrics import member_confusion, member_sums, mean_iou
 from batchlab.stacked.models import StackedModel
 
 
 EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
 SEGMENTATION_COLUMNS = ("train_miou", "test_miou")
+EVAL_FULL, EVAL_SUBSET = "full", "subset"  # a curve row's eval_set (batchlab.speedup reads "full")
+SUBSET_SEEDS = {"train": 1, "test": 2}  # one fixed draw per split, whatever the run's own seed
+
+
+def eval_subset(n: int, size: int | None, split: str) -> torch.Tensor | None:
+    """The sorted indices of a split's evaluation subset of `size` examples; None where it would hold them all.
+
+    A pure function of (n, size, split): every run of a data set (and training fraction) is evaluated on
+    the same examples, so their curves differ by training alone, not by the draw."""
+    if size is None or size >= n:
+        return None
+    g = torch.Generator().manual_seed(SUBSET_SEEDS[split])
+    return torch.randperm(n, generator=g)[:size].sort().values
+
+
+def eval_subsets(data: Dataset, eval_cfg: dict) -> tuple[torch.Tensor, ...] | None:
+    """(x_train, y_train, x_test, y_test) cut to `eval.train_subset` / `eval.test_subset`; None when
+    neither cuts anything, so that every evaluation is over the whole sets."""
+    sets = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}
+    index = {split: eval_subset(len(x), eval_cfg.get(f"{split}_subset"), split) for split, (x, _) in sets.items()}
+    if all(i is None for i in index.values()):
+        return None
+    return tuple(t if index[split] is None else t[index[split].to(t.device)] for split, pair in sets.items() for t in pair)
 
 
 def eval_columns(task: str) -> tuple[str, ...]:

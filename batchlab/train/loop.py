@@ -34,7 +34,7 @@ from batchlab.health import prior_entropy, stop_reason
 from batchlab.lr_rules import lr_factor
 from batchlab.stacked.step import resolve_step_mode
 from batchlab.train.curve import first_bad_step, health_status
-from batchlab.train.evaluation import eval_columns, evaluate_stack
+from batchlab.train.evaluation import eval_columns, eval_subsets, evaluate_stack
 from batchlab.train.plan import Plan, epoch_permutation, make_plan
 from batchlab.train.resume import Interrupted, ResumeClock, clock, sigterm_event
 from batchlab.train.run_files import Member, finished_summary, open_member, save_member_checkpoint, write_outputs
@@ -112,12 +112,17 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     def wall(m: Member) -> float:
         return m.wall_before + clock() - t_start
 
-    def evaluate_now(at: int) -> None:
+    subsets = eval_subsets(data, spec.eval)  # None: every evaluation is over the whole sets
+
+    def evaluate_now(at: int, full: bool = False) -> None:
+        full = full or subsets is None or at in plan.full_eval_steps
+        x_train, y_train, x_test, y_test = (data.x_train, data.y_train, data.x_test, data.y_test) if full else subsets
         ev, miou = spec.eval["batch_size"], data.task == "segmentation"
-        train = evaluate_stack(stack.model, data.x_train, data.y_train, ev, data.num_classes, miou)
-        test = evaluate_stack(stack.model, data.x_test, data.y_test, ev, data.num_classes, miou)
+        train = evaluate_stack(stack.model, x_train, y_train, ev, data.num_classes, miou)
+        test = evaluate_stack(stack.model, x_test, y_test, ev, data.num_classes, miou)
         for k, m in enumerate(stack.members):  # in the order of eval_columns: losses and accuracies, then mean IoUs
             m.curve.evals[at] = tuple(float(scores[k]) for scores in (*train[:2], *test[:2], *train[2:], *test[2:]))
+            (m.curve.subset_steps.discard if full else m.curve.subset_steps.add)(at)
 
     losses = torch.full((S + 1, len(members)), float("nan"), device=dev, dtype=data.dtype)
     flushed = step  # host copies of batch_loss are valid up to `flushed`
@@ -195,6 +200,8 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
                 else:
                     keep.append(k)
             checked = step
+            if finished and step in stack.members[0].curve.subset_steps:
+                evaluate_now(step, full=True)  # a run's final metrics are over the whole sets; it stopped on the subsets
             for k, stopped, diverged_step in finished:
                 m = stack.members[k]
                 status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, chance)

@@ -31,6 +31,12 @@ class Plan:
     eval_steps: frozenset[int]
     checkpoint_steps: frozenset[int]
 
+    @property
+    def full_eval_steps(self) -> frozenset[int]:
+        """The evaluations over the whole of both sets whatever `eval.train_subset`/`test_subset` say:
+        step 0, the last and every checkpoint, the points the analyses and final metrics read."""
+        return self.checkpoint_steps | {0, self.total_steps}
+
 
 def log_spaced_steps(total: int, n: int) -> set[int]:
     """About `n` integer steps spaced evenly in log between 1 and `total`."""
@@ -72,3 +78,16 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of the training set in `epoch`: a pure function of (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
+
+
+def subset_size(size: int | None, n: int) -> int:
+    """How many of a set's `n` examples an evaluation subset of `size` holds: all of them for None."""
+    return n if size is None else min(size, n)
+
+
+def evaluated_examples(plan: Plan, eval_cfg: dict, n_train: int, n_test: int) -> int:
+    """Examples one member evaluates over its plan: the whole of both sets at the full evaluations,
+    the subsets (eval.train_subset / test_subset) at the others."""
+    full = len(plan.full_eval_steps & plan.eval_steps)
+    subset = subset_size(eval_cfg.get("train_subset"), n_train) + subset_size(eval_cfg.get("test_subset"), n_test)
+    return full * (n_train + n_test) + (len(plan.eval_steps) - full) * subset
