@@ -3,17 +3,21 @@
 The plain modules of batchlab.models are the reference. Comparisons run in float64 so
 that "the same computation" can be checked to ~1e-10; isolation is checked bit for bit.
 Every model is covered: classification (signals, images), segmentation (dense logits
-(K, B, C, H, W)) and the language model (token inputs, logits (K, B, V, T)).
+(K, B, C, H, W)) and the language model (token inputs, logits (K, B, V, T)); so are models
+the stacked code has never seen, and one it cannot stack.
 """
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from batchlab.models import BN_MODELS, MODEL_INPUTS, MODEL_NAMES, build_model, uses_batchnorm
-from batchlab.stacked import models
+from batchlab.stacked import layers, models
 from batchlab.stacked.models import StackedModel, build_stacked_model, stack_modules
 
 SEEDS = [3, 0, 7]
@@ -45,9 +49,13 @@ assert {MODEL_INPUTS[name] for name, _, _ in CASES} == set(KIND_SHAPES), "a case
 
 @pytest.fixture(autouse=True, params=["grouped", "member-loop"])
 def layout(request, monkeypatch):
-    """Every test twice: the conv nets as grouped convolutions, and (as on a CPU at large
-    batches) member by member through the plain module."""
-    monkeypatch.setitem(models.MEMBER_LOOP_MIN_BATCH, "cpu", None if request.param == "grouped" else 1)
+    """Every test twice: all members at once (conv nets as grouped convolutions, recurrent nets
+    as one loop over time steps), and member by member (conv nets through the plain module, as
+    on a CPU at large batches; recurrent leaves through the fused kernel)."""
+    loop = request.param == "member-loop"
+    monkeypatch.setitem(models.MEMBER_LOOP_MIN_BATCH, "cpu", 1 if loop else None)
+    fused = {"lstm": None if loop else 0, "gru": None if loop else 0}
+    monkeypatch.setitem(layers.RECURRENT_MEMBER_LOOP, "cpu", fused)
     return request.param
 
 
@@ -303,8 +311,8 @@ def test_stack_modules_takes_current_weights_and_checks_them():
         stack_modules("drn", [build_model("drn", (3, 16, 16), 10)], bn_batch_size=2)
     with pytest.raises(TypeError, match="expected a KeskarC1 module, got DRNSeg"):
         stack_modules("keskar_c1", [build_model("drn", (3, 16, 16), 10)])
-    with pytest.raises(ValueError, match="unknown model 'vgg'"):
-        stack_modules("vgg", modules)
+    with pytest.raises(ValueError, match="ghost BatchNorm batch size 2, bn_batch_size=4"):
+        stack_modules("my_resnet", modules, bn_batch_size=4)  # a name outside the registry: still checked
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -376,3 +384,135 @@ def test_a_token_out_of_a_members_vocabulary_raises_instead_of_reading_another_m
     x[0, 0, 0] = NUM_CLASSES  # would be row 0 of member 1's table in a flattened (K*V, E) lookup
     with pytest.raises(IndexError):
         stacked.forward(x, train=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Models the stacked code has never seen.
+
+
+class VGG(nn.Module):
+    """A small VGG-style net: (conv-BN-ReLU-max-pool) x 2, then an MLP head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Linear(16 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, NUM_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class Zoo(nn.Module):
+    """Leaf settings no registered model uses: a strided, dilated, grouped Conv1d, BatchNorm1d over
+    (N, C, L) with a cumulative average and without affine parameters or running statistics, a
+    sequence-first two-layer bidirectional LSTM, a biasless two-layer GRU given a hidden state,
+    its final states read, and a Linear over positions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2)
+        self.norm = nn.BatchNorm1d(6, momentum=None)
+        self.free_norm = nn.BatchNorm1d(6, affine=False, track_running_stats=False)
+        self.lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True)
+        self.gru = nn.GRU(10, 3, num_layers=2, batch_first=True, bias=False)
+        self.head = nn.Linear(3, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.free_norm(self.norm(self.conv(x)))  # (N, 6, L')
+        h, (h_n, c_n) = self.lstm(h.permute(2, 0, 1))  # (L', N, 10)
+        h, g_n = self.gru(h.transpose(0, 1), h_n[:2, :, :3].contiguous())  # (N, L', 3)
+        return self.head(h).mean(1) + c_n.sum((0, 2)).unsqueeze(1) + g_n.sum((0, 2)).unsqueeze(1)
+
+
+class Unstackable(nn.Module):
+    """A LayerNorm, and a module of its own with a raw nn.Parameter: leaves with no stacked version."""
+
+    class Scale(nn.Module):
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(n))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.scale
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(40, 16)
+        self.norm = nn.LayerNorm(16)
+        self.scale = self.Scale(16)
+        self.bn = nn.BatchNorm1d(16)
+        self.out = nn.Linear(16, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.relu(self.bn(self.scale(self.norm(self.fc(x))))))
+
+
+def _custom_members(make) -> list[nn.Module]:
+    """float64 members of seeds SEEDS, their parameters and running statistics perturbed apart."""
+    gen = torch.Generator().manual_seed(42)
+    members = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        module = make().double()
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            for key, buf in module.named_buffers():
+                if key.endswith("running_var"):
+                    buf.mul_(0.5 + torch.rand(buf.shape, generator=gen, dtype=buf.dtype))
+        members.append(module)
+    return members
+
+
+def _assert_stack_matches_members(stacked: StackedModel, members: list[nn.Module], input_shape) -> None:
+    """Two train steps' outputs, accumulated gradients and running statistics, then an eval forward."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        x = torch.randn(len(members), BATCH, *input_shape, generator=gen, dtype=torch.float64)
+        y = torch.randint(NUM_CLASSES, (len(members), BATCH), generator=gen)
+        out, grads = _outputs_and_grads(stacked, x, y)
+        for k, member in enumerate(members):
+            expected = member.train()(x[k])
+            torch.testing.assert_close(out[k], expected.detach(), **TIGHT)
+            F.cross_entropy(expected, y[k]).backward()
+    for k, member in enumerate(members):
+        for key, p in member.named_parameters():
+            torch.testing.assert_close(grads[key][k], p.grad, **TIGHT, msg=lambda m: f"{key}: {m}")
+        for key, value in member.state_dict().items():
+            torch.testing.assert_close(stacked.member_state_dict(k)[key], value, **TIGHT, msg=lambda m: f"{key}: {m}")
+    out = stacked.forward(x, train=False)
+    for k, member in enumerate(members):
+        torch.testing.assert_close(out[k], member.eval()(x[k]), **TIGHT)
+
+
+def test_a_vgg_never_seen_stacks_and_each_member_is_its_plain_module():
+    members = _custom_members(VGG)
+    stacked = stack_modules("vgg", members)
+    assert list(stacked.params) == [key for key, _ in members[0].named_parameters()]
+    assert all(isinstance(stacked.params[key], nn.Parameter) for key in stacked.params)
+    _assert_stack_matches_members(stacked, members, (3, 8, 8))
+
+
+def test_leaf_settings_no_registered_model_uses_stack_exactly(monkeypatch):
+    monkeypatch.setitem(models.MEMBER_LOOP_MIN_BATCH, "cpu", None)  # the stacked leaves, recurrent ones both ways
+    members = _custom_members(Zoo)
+    stacked = stack_modules("zoo", members)
+    assert not stacked.runs_member_by_member(BATCH, torch.device("cpu"))
+    _assert_stack_matches_members(stacked, members, (4, 12))
+
+
+def test_a_model_with_leaves_that_cannot_be_stacked_warns_and_runs_member_by_member(caplog):
+    members = _custom_members(Unstackable)
+    with caplog.at_level(logging.WARNING, logger=models.__name__):
+        stacked = stack_modules("unstackable", members)
+    assert "norm (LayerNorm): no stacked version" in caplog.text
+    assert "scale (Scale): no stacked version" in caplog.text
+    assert "fc " not in caplog.text and "bn " not in caplog.text  # leaves with a stacked version say nothing
+    assert stacked.runs_member_by_member(BATCH, torch.device("cpu"))
+    assert all(p.is_leaf and p.requires_grad and p.shape[0] == len(SEEDS) for p in stacked.params.values())
+    _assert_stack_matches_members(stacked, members, (40,))
+    picked = stacked.select([2, 0])
+    _assert_state_dicts_equal(picked.member_state_dict(0), stacked.member_state_dict(2))
