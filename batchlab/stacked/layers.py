@@ -59,7 +59,8 @@ class Members:
     """
 
     def __init__(self, k: int, interleaved: bool) -> None:
-        self.k, self.interleaved = k, interleaved
+        self.k = k
+        self.interleaved = interleaved and k > 1  # the same layout at K = 1, member-major's in fewer view ops
 
     def split(self, x: Tensor, dim: int = 0) -> Tensor:
         """x with N rows on `dim` -> (K, *x.shape[:dim], B, *x.shape[dim+1:]), a view."""
