@@ -386,13 +386,10 @@ def has_leaf(module: nn.Module, kinds: tuple[type[StackedLeaf], ...]) -> bool:
 def swap_leaves(plain: nn.Module, stacked: dict[str, Tensor], members: Members) -> nn.Module:
     """A copy of `plain` whose leaves are stacked ones holding the (K, ...) tensors of `stacked`
     (plain state_dict name -> tensor), which become its parameters and buffers."""
-    module = copy.deepcopy(plain)
+    swapped = {}
     for path, leaf in _leaves(plain):
         prefix = f"{path}." if path else ""
         tensors = {key: stacked[prefix + key] for key in (*leaf._parameters, *leaf._buffers) if prefix + key in stacked}
-        swapped = STACKED[type(leaf)](leaf, tensors, members)
-        if not path:
-            return swapped
-        parent, _, attr = path.rpartition(".")
-        setattr(module.get_submodule(parent), attr, swapped)
-    return module
+        swapped[id(leaf)] = STACKED[type(leaf)](leaf, tensors, members)
+    # deepcopy takes a stacked leaf wherever the memo names the plain one: only containers are copied.
+    return copy.deepcopy(plain, memo=swapped)
