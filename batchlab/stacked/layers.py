@@ -258,9 +258,12 @@ class StackedRNN(StackedLeaf):
     def _member_by_member(self, seq: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         outs, finals = [], []
         dropout = float(self.dropout) if self.training else 0.0
-        for k in range(seq.shape[0]):
-            weights = [getattr(self, name)[k] for name in self.weight_names]
-            out, *final = self._fused(seq[k], [h[k] for h in state], weights, self.bias, self.num_layers, dropout,
+        # unbind, not weight[k]: each member's slice would back-propagate into a zero tensor of the
+        # whole (K, ...) weight, K times over (at K = 12, a tenth of an LSTM step); unbind's backward
+        # stacks the K gradients once.
+        weights = zip(*(getattr(self, name).unbind(0) for name in self.weight_names))
+        for x, member_state, member_weights in zip(seq.unbind(0), zip(*(h.unbind(0) for h in state)), weights):
+            out, *final = self._fused(x, list(member_state), list(member_weights), self.bias, self.num_layers, dropout,
                                       self.training, self.bidirectional, True)
             outs.append(out)
             finals.append(final)
