@@ -12,7 +12,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import torch
 
 PACKAGES = ("batchlab", "torch", "torchvision", "numpy", "pandas", "scipy", "snakemake", "mnist1d")
 LIBRARY = Path(__file__).resolve().parent  # the library this process imported: the one its jobs run
@@ -50,7 +49,9 @@ def git_commit(repo: Path = REPO_ROOT) -> dict[str, str | bool | None]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: "torch.device") -> str:
+    import torch  # here, not at the top: the report's job never needs it
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -69,3 +69,9 @@ def test_smoke_runs_record_the_task_metric(smoke_run):
     if preset == "golmant":
         assert set(runs["task"]) == {"classification", "segmentation", "language_model"}
         assert sorted(runs.loc[runs["study"] == "golmant_cifar10", "train_fraction"].unique()) == [0.5, 1.0]
+        # its eval subset (64 of 128 images): the points between the full evaluations, said so
+        curves = pd.read_parquet(workdir / "results" / "tables" / "curves.parquet")
+        evaluated = curves[curves["run_id"].str.startswith("golmant_cifar10/") & curves["test_loss"].notna()]
+        assert set(evaluated["eval_set"]) == {"full", "subset"}
+        speedup = pd.read_parquet(workdir / "results" / "tables" / "speedup.parquet")
+        assert speedup.loc[speedup["reached"], "steps_eval_set"].isin(["full", "subset", "mixed"]).all()
