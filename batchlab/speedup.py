@@ -706,11 +706,11 @@ def _typed(rows, columns) -> pd.DataFrame:
 
 
 def _per_model(study_runs: pd.DataFrame, study_curves: pd.DataFrame, metric: str,
-               target: float | str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+               target: float | str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     """Rules 1 and 7 for one target of one study, each (model, training fraction) at its own resolved target.
 
-    Steps to target, their lower ends, the runs' cases and the sets the steps were read on, aligned with `study_runs`, and the resolved target per
-    (model, train_fraction).
+    Steps to target, their lower ends, the runs' cases and the sets the steps were read on, aligned with
+    `study_runs`, and the resolved target per (model, train_fraction).
     """
     steps, cases = np.full(len(study_runs), np.nan), np.full(len(study_runs), None, dtype=object)
     low, eval_sets = np.full(len(study_runs), np.nan), np.full(len(study_runs), None, dtype=object)

@@ -122,7 +122,10 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         test = evaluate_stack(stack.model, x_test, y_test, ev, data.num_classes, miou)
         for k, m in enumerate(stack.members):  # in the order of eval_columns: losses and accuracies, then mean IoUs
             m.curve.evals[at] = tuple(float(scores[k]) for scores in (*train[:2], *test[:2], *train[2:], *test[2:]))
-            (m.curve.subset_steps.discard if full else m.curve.subset_steps.add)(at)
+            if full:
+                m.curve.subset_steps.discard(at)  # a run stopping on a subset evaluation is evaluated again, whole
+            else:
+                m.curve.subset_steps.add(at)
 
     losses = torch.full((S + 1, len(members)), float("nan"), device=dev, dtype=data.dtype)
     flushed = step  # host copies of batch_loss are valid up to `flushed`
