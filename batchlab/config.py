@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from batchlab.data.catalog import DatasetInfo, dataset_info
-from batchlab.devices import resolve_device
+from batchlab.devices import device_type
 from batchlab.lr_rules import scaled_lr
 from batchlab.models import MODEL_INPUTS, RECURRENT_MODELS, check_bn_batch_size, uses_batchnorm
 
@@ -111,7 +111,7 @@ def job_device(name: str) -> str:
     decides what reruns (and records the params), and, under a cluster executor, the one that runs
     the job on its node, so each job computes where it runs (CUDA on a GPU node, the CPU elsewhere).
     """
-    return resolve_device(name).type if name == "auto" else name
+    return device_type(name) if name == "auto" else name
 
 
 def _key(path) -> str:

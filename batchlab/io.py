@@ -21,11 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
 # torch is imported where a torch file is read or written, not here: the jobs that only gather
 # tables, draw figures or write the report start 1.5 s sooner without it, a fifth of their time.
@@ -85,12 +82,17 @@ def _unreadable(path: str | os.PathLike, exc: Exception) -> OSError:
 
 def frame_digest(df: pd.DataFrame) -> str:
     """SHA-256 of a table's column names, dtypes and values (row order counts, the index does not)."""
+    import pandas as pd  # in the functions: the Snakefile imports this module, and pandas costs 0.3 s
+
     digest = hashlib.sha256(repr([(str(c), str(t)) for c, t in df.dtypes.items()]).encode())
     digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return digest.hexdigest()
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.Table.from_pandas(df, preserve_index=False)
     # The digest is of the frame a reader gets back, which is not always `df` itself: an
     # object column of strings comes back as "str", one of bools as "bool".
@@ -102,11 +104,13 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
 def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
     """A table written by write_parquet, checked against its checksum (the whole table, even when
     only `columns` are returned); a damaged or edited one raises ChecksumError naming it."""
+    import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(path)
+        df = table.to_pandas()
     except Exception as exc:
         raise _unreadable(path, exc) from exc
-    df = table.to_pandas()
     stored = (table.schema.metadata or {}).get(CHECKSUM_KEY.encode())
     if stored is None:
         raise _no_checksum(path)

@@ -7,6 +7,9 @@ nor those under `if TYPE_CHECKING:` (never run)."""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -113,3 +116,27 @@ def test_the_graph_sees_every_form_of_top_level_import(tmp_path):
 def test_batchlab_has_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_snakefiles_imports_leave_torch_and_pandas_unloaded():
+    """Every snakemake process parses the Snakefile (under SLURM, every job too): torch costs 3 s of it."""
+    text = (REPO / "Snakefile").read_text() + "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    modules = set()
+    for package, names in re.findall(r"^from (batchlab[\w.]*) import \(?([\w, ]*)", text, re.M):
+        modules.add(package)  # and a name that is a submodule (`from batchlab import provenance`)
+        modules.update(f"{package}.{n.strip()}" for n in names.split(",") if (PACKAGE.parent / package.replace(".", "/") / f"{n.strip()}.py").exists())
+    assert {"batchlab.config", "batchlab.provenance", "batchlab.data.catalog"} <= modules
+    code = f"import sys\nimport {', '.join(sorted(modules))}\nprint([m for m in ('torch', 'pandas') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_device_type_resolves_auto_like_resolve_device():
+    from batchlab.devices import device_type, machine_has_gpu_nodes, resolve_device
+
+    assert device_type("auto") == resolve_device("auto").type
+    assert device_type("cpu") == "cpu"
+    if not machine_has_gpu_nodes():  # the shortcut's premise: torch sees no GPU without the nodes
+        import torch
+
+        assert not torch.cuda.is_available()

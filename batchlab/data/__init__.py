@@ -22,11 +22,14 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from batchlab.io import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 AUGMENTATIONS = ("none", "crop_flip")
 TASKS = ("classification", "segmentation", "language_model")
@@ -58,6 +61,8 @@ class Dataset:
     @property
     def dtype(self) -> torch.dtype:
         """The floating-point dtype models train in: the features' own, or torch's default for token ids."""
+        import torch
+
         return self.x_train.dtype if self.x_train.is_floating_point() else torch.get_default_dtype()
 
     def train_fraction(self, fraction: float) -> "Dataset":
@@ -71,6 +76,8 @@ class Dataset:
             raise ValueError(f"a training fraction must lie in (0, 1], got {fraction}")
         if fraction == 1:
             return self
+        import torch
+
         n = max(1, round(fraction * self.n_train))
         order = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(TRAIN_SUBSET_SEED))
         keep = order[:n].to(self.x_train.device)
@@ -115,6 +122,8 @@ def save_prepared(
 
 
 def _features(x: np.ndarray, meta: dict, device: torch.device) -> torch.Tensor:
+    import torch
+
     t = torch.from_numpy(x).to(device)
     if meta.get("task") == "language_model":
         return t.long()  # token ids
@@ -131,6 +140,8 @@ def _features(x: np.ndarray, meta: dict, device: torch.device) -> torch.Tensor:
 
 def load_prepared(path: str | os.PathLike, device: str | torch.device = "cpu") -> Dataset:
     """Load a prepared `.npz` onto `device` as float32 features and int64 labels."""
+    import torch  # here, not at the top: the Snakefile reads this package's constants
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prepared data set {path} does not exist")

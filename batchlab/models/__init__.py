@@ -20,11 +20,12 @@ for segmentation (targets (B, H, W)). MODEL_INPUTS names the kind of data each m
 from __future__ import annotations
 
 import math
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from batchlab.data.catalog import INPUTS
-from batchlab.models.mnist1d import CNN, GRU, MLP
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # ResNet name -> (depth, BatchNorm).
 RESNETS: dict[str, tuple[int, bool]] = {
@@ -101,6 +102,8 @@ def build_model(
         raise ValueError(f"model {name!r} takes (C, H, W) images, got inputs of shape {input_shape}")
 
     if name in ("mlp", "cnn", "gru"):
+        from batchlab.models.mnist1d import CNN, GRU, MLP
+
         length = input_shape[0]
         if name == "mlp":
             return MLP(length, num_classes)
