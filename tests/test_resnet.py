@@ -67,7 +67,7 @@ def test_bad_depth(depth):
 
 
 def test_no_batchnorm_means_no_normalisation_and_zero_init_branches():
-    model = cifar_resnet(8, batchnorm=False)
+    model = cifar_resnet(8, batchnorm=False, residual_init="zero")
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     for stage in model.stages:
         for block in stage:
@@ -165,7 +165,7 @@ def test_ghost_indivisible_batch_raises():
 def test_resnet8_without_bn_trains():
     # Eight random images, each with its own colour so global average pooling can tell them apart.
     torch.manual_seed(0)
-    model = cifar_resnet(8, batchnorm=False)
+    model = cifar_resnet(8, batchnorm=False, residual_init="zero")
     x = torch.randn(8, 3, 1, 1) + 0.5 * torch.randn(8, 3, 8, 8)
     y = torch.arange(8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

@@ -25,26 +25,34 @@ NUM_CLASSES = 10
 BATCH = 4
 TIGHT = {"atol": 1e-10, "rtol": 0.0}
 
-# (name, input_shape, bn_batch_size): every family, plain and ghost BatchNorm, tiny inputs.
+# (name, input_shape, bn_batch_size, options): every family, plain and ghost BatchNorm, dropout, tiny inputs.
 CASES = [
-    ("mlp", (40,), None),
-    ("cnn", (40,), None),
-    ("gru", (40,), None),
-    ("resnet8", (3, 8, 8), None),
-    ("resnet8_bn", (3, 8, 8), None),
-    ("resnet20", (3, 8, 8), 2),
-    ("resnet20_nobn", (3, 8, 8), None),
-    ("keskar_f1", (1, 8, 8), None),
-    ("keskar_c1", (3, 8, 8), None),
-    ("drn", (3, 16, 16), None),  # output stride 8: 2x2 feature maps, dilated convs reach into the padding
-    ("lstm_lm", (6,), None),  # 6 tokens, a vocabulary of NUM_CLASSES
+    ("mlp", (40,), None, {}),
+    ("cnn", (40,), None, {}),
+    ("gru", (40,), None, {}),
+    ("resnet8", (3, 8, 8), None, {}),
+    ("resnet8_bn", (3, 8, 8), None, {}),
+    ("resnet20", (3, 8, 8), 2, {}),
+    ("resnet20_nobn", (3, 8, 8), None, {"residual_init": "zero"}),
+    ("alexnet_reduced", (3, 8, 8), None, {}),
+    ("keskar_f1", (1, 8, 8), None, {}),
+    ("keskar_c1", (3, 8, 8), None, {}),  # dropout 0.5 after both hidden FC layers
+    ("drn", (3, 16, 16), None, {}),  # output stride 8: 2x2 feature maps, dilated convs reach into the padding
+    ("lstm_lm", (6,), None, {}),  # 6 tokens, a vocabulary of NUM_CLASSES
+    ("lstm_lm", (6,), None, {"dropout": 0.3}),  # per-layer LSTMs with dropout around them
 ]
-CASE_IDS = [f"{name}-ghost{bn}" if bn else name for name, _, bn in CASES]
+CASE_IDS = [f"{name}-ghost{bn}" if bn else name + "".join(f"-{k}{v}" for k, v in opts.items())
+            for name, _, bn, opts in CASES]
 CASE = dict(zip(CASE_IDS, CASES))
 # Tiny inputs of every model, for tests over MODEL_NAMES.
 KIND_SHAPES = {"signal": (40,), "image": (3, 8, 8), "segmentation": (3, 16, 16), "tokens": (6,)}
-INPUT_SHAPES = {name: KIND_SHAPES[MODEL_INPUTS[name]] for name in MODEL_NAMES} | {n: s for n, s, _ in CASES}
-assert {MODEL_INPUTS[name] for name, _, _ in CASES} == set(KIND_SHAPES), "a case of every kind of input"
+INPUT_SHAPES = {name: KIND_SHAPES[MODEL_INPUTS[name]] for name in MODEL_NAMES} | {n: s for n, s, *_ in CASES}
+assert {MODEL_INPUTS[name] for name, *_ in CASES} == set(KIND_SHAPES), "a case of every kind of input"
+# The large image nets (millions of weights whatever the input size) have a test of their own
+# (tests/test_models_stacked_large.py); resnet32* and keskar_c3/c4 are classes covered here.
+LARGE = {"keskar_c2", "alexnet", "vgg11_bn", "mobilenetv2"}
+SAME_CLASS = {"resnet32", "resnet32_nobn", "keskar_c3", "keskar_c4"}
+assert {name for name, *_ in CASES} | LARGE | SAME_CLASS == set(MODEL_NAMES)
 
 
 @pytest.fixture(autouse=True, params=["grouped", "member-loop"])
@@ -59,10 +67,11 @@ def layout(request, monkeypatch):
     return request.param
 
 
-def _perturbed_stack(name, input_shape, bn_batch_size) -> StackedModel:
+def _perturbed_stack(name, input_shape, bn_batch_size, options) -> StackedModel:
     """A float64 stack whose members are made different everywhere: zero-initialised
     branches, BN's weight 1 / bias 0 and fresh running statistics would hide mistakes."""
-    stacked = build_stacked_model(name, input_shape, NUM_CLASSES, SEEDS, bn_batch_size, dtype=torch.float64)
+    stacked = build_stacked_model(name, input_shape, NUM_CLASSES, SEEDS, bn_batch_size, dtype=torch.float64,
+                                  options=options)
     gen = torch.Generator().manual_seed(42)
     with torch.no_grad():
         for p in stacked.params.values():
@@ -75,10 +84,10 @@ def _perturbed_stack(name, input_shape, bn_batch_size) -> StackedModel:
     return stacked
 
 
-def _plain_members(stacked: StackedModel, input_shape, bn_batch_size) -> list[torch.nn.Module]:
+def _plain_members(stacked: StackedModel, input_shape, bn_batch_size, options) -> list[torch.nn.Module]:
     members = []
     for k in range(stacked.k):
-        module = build_model(stacked.name, input_shape, NUM_CLASSES, bn_batch_size).double()
+        module = build_model(stacked.name, input_shape, NUM_CLASSES, bn_batch_size, **options).double()
         module.load_state_dict(stacked.member_state_dict(k))
         members.append(module)
     return members
@@ -145,9 +154,9 @@ def test_members_are_the_models_the_single_run_trainer_builds(name, bn_batch_siz
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_train_forward_matches_plain_modules_including_running_stats(case):
-    name, input_shape, bn = case
+    name, input_shape, bn, options = case
     stacked = _perturbed_stack(*case)
-    plains = _plain_members(stacked, input_shape, bn)
+    plains = _plain_members(stacked, input_shape, bn, options)
     for step in range(2):  # twice, so running statistics build on an update
         x, _ = _batch(name, input_shape, seed=step)
         out = stacked.forward(x, train=True)
@@ -165,9 +174,9 @@ def test_train_forward_matches_plain_modules_including_running_stats(case):
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_eval_forward_matches_plain_modules_and_leaves_buffers(case):
-    name, input_shape, bn = case
+    name, input_shape, bn, options = case
     stacked = _perturbed_stack(*case)
-    plains = _plain_members(stacked, input_shape, bn)
+    plains = _plain_members(stacked, input_shape, bn, options)
     buffers_before = {key: b.clone() for key, b in stacked.buffers.items()}
     x, _ = _batch(name, input_shape)
     x = x[:, :3]  # in eval mode the batch need not be a multiple of the ghost batch size
@@ -179,9 +188,9 @@ def test_eval_forward_matches_plain_modules_and_leaves_buffers(case):
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_summed_loss_gives_each_member_its_own_gradient(case):
-    name, input_shape, bn = case
+    name, input_shape, bn, options = case
     stacked = _perturbed_stack(*case)
-    plains = _plain_members(stacked, input_shape, bn)
+    plains = _plain_members(stacked, input_shape, bn, options)
     x, y = _batch(name, input_shape)
     _, grads = _outputs_and_grads(stacked, x, y)
     for k, plain in enumerate(plains):
@@ -192,7 +201,7 @@ def test_summed_loss_gives_each_member_its_own_gradient(case):
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_members_are_isolated_bit_for_bit(case):
-    name, input_shape, _ = case
+    name, input_shape, _, _ = case
     stacked = _perturbed_stack(*case)
     x, y = _batch(name, input_shape)
     others = [0, 2]
@@ -231,7 +240,7 @@ def test_members_are_isolated_bit_for_bit(case):
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_select_keeps_exactly_those_members(case):
-    name, input_shape, _ = case
+    name, input_shape, _, _ = case
     stacked = _perturbed_stack(*case)
     picked = stacked.select([2, 0])
     assert picked.k == 2
@@ -252,16 +261,16 @@ def test_select_keeps_exactly_those_members(case):
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_load_member_round_trips_a_plain_state_dict(case):
-    name, input_shape, bn = case
-    stacked = build_stacked_model(name, input_shape, NUM_CLASSES, SEEDS, bn)
+    name, input_shape, bn, options = case
+    stacked = build_stacked_model(name, input_shape, NUM_CLASSES, SEEDS, bn, options=options)
     untouched = [stacked.member_state_dict(k) for k in (0, 2)]
     torch.manual_seed(11)
-    plain = build_model(name, input_shape, NUM_CLASSES, bn)
+    plain = build_model(name, input_shape, NUM_CLASSES, bn, **options)
     with torch.no_grad():
         for p in plain.parameters():
             p.add_(torch.randn_like(p))
     x = _inputs(name, (4, *input_shape), torch.Generator().manual_seed(3))
-    plain(x if x.dtype == torch.int64 else x.float())  # train mode: running statistics and num_batches_tracked move
+    plain(x if x.dtype == torch.int64 else x.float())  # train mode: running statistics and counters move
     stacked.load_member(1, plain.state_dict())
     _assert_state_dicts_equal(stacked.member_state_dict(1), plain.state_dict())
     _assert_state_dicts_equal(stacked.member_state_dict(0), untouched[0])
@@ -272,14 +281,14 @@ def test_load_member_round_trips_a_plain_state_dict(case):
         stacked.load_member(0, {first_key: first})
 
 
-ONE_IDS = ["gru", "resnet8_bn", "keskar_f1", "keskar_c1", "drn", "lstm_lm"]
+ONE_IDS = ["gru", "resnet8_bn", "keskar_f1", "keskar_c1", "drn", "lstm_lm", "lstm_lm-dropout0.3"]
 
 
 @pytest.mark.parametrize("case", [CASE[i] for i in ONE_IDS], ids=ONE_IDS)
 def test_a_stack_of_one_is_the_plain_model(case):
-    name, input_shape, bn = case
-    stacked = build_stacked_model(name, input_shape, NUM_CLASSES, [5], bn, dtype=torch.float64)
-    (plain,) = _plain_members(stacked, input_shape, bn)
+    name, input_shape, bn, options = case
+    stacked = build_stacked_model(name, input_shape, NUM_CLASSES, [5], bn, dtype=torch.float64, options=options)
+    (plain,) = _plain_members(stacked, input_shape, bn, options)
     x, y = _batch(name, input_shape, k=1)
     out, grads = _outputs_and_grads(stacked, x, y)
     plain_out = plain.train()(x[0])
@@ -315,13 +324,39 @@ def test_stack_modules_takes_current_weights_and_checks_them():
         stack_modules("my_resnet", modules, bn_batch_size=4)  # a name outside the registry: still checked
 
 
+def test_stack_modules_checks_the_models_options():
+    with_dropout = [build_model("lstm_lm", (6,), NUM_CLASSES, dropout=0.3) for _ in range(2)]
+    assert stack_modules("lstm_lm", with_dropout, options={"dropout": 0.3}).k == 2
+    with pytest.raises(ValueError, match="modules are not lstm_lm with bn_batch_size=None: lstm is ModuleList, LSTM "):
+        stack_modules("lstm_lm", with_dropout)  # the default, dropout 0, has one two-layer nn.LSTM
+    plain = [build_model("lstm_lm", (6,), NUM_CLASSES)]
+    with pytest.raises(ValueError, match="lstm_lm with bn_batch_size=None, dropout=0.3: lstm is LSTM, ModuleList "):
+        stack_modules("lstm_lm", plain, options={"dropout": 0.3})
+    with pytest.raises(ValueError, match="model 'resnet8' has no option 'dropout'; its options are residual_init"):
+        stack_modules("resnet8", [build_model("resnet8", (3, 8, 8), NUM_CLASSES)], options={"dropout": 0.1})
+
+
+def test_build_stacked_model_passes_options_to_every_member():
+    stacked = build_stacked_model("lstm_lm", (6,), NUM_CLASSES, SEEDS, options={"dropout": 0.3})
+    for k, seed in enumerate(SEEDS):
+        torch.manual_seed(seed)
+        _assert_state_dicts_equal(stacked.member_state_dict(k), build_model("lstm_lm", (6,), NUM_CLASSES,
+                                                                            dropout=0.3).state_dict())
+    streams = [key for key in stacked.buffers if key.endswith("stream")]
+    assert streams == ["dropouts.0.stream", "dropouts.1.stream", "dropouts.2.stream"]
+    seeds = torch.stack([stacked.buffers[key][:, 0] for key in streams])  # (layers, K)
+    assert seeds.unique().numel() == seeds.numel()  # every member and layer its own stream
+    zero = build_stacked_model("resnet8", (3, 8, 8), NUM_CLASSES, SEEDS, options={"residual_init": "zero"})
+    assert all(torch.count_nonzero(zero.params[f"stages.{i}.0.conv2.weight"]) == 0 for i in range(3))
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_to_converts_floating_tensors_and_keeps_fresh_leaves(case):
-    name, input_shape, bn = case
-    stacked = build_stacked_model(name, input_shape, NUM_CLASSES, SEEDS, bn).to(torch.float64)
+    name, input_shape, bn, options = case
+    stacked = build_stacked_model(name, input_shape, NUM_CLASSES, SEEDS, bn, options=options).to(torch.float64)
     assert all(p.dtype == torch.float64 for p in stacked.params.values())
-    for key, b in stacked.buffers.items():
-        assert b.dtype == (torch.int64 if key.endswith("num_batches_tracked") else torch.float64), key
+    for key, b in stacked.buffers.items():  # BN's counters and dropout's streams stay integers
+        assert b.dtype == (torch.int64 if key.endswith(("num_batches_tracked", "stream")) else torch.float64), key
     assert all(p.is_leaf and p.requires_grad for p in stacked.params.values())
     assert all(p.device.type == "cpu" for p in stacked.to("cpu").params.values())
     x, _ = _batch(name, input_shape)
@@ -345,8 +380,8 @@ def test_evaluate_stack_gives_each_members_plain_evaluation(case):
     from batchlab.metrics import member_confusion, mean_iou
     from batchlab.train import evaluate, evaluate_stack
 
-    name, input_shape, bn = CASE[case]
-    stacked = _perturbed_stack(name, input_shape, bn)
+    name, input_shape, bn, options = CASE[case]
+    stacked = _perturbed_stack(name, input_shape, bn, options)
     x, y = (t[0] for t in _batch(name, input_shape, k=1, seed=1))  # (BATCH, ...) inputs and targets
     x, y = torch.cat([x, x[:2]]), torch.cat([y, y[:2]])  # 10 examples: chunks of 8 and 2
     segmentation = MODEL_INPUTS[name] == "segmentation"
@@ -354,7 +389,7 @@ def test_evaluate_stack_gives_each_members_plain_evaluation(case):
         y[:3, :2] = IGNORE_INDEX  # unlabelled pixels count nowhere
     scores = evaluate_stack(stacked, x, y, batch_size=8, num_classes=NUM_CLASSES, miou=segmentation)
     assert len(scores) == (3 if segmentation else 2)
-    for k, reference in enumerate(_plain_members(stacked, input_shape, bn)):
+    for k, reference in enumerate(_plain_members(stacked, input_shape, bn, options)):
         ref_loss, ref_acc = evaluate(reference, x, y)
         assert scores[0][k] == pytest.approx(ref_loss, rel=1e-10) and scores[1][k] == pytest.approx(ref_acc, rel=1e-12)
         if segmentation:
@@ -365,8 +400,8 @@ def test_evaluate_stack_gives_each_members_plain_evaluation(case):
 
 def test_the_stacked_lstm_is_nn_lstm_over_longer_sequences():
     """Two layers over 40 steps, float64: outputs and every gradient as nn.LSTM's."""
-    stacked = _perturbed_stack("lstm_lm", (40,), None)
-    plains = _plain_members(stacked, (40,), None)
+    stacked = _perturbed_stack("lstm_lm", (40,), None, {})
+    plains = _plain_members(stacked, (40,), None, {})
     assert all(isinstance(plain.lstm, torch.nn.LSTM) and plain.lstm.num_layers == 2 for plain in plains)
     x, y = _batch("lstm_lm", (40,))
     out, grads = _outputs_and_grads(stacked, x, y)
@@ -502,6 +537,21 @@ def test_leaf_settings_no_registered_model_uses_stack_exactly(monkeypatch):
     stacked = stack_modules("zoo", members)
     assert not stacked.runs_member_by_member(BATCH, torch.device("cpu"))
     _assert_stack_matches_members(stacked, members, (4, 12))
+
+
+def test_torch_dropout_is_stacked_with_a_warning_that_members_share_its_generator(caplog):
+    class Dropping(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(40, NUM_CLASSES)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.drop(self.fc(x))
+
+    with caplog.at_level(logging.WARNING, logger=models.__name__):
+        stack_modules("dropping", [Dropping(), Dropping()])
+    assert "dropping: drop (Dropout) draws every member's masks from torch's global generator" in caplog.text
 
 
 def test_a_model_with_leaves_that_cannot_be_stacked_warns_and_runs_member_by_member(caplog):

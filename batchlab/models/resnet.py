@@ -13,13 +13,20 @@ Choices where the papers leave room, so results can be read correctly:
 - With BatchNorm, convs have no bias (BN's shift replaces it) and BN starts at
   weight 1, bias 0. `bn_batch_size=m` swaps in `GhostBatchNorm2d`, which normalises
   sub-batches of m samples: Masters & Luschi's decoupling of the BN batch from the SGD batch.
-- Without BatchNorm (Masters & Luschi's ResNet-8) there is no normalisation at all and
-  convs have biases. To keep that trainable, the last conv of every residual branch starts
-  at zero (weights and bias), as in Fixup (Zhang et al. 2019) but without Fixup's extra
-  scalar biases and multipliers: each block starts as its shortcut, so the signal scale
-  does not grow with depth at initialisation.
-- Other convs use He (Kaiming) normal initialisation with fan_out, as torchvision's
-  ResNets; the linear head keeps PyTorch's default initialisation.
+- Without BatchNorm (Masters & Luschi's ResNet-8, -20, -32 without BN) there is no
+  normalisation at all and convs have biases (initialised to 0).
+- Every conv starts with He (Kaiming) normal weights, std sqrt(2 / fan_out) as in
+  torchvision's ResNets (fan_out = out_channels * k * k; for the 3x3 convs inside a stage it
+  equals fan_in); the linear head keeps PyTorch's default initialisation. This is Masters &
+  Luschi's He initialisation, and `residual_init="he"` (the default) keeps it for the nets
+  without BN too.
+- `residual_init="zero"` (nets without BN only) instead starts the last conv of every residual
+  branch at zero (weights and bias), as in Fixup (Zhang et al. 2019) but without Fixup's extra
+  scalar biases and multipliers: each block starts as its shortcut, so the signal scale does
+  not grow with depth at initialisation. It is not Masters & Luschi's setting (Zhang et al.
+  use such a start to train deep nets without normalisation). The registry offers the option
+  for the nets without BN only; with BN, which rescales every branch anyway, only "he" is
+  accepted.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from batchlab.models import RESIDUAL_INITS
 
 STAGE_CHANNELS = (16, 32, 64)
 
@@ -147,7 +156,8 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """He et al.'s CIFAR ResNet with n blocks per stage; see the module docstring."""
 
-    def __init__(self, n: int, num_classes: int, in_channels: int, norm: NormFactory, batchnorm: bool) -> None:
+    def __init__(self, n: int, num_classes: int, in_channels: int, norm: NormFactory, batchnorm: bool,
+                 zero_last_conv: bool = False) -> None:
         super().__init__()
         bias = not batchnorm  # with BN a conv bias is redundant; without BN it is the only offset
         self.stem = nn.Sequential(conv3x3(in_channels, STAGE_CHANNELS[0], 1, bias), norm(STAGE_CHANNELS[0]), nn.ReLU())
@@ -161,7 +171,7 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(in_ch, num_classes)
-        self._init_weights(zero_last_conv=not batchnorm)
+        self._init_weights(zero_last_conv)
 
     def _init_weights(self, zero_last_conv: bool) -> None:
         for mod in self.modules():
@@ -187,11 +197,19 @@ def cifar_resnet(
     in_channels: int = 3,
     batchnorm: bool = True,
     bn_batch_size: int | None = None,
+    residual_init: str = "he",
 ) -> nn.Module:
-    """The CIFAR ResNet of `depth` = 6n + 2; `bn_batch_size` selects ghost BatchNorm."""
+    """The CIFAR ResNet of `depth` = 6n + 2; `bn_batch_size` selects ghost BatchNorm.
+
+    `residual_init`: "he" or, for nets without BatchNorm only, "zero" (see the module docstring)."""
     if isinstance(depth, bool) or int(depth) != depth or depth < 8 or (depth - 2) % 6 != 0:
         raise ValueError(
             f"CIFAR ResNet depth must be 6n + 2 with n >= 1 blocks per stage (8, 14, 20, 26, 32, ...), got {depth}"
         )
+    if residual_init not in RESIDUAL_INITS:
+        raise ValueError(f"residual_init must be one of {', '.join(RESIDUAL_INITS)}, got {residual_init!r}")
+    if residual_init == "zero" and batchnorm:
+        raise ValueError("residual_init='zero' is for the ResNets without BatchNorm only")
     norm = norm_factory(batchnorm, bn_batch_size)
-    return CifarResNet((int(depth) - 2) // 6, num_classes, in_channels, norm, batchnorm)
+    return CifarResNet((int(depth) - 2) // 6, num_classes, in_channels, norm, batchnorm,
+                       zero_last_conv=residual_init == "zero")

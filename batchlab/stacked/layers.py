@@ -16,10 +16,14 @@ activations carry the K members' examples in the batch dimension, N = K*B rows, 
 | nn.Embedding                      | member k's rows looked up in its own (V, E) table              |
 | nn.LSTM / nn.GRU                  | time-step loop of batched matmuls, or member by member through |
 |                                   | the fused kernel (RECURRENT_MEMBER_LOOP)                        |
+| batchlab SeededDropout            | member k's mask from its own (seed, calls) stream, stream[k]   |
 
 Parameter-free modules (ReLU, pooling, Flatten, containers) need no stacked version: they never
-mix the examples of a batch. A leaf type outside this table, or a configuration a stacked
-version refuses (`unsupported`), cannot be stacked; `unstackable_leaves` lists them.
+mix the examples of a batch. Dropout is the exception among them: torch's nn.Dropout draws its
+masks for all N rows from one global generator, so a member's masks would depend on the other
+members; batchlab's SeededDropout keeps a stream per member. A leaf type outside this table, or
+a configuration a stacked version refuses (`unsupported`), cannot be stacked;
+`unstackable_leaves` lists them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from batchlab.models.dropout import SeededDropout, apply_dropout, dropout_keep
 from batchlab.models.resnet import GhostBatchNorm2d, ghost_batch_norm
 
 # Per device type, the largest stack whose nn.LSTM / nn.GRU runs member by member through the fused
@@ -347,6 +352,20 @@ class StackedGRU(StackedRNN):
         return ((1 - z) * n + z * h,)
 
 
+class StackedSeededDropout(StackedLeaf):
+    """SeededDropout: `stream` (K, 2), member k's mask drawn exactly as member k alone draws it.
+
+    The mask is computed per member on its (B, ...) examples, element indices counted within
+    the member as in the plain module, then laid out as the activation's N rows."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = dropout_keep(self.stream, (x.shape[0] // self.k, *x.shape[1:]), self.p)  # (K, B, ...)
+        self.stream[:, 1].add_(1)
+        return apply_dropout(x, self.members.merge(keep), self.p)
+
+
 STACKED: dict[type[nn.Module], type[StackedLeaf]] = {
     nn.Linear: StackedLinear,
     nn.Conv1d: StackedConv,
@@ -358,6 +377,7 @@ STACKED: dict[type[nn.Module], type[StackedLeaf]] = {
     nn.Embedding: StackedEmbedding,
     nn.LSTM: StackedLSTM,
     nn.GRU: StackedGRU,
+    SeededDropout: StackedSeededDropout,
 }
 CHANNEL_LEAVES = (StackedConv, StackedBatchNorm)  # work on (B, K*C, ...): the interleaved layout's
 

@@ -31,9 +31,10 @@ with a leaf that has no stacked version (nn.LayerNorm, a module with a raw nn.Pa
 stacked anyway, with a warning naming the leaf, and always runs member by member.
 
 Member by member: the plain module through torch.func.functional_call on views of member k's
-weights and buffers, input x[k] (BN's in-place running-statistics updates land in the stacked
-buffers). On a CPU a conv net (a model with a convolution leaf) runs so from MEMBER_LOOP_MIN_BATCH['cpu'] examples per member on,
-K dense convolutions being faster there than one grouped one: for the CNN at K = 12 on one
+weights and buffers, input x[k] (BN's in-place running-statistics updates and SeededDropout's
+counts of calls land in the stacked buffers). On a CPU a conv net (a model with a convolution
+leaf) runs so from MEMBER_LOOP_MIN_BATCH['cpu'] examples per member on, K dense convolutions
+being faster there than one grouped one: for the CNN at K = 12 on one
 thread a train step is 1.4x faster at batch 128 and 2.2x at 512, an evaluation 3x, but at batch
 16 the member loop is 3.5x slower; a train step of keskar_c1 (32x32 inputs) is 1.2x faster at
 batch 128 and 512 (an evaluation 1.4x and 1.2x) but 1.3x slower at 16; of drn 1.6x and 1.5x
@@ -49,13 +50,14 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+from collections.abc import Mapping
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from batchlab.models import MODEL_INPUTS, build_model, check_bn_batch_size
+from batchlab.models import MODEL_INPUTS, build_model, check_bn_batch_size, check_model_options
 from batchlab.models.resnet import GhostBatchNorm2d
 from batchlab.stacked.layers import CHANNEL_LEAVES, Members, StackedConv, has_leaf, swap_leaves, unstackable_leaves
 
@@ -72,7 +74,8 @@ class StackedModel:
 
     params: plain state_dict name -> (K, *shape) leaf tensors with requires_grad=True, the very
         tensors the stacked module computes with (an optimizer updates them in place).
-    buffers: name -> (K, ...) buffers (BN's running statistics and counters); empty without any.
+    buffers: name -> (K, ...) buffers (BN's running statistics and counters, SeededDropout's
+        (seed, calls) streams); empty without any.
     """
 
     def __init__(self, name: str, plain: nn.Module, stacked: dict[str, Tensor], state_keys: tuple[str, ...]) -> None:
@@ -105,8 +108,9 @@ class StackedModel:
         front: (K, B, C), (K, B, V, T) for the language model, (K, B, C, H, W) for segmentation.
 
         train=True: BN uses batch (or ghost-batch) statistics and updates its running
-        statistics in place exactly as the plain module in train mode would; train=False:
-        running statistics (eval mode).
+        statistics in place exactly as the plain module in train mode would, and dropout draws
+        each member's masks from its stream; train=False: running statistics and no dropout
+        (eval mode).
         """
         if x.shape[0] != self.k:
             raise ValueError(f"input has {x.shape[0]} members on its leading dimension, the model {self.k}")
@@ -117,7 +121,7 @@ class StackedModel:
 
     def _forward_member_by_member(self, x: Tensor, train: bool) -> Tensor:
         """The plain module once per member, on views of that member's weights and buffers (BN's
-        in-place running-statistics updates land in the stacked buffers)."""
+        in-place running-statistics updates and dropout's counts land in the stacked buffers)."""
         self._set_training(self._plain, train)
         return torch.stack([
             functional_call(self._plain, {**{key: p[k] for key, p in self.params.items()},
@@ -171,7 +175,7 @@ class StackedModel:
 
     def to(self, device_or_dtype: torch.device | str | torch.dtype) -> StackedModel:
         """A new StackedModel on that device, or with floating-point tensors of that dtype
-        (num_batches_tracked stays int64, as nn.Module.to leaves it)."""
+        (integer buffers, BN's num_batches_tracked and dropout's streams, stay int64, as nn.Module.to leaves them)."""
         if isinstance(device_or_dtype, torch.dtype):
             dtype = device_or_dtype
             if not dtype.is_floating_point:
@@ -189,26 +193,35 @@ class StackedModel:
             raise IndexError(f"member {k} out of range for a stack of {self.k}")
 
 
-def stack_modules(name: str, modules: list[nn.Module], bn_batch_size: int | None = None) -> StackedModel:
+def stack_modules(name: str, modules: list[nn.Module], bn_batch_size: int | None = None,
+                  options: Mapping[str, object] | None = None) -> StackedModel:
     """Stack K plain modules of one architecture (their current weights and buffers).
 
     `name` names the model in messages; where it is one of batchlab.models' models, the modules
-    must be build_model(name, ...)'s and `bn_batch_size` must mean what it means there. Ghost
-    BatchNorm layers must have `bn_batch_size` as their batch size.
+    must be build_model(name, ..., bn_batch_size, **options)'s and `bn_batch_size` and `options`
+    must mean what they mean there. Ghost BatchNorm layers must have `bn_batch_size` as their
+    batch size.
     """
     if not modules:
         raise ValueError("stack_modules needs at least one module")
     first = modules[0]
+    options = dict(options or {})
     if name in MODEL_INPUTS:
         check_bn_batch_size(name, bn_batch_size)
+        check_model_options(name, options)
     _check_ghost_batch_size(first, bn_batch_size)
     if name in MODEL_INPUTS:
-        _check_is_named_model(name, first, bn_batch_size)
+        _check_is_named_model(name, first, bn_batch_size, options)
     for i, module in enumerate(modules[1:], start=1):
         if _module_types(module) != _module_types(first) or _signature(module) != _signature(first):
             raise ValueError(f"module {i} differs in architecture from module 0")
     for leaf in unstackable_leaves(first):
         log.warning("%s: %s cannot be stacked, so the %d members run one by one", name, leaf, len(modules))
+    for path, mod in first.named_modules():
+        if isinstance(mod, nn.modules.dropout._DropoutNd):
+            log.warning("%s: %s (%s) draws every member's masks from torch's global generator, so members are "
+                        "not independent runs; batchlab.models.dropout.SeededDropout has a stream per member",
+                        name, path, type(mod).__name__)
     if not any(True for _ in first.parameters()):
         raise ValueError(f"{name} has no parameters to train")
     with torch.no_grad():
@@ -224,21 +237,22 @@ def _check_ghost_batch_size(module: nn.Module, bn_batch_size: int | None) -> Non
         raise ValueError(f"modules have ghost BatchNorm batch size {shown}, bn_batch_size={bn_batch_size} given")
 
 
-def _check_is_named_model(name: str, module: nn.Module, bn_batch_size: int | None) -> None:
-    """The module tree (paths and types) must be build_model(name, ..., bn_batch_size)'s."""
-    ours, theirs = _module_types(module), _reference_types(name, bn_batch_size)
+def _check_is_named_model(name: str, module: nn.Module, bn_batch_size: int | None, options: dict[str, object]) -> None:
+    """The module tree (paths and types) must be build_model(name, ..., bn_batch_size, **options)'s."""
+    ours, theirs = _module_types(module), _reference_types(name, bn_batch_size, tuple(sorted(options.items())))
     if ours[""] != theirs[""]:
         raise TypeError(f"expected a {theirs['']} module, got {ours['']}")
     if ours != theirs:
         path = next((p for p in {**ours, **theirs} if ours.get(p) != theirs.get(p)), "")
-        raise ValueError(f"modules are not {name} with bn_batch_size={bn_batch_size}: {path} is "
+        given = "".join(f", {key}={value!r}" for key, value in options.items())
+        raise ValueError(f"modules are not {name} with bn_batch_size={bn_batch_size}{given}: {path} is "
                          f"{ours.get(path, 'missing')}, {theirs.get(path, 'missing')} expected")
 
 
 @functools.cache
-def _reference_types(name: str, bn_batch_size: int | None) -> dict[str, str]:
+def _reference_types(name: str, bn_batch_size: int | None, options: tuple[tuple[str, object], ...]) -> dict[str, str]:
     with torch.device("meta"):  # no weights, and the global RNG untouched
-        return _module_types(build_model(name, _PROBE_SHAPES[MODEL_INPUTS[name]], 10, bn_batch_size))
+        return _module_types(build_model(name, _PROBE_SHAPES[MODEL_INPUTS[name]], 10, bn_batch_size, **dict(options)))
 
 
 def _module_types(module: nn.Module) -> dict[str, str]:
@@ -257,11 +271,15 @@ def build_stacked_model(
     bn_batch_size: int | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> StackedModel:
     """Member k is exactly the model the single-run trainer builds for seed k:
-    torch.manual_seed(seeds[k]); build_model(...). Seeds the global RNG as that trainer does."""
+    torch.manual_seed(seeds[k]); build_model(..., **options). Seeds the global RNG as that trainer does
+    (so the seeds of a model's SeededDropout streams, drawn from it, are member k's own)."""
+    options = dict(options or {})
     modules = []
     for seed in seeds:
         torch.manual_seed(seed)
-        modules.append(build_model(name, input_shape, num_classes, bn_batch_size).to(device=device, dtype=dtype))
-    return stack_modules(name, modules, bn_batch_size)
+        model = build_model(name, input_shape, num_classes, bn_batch_size, **options)
+        modules.append(model.to(device=device, dtype=dtype))
+    return stack_modules(name, modules, bn_batch_size, options)
