@@ -1,9 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 from mnist1d.data import get_dataset_args, make_dataset
 
 from batchlab.data import load_prepared, save_prepared
+from batchlab.data.fake_release import fake_images, write_fake_release
 from batchlab.data.mnist1d import generate_mnist1d
 from batchlab.data.prepare import prepare_dataset
 
@@ -69,3 +72,45 @@ def test_prepare_dataset_dispatches_by_name(tmp_path):
     assert load_prepared(tmp_path / "m.npz").n_train == 30
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         prepare_dataset("imagenet", tmp_path / "i.npz", {})
+
+
+def test_normalize_is_recorded_and_must_fit_the_statistics(tmp_path):
+    x = np.zeros((2, 1, 2, 2), dtype=np.uint8)
+    save_prepared(tmp_path / "s.npz", x, [0, 1], x, [0, 1], name="img", num_classes=2, normalize="scale")
+    with np.load(tmp_path / "s.npz") as z:
+        assert json.loads(str(z["meta"]))["normalize"] == "scale"
+    with pytest.raises(ValueError, match=r"normalize must be one of \('standardize', 'scale'\), got 'whiten'"):
+        save_prepared(tmp_path / "d.npz", x, [0, 1], x, [0, 1], name="img", num_classes=2, normalize="whiten")
+    with pytest.raises(ValueError, match="normalize='standardize' goes with a mean and std"):
+        save_prepared(tmp_path / "d.npz", x, [0, 1], x, [0, 1], name="img", num_classes=2, normalize="standardize")
+    with pytest.raises(ValueError, match="normalize='scale' goes with no mean and std"):
+        save_prepared(tmp_path / "d.npz", x, [0, 1], x, [0, 1], name="img", num_classes=2, normalize="scale", mean=[0.5], std=[1.0])
+
+
+def _cifar_and_svhn(tmp_path) -> dict[str, dict]:
+    return {name: write_fake_release(name, tmp_path / name, 20, 10) for name in ("cifar10", "svhn")}
+
+
+def test_image_sets_keep_their_defaults(tmp_path):
+    """CIFAR: crop and flip of standardised pixels (Masters & Luschi); SVHN: standardised, no augmentation."""
+    for name, options in _cifar_and_svhn(tmp_path).items():
+        prepare_dataset(name, tmp_path / f"{name}.npz", options)
+        ds = load_prepared(tmp_path / f"{name}.npz")
+        assert ds.augment == ("crop_flip" if name == "cifar10" else "none")
+        torch.testing.assert_close(ds.x_train.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+        with np.load(tmp_path / f"{name}.npz") as z:
+            assert json.loads(str(z["meta"]))["normalize"] == "standardize"
+
+
+def test_keskar_pixels_on_cifar_and_crop_flip_on_svhn(tmp_path):
+    """Keskar et al.'s code feeds CIFAR pixels / 255 with no augmentation; any image set can be augmented."""
+    fake = {"cifar10": fake_images("cifar10", 20, 10), "svhn": fake_images("svhn", 20, 10)}
+    switches = {"cifar10": {"augment": "none", "normalize": "scale"}, "svhn": {"augment": "crop_flip", "normalize": "scale"}}
+    for name, options in _cifar_and_svhn(tmp_path).items():
+        prepare_dataset(name, tmp_path / f"{name}.npz", {**options, **switches[name]})
+        ds = load_prepared(tmp_path / f"{name}.npz")
+        assert ds.augment == switches[name]["augment"]
+        torch.testing.assert_close(ds.x_train, torch.from_numpy(fake[name]["x_train"]).float() / 255, rtol=0, atol=0)
+        with np.load(tmp_path / f"{name}.npz") as z:
+            meta = json.loads(str(z["meta"]))
+        assert (meta["normalize"], meta["mean"], meta["std"]) == ("scale", None, None)

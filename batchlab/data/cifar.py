@@ -4,9 +4,11 @@ Masters & Luschi 2018 train their ResNets on both sets with the standard crop-an
 augmentation. This module reads the official python release (the pickled batches under
 `cifar-10-batches-py/` or `cifar-100-python/`) with torchvision's own `CIFAR10`/`CIFAR100`
 classes, so the on-disk format is torchvision's business, and writes the prepared `.npz`
-of `batchlab.data`: uint8 images (N, 3, 32, 32), int64 labels, `augment="crop_flip"`, and
-the per-channel mean and std of the *train* split on the [0, 1] scale, which
-`load_prepared` uses to normalise both splits. The test split never feeds the statistics.
+of `batchlab.data` through `batchlab.data.images.save_images`: uint8 images
+(N, 3, 32, 32), int64 labels, by default `augment="crop_flip"` and `normalize="standardize"`
+(the per-channel mean and std of the *train* split, which `load_prepared` uses to
+normalise both splits). Keskar et al. 2017's code trains on pixels / 255 with neither:
+`augment="none"`, `normalize="scale"`.
 
 torchvision checks every file's md5 against the official release. Keep that check
 (`verify_checksums=True`) for real data; tests write tiny fake files in the real format,
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from batchlab.data import save_prepared
+from batchlab.data.images import channel_stats, save_images  # noqa: F401  (channel_stats: read here before)
 from batchlab.data.release import check_release
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -72,25 +74,6 @@ def _check_files(cls: type[CIFAR10], root: Path, verify_checksums: bool) -> None
                   f"place the python release's '{cls.base_folder}/' folder under {root}", verify_checksums)
 
 
-def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of uint8 images (N, C, H, W), on the [0, 1] scale.
-
-    Counts the 256 possible values per channel instead of converting to float, so the full
-    CIFAR train set costs a few MB and the result is exact.
-    """
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"expected uint8 images (N, C, H, W), got {x.dtype} of shape {x.shape}")
-    levels = np.arange(256, dtype=np.float64) / 255.0
-    means, stds = [], []
-    for c in range(x.shape[1]):
-        counts = np.bincount(x[:, c].ravel(), minlength=256).astype(np.float64)
-        p = counts / counts.sum()
-        mean = float(p @ levels)
-        means.append(mean)
-        stds.append(float(np.sqrt(p @ (levels - mean) ** 2)))
-    return means, stds
-
-
 def _split_arrays(ds: CIFAR10) -> tuple[np.ndarray, np.ndarray]:
     """torchvision keeps images as (N, H, W, C) uint8; the prepared format is (N, C, H, W)."""
     x = np.ascontiguousarray(np.asarray(ds.data, dtype=np.uint8).transpose(0, 3, 1, 2))
@@ -105,11 +88,14 @@ def prepare_cifar(
     download: bool = False,
     *,
     verify_checksums: bool = True,
+    augment: str = "crop_flip",
+    normalize: str = "standardize",
 ) -> None:
     """Read CIFAR-10/100 from `root` (downloading first if `download`) and write the prepared `.npz`.
 
     `name` is "cifar10" or "cifar100". `verify_checksums=False` skips torchvision's md5
     checks and only requires the files to exist: meant for test fixtures, not real data.
+    `augment` and `normalize`: see batchlab.data.images.
     """
     cls = _dataset_class(name, verify_checksums)
     root = Path(root)
@@ -118,16 +104,5 @@ def prepare_cifar(
     # The train split downloads if asked; the test split then finds the files in place.
     x_train, y_train = _split_arrays(cls(str(root), train=True, download=download))
     x_test, y_test = _split_arrays(cls(str(root), train=False, download=False))
-    mean, std = channel_stats(x_train)
-    save_prepared(
-        out_path,
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        name=name,
-        num_classes=NUM_CLASSES[name],
-        augment="crop_flip",
-        mean=mean,
-        std=std,
-    )
+    save_images(out_path, x_train, y_train, x_test, y_test, name=name, num_classes=NUM_CLASSES[name],
+                augment=augment, normalize=normalize)

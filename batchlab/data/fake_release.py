@@ -29,11 +29,13 @@ The data are learnable, so a smoke run trains instead of stalling at chance:
   language model beats the unigram loss by far. WikiText-2's files get its " = Heading = "
   lines, blank lines, "," and "." and a few `<unk>`; PTB's one lowercase sentence a line,
   with `N` for numbers and a few `<unk>`. `n_train` and `n_test` count tokens as the
-  loader does (the words of a line plus one `<eos>`), exactly.
+  loader does (the words of a line plus one `<eos>`), exactly; the validation file, which
+  the loaders read too, has `n_test` tokens of its own stream.
 
-The format writers below (`write_cifar_release`, `write_mnist_release`,
-`write_svhn_release`, `write_voc_release`, `write_text_release`) write given arrays or text
-in each release's format; the loaders' tests use them for their fixtures.
+The format writers below (`write_cifar_release`, `write_mnist_release`, `write_idx_release`
+(MNIST or Fashion-MNIST in any folder, plain or gzip-compressed), `write_svhn_release`,
+`write_voc_release`, `write_text_release`) write given arrays or text in each release's
+format; the loaders' and the catalog's tests use them for their fixtures.
 
 Command line: `python -m batchlab.data.fake_release NAME ROOT --n-train N --n-test N [--seed S]`.
 """
@@ -41,6 +43,7 @@ Command line: `python -m batchlab.data.fake_release NAME ROOT --n-train N --n-te
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import pickle
 import struct
@@ -126,31 +129,51 @@ def write_cifar_release(
     return folder
 
 
+def _write_maybe_gzip(path: str | os.PathLike, data: bytes) -> None:
+    """`data` into `path`, gzip-compressed where the name ends in .gz (with no time stamp: the same bytes every time)."""
+    Path(path).write_bytes(gzip.compress(data, mtime=0) if str(path).endswith(".gz") else data)
+
+
 def write_idx_images(path: str | os.PathLike, x: np.ndarray) -> None:
-    """IDX image file: big-endian magic 2051, then N, rows, cols, then the uint8 pixels row by row."""
+    """IDX image file: big-endian magic 2051, then N, rows, cols, then the uint8 pixels row by row
+    (gzip-compressed where `path` ends in .gz)."""
     x = np.asarray(x)
     if x.ndim != 3:
         raise ValueError(f"IDX images must be (N, rows, cols), got shape {x.shape}")
-    Path(path).write_bytes(struct.pack(">IIII", 2051, *x.shape) + x.astype(np.uint8).tobytes())
+    _write_maybe_gzip(path, struct.pack(">IIII", 2051, *x.shape) + x.astype(np.uint8).tobytes())
 
 
 def write_idx_labels(path: str | os.PathLike, y: np.ndarray) -> None:
-    """IDX label file: big-endian magic 2049, then N, then one uint8 a label."""
+    """IDX label file: big-endian magic 2049, then N, then one uint8 a label (gzip-compressed where `path` ends in .gz)."""
     y = np.asarray(y)
-    Path(path).write_bytes(struct.pack(">II", 2049, len(y)) + y.astype(np.uint8).tobytes())
+    _write_maybe_gzip(path, struct.pack(">II", 2049, len(y)) + y.astype(np.uint8).tobytes())
+
+
+def write_idx_release(
+    folder: str | os.PathLike, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+    *, compress: bool = False,
+) -> Path:
+    """Write images (N, 28, 28) uint8 and labels as the four IDX files of MNIST or Fashion-MNIST in `folder`.
+
+    `compress` gzips each file and adds `.gz` to its name, as the releases and Debian's
+    dataset-fashion-mnist ship them. Returns `folder`.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    write_idx_images(folder / f"train-images-idx3-ubyte{suffix}", x_train)
+    write_idx_labels(folder / f"train-labels-idx1-ubyte{suffix}", y_train)
+    write_idx_images(folder / f"t10k-images-idx3-ubyte{suffix}", x_test)
+    write_idx_labels(folder / f"t10k-labels-idx1-ubyte{suffix}", y_test)
+    return folder
 
 
 def write_mnist_release(
     root: str | os.PathLike, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
 ) -> Path:
-    """Write images (N, 28, 28) uint8 and labels as the four uncompressed IDX files under `root/MNIST/raw`; return that folder."""
-    raw = Path(root) / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    write_idx_images(raw / "train-images-idx3-ubyte", x_train)
-    write_idx_labels(raw / "train-labels-idx1-ubyte", y_train)
-    write_idx_images(raw / "t10k-images-idx3-ubyte", x_test)
-    write_idx_labels(raw / "t10k-labels-idx1-ubyte", y_test)
-    return raw
+    """Write images (N, 28, 28) uint8 and labels as the four uncompressed IDX files under `root/MNIST/raw`
+    (torchvision's layout); return that folder."""
+    return write_idx_release(Path(root) / "MNIST" / "raw", x_train, y_train, x_test, y_test)
 
 
 def write_svhn_release(
@@ -233,7 +256,8 @@ TEXT_FILES = {
 def write_text_release(name: str, root: str | os.PathLike, train: str, test: str, valid: str | None = None) -> Path:
     """Write the text of each split into the release's files in `root` (WikiText-2 `wiki.*.tokens`, PTB `ptb.*.txt`).
 
-    `valid=None` writes no validation file (the loaders never read it).
+    `valid=None` writes no validation file: the loaders then prepare no validation split, which only the
+    plateau anneal (`language_model.plateau_anneal`) needs.
     """
     if name not in TEXT_FILES:
         raise ValueError(f"unknown text release {name!r}; choose one of {', '.join(TEXT_FILES)}")

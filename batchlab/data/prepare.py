@@ -4,14 +4,19 @@
 to the data set's own `prepare_*` function. The options of each name:
 
 - mnist1d: n_train, n_test, seed            - shapes: n_train, n_test, size, seed
-- cifar10, cifar100: root, download, verify_checksums
-- mnist: root, download                     - svhn: root, download, n_train, verify_checksums
+- cifar10, cifar100: root, download, verify_checksums, augment, normalize
+- mnist, fashion_mnist: root, download, augment, normalize
+- svhn: root, download, n_train, verify_checksums, augment, normalize
 - voc: root, year, size, download           - wikitext2, ptb: root, bptt, max_vocab
 - pydoc_text (the embedded corpus): bptt, max_vocab
 
 `verify_checksums` (default true) checks the files' md5 against the official release;
 `false` only checks that they exist, for the fake releases of `batchlab.data.fake_release`
-(smoke runs), never for real data. MNIST's raw files have no md5 to check.
+(smoke runs), never for real data. The IDX files of MNIST and Fashion-MNIST have no md5 to
+check. `augment` ("none", "crop_flip") and `normalize` ("standardize", "scale") of the image
+sets: see batchlab.data.images; each data set's own defaults apply where they are not set
+(crop_flip for CIFAR, none for the others; standardize for all). fashion_mnist's `root`
+defaults to Debian's folder, batchlab.data.mnist.FASHION_MNIST_ROOT.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("mnist1d", "cifar10", "cifar100", "mnist", "svhn", "voc", "shapes", "wikitext2", "ptb", "pydoc_text")
+DATASETS = ("mnist1d", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "voc", "shapes", "wikitext2", "ptb",
+            "pydoc_text")
+IMAGE_SWITCHES = ("augment", "normalize")  # options of every image classification set (batchlab.data.images)
 
 
 def _pick(options: dict, *keys: str) -> dict[str, Any]:
@@ -47,13 +54,15 @@ def prepare_dataset(name: str, out_path: str | os.PathLike, options: dict) -> No
 
         log.info("reading %s from %s", name, options["root"])
         prepare_cifar(
-            name, options["root"], out_path, download=options.get("download", False), **_pick(options, "verify_checksums")
+            name, options["root"], out_path, download=options.get("download", False),
+            **_pick(options, "verify_checksums", *IMAGE_SWITCHES),
         )
-    elif name == "mnist":
-        from batchlab.data.mnist import prepare_mnist
+    elif name in ("mnist", "fashion_mnist"):
+        from batchlab.data.mnist import FASHION_MNIST_ROOT, prepare_mnist
 
-        log.info("reading MNIST from %s", options["root"])
-        prepare_mnist(options["root"], out_path, download=options.get("download", False))
+        root = options.get("root", FASHION_MNIST_ROOT)  # mnist has a root: checked above
+        log.info("reading %s from %s", name, root)
+        prepare_mnist(root, out_path, download=options.get("download", False), name=name, **_pick(options, *IMAGE_SWITCHES))
     elif name == "svhn":
         from batchlab.data.svhn import prepare_svhn
 
@@ -63,7 +72,7 @@ def prepare_dataset(name: str, out_path: str | os.PathLike, options: dict) -> No
             out_path,
             download=options.get("download", False),
             n_train=options.get("n_train"),
-            **_pick(options, "verify_checksums"),
+            **_pick(options, "verify_checksums", *IMAGE_SWITCHES),
         )
     elif name == "voc":
         from batchlab.data.voc import prepare_voc

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from batchlab.data import save_prepared
-from batchlab.data.cifar import channel_stats
+from batchlab.data.images import channel_stats
 
 CLASSES = ("background", "disc", "square", "triangle")
 NUM_CLASSES = len(CLASSES)

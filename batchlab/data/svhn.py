@@ -8,6 +8,8 @@ digit 0; torchvision maps 10 to 0), and writes the prepared `.npz` of `batchlab.
 uint8 images (N, 3, 32, 32), int64 labels 0..9, `augment="none"`, and the per-channel mean
 and std of the (capped) *train* split. The `extra_32x32.mat` set is not used.
 
+`augment` and `normalize` (batchlab.data.images) default to "none" and "standardize".
+
 `n_train` caps the training set at a random subset of that many images, the same on every
 machine: the indices are the first `n_train` of a permutation drawn by
 `numpy.random.default_rng(SUBSET_SEED)`, kept in their original order. With `n_train` at
@@ -26,8 +28,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import SVHN
 
-from batchlab.data import save_prepared
-from batchlab.data.cifar import channel_stats
+from batchlab.data.images import save_images
 from batchlab.data.release import check_release
 
 SUBSET_SEED = 0
@@ -67,6 +68,8 @@ def prepare_svhn(
     n_train: int | None = None,
     *,
     verify_checksums: bool = True,
+    augment: str = "none",
+    normalize: str = "standardize",
 ) -> None:
     """Read SVHN from `root` (downloading first if `download`), cap the train split, write the prepared `.npz`."""
     root = Path(root)
@@ -77,5 +80,4 @@ def prepare_svhn(
     x_test, y_test = _split_arrays(cls(str(root), split="test", download=download))
     keep = subset_indices(len(x_train), n_train)
     x_train, y_train = x_train[keep], y_train[keep]
-    mean, std = channel_stats(x_train)
-    save_prepared(out_path, x_train, y_train, x_test, y_test, name="svhn", num_classes=10, augment="none", mean=mean, std=std)
+    save_images(out_path, x_train, y_train, x_test, y_test, name="svhn", num_classes=10, augment=augment, normalize=normalize)

@@ -9,7 +9,10 @@ set; the Penn Treebank is the smaller classic word-level benchmark. This module 
   `ptb.test.txt` under `root/`;
 
 and writes the prepared `.npz` of `batchlab.data` with `task="language_model"`. The test
-split is the release's *test* file; the validation file is not read.
+split is the release's *test* file, and its validation file, where the folder holds one,
+becomes the prepared validation split (`x_valid`, `y_valid`): the loss that
+`language_model.plateau_anneal` watches. A release without it (or with one too short for a
+window) prepares as before, without one.
 
 Tokenisation is that of PyTorch's word_language_model example: each line is split on
 whitespace and `<eos>` is appended at its end (an empty line gives a lone `<eos>`); nothing
@@ -17,7 +20,7 @@ else is dropped or changed. The vocabulary comes from the train split, most freq
 first, ties broken by the words' code points. It always holds `<unk>` (added if the train
 split has none), which ranks by the number of train tokens it stands for; `max_vocab` keeps
 the `max_vocab - 1` most frequent other words and maps the rest to `<unk>`, as it maps a
-test word missing from the vocabulary. Each split's stream of ids is then cut into
+test or validation word missing from the vocabulary. Each split's stream of ids is then cut into
 non-overlapping windows of `bptt` tokens: x[i] = stream[i*T:(i+1)*T] and the next-token
 targets y[i] = stream[i*T+1:(i+1)*T+1], both int64 (N, T); the tokens left over are
 dropped. The vocabulary is written beside the `.npz` as `<name>.vocab.txt`, one word a
@@ -41,7 +44,9 @@ draw (reST underlines, table rules) are dropped; each paragraph (lines between b
 becomes one line, lowercased, with punctuation split off (`\\w+|([^\\w\\s])\\1*`: a
 word, or a run of one punctuation character such as ">>>"). Then it goes through the
 tokeniser above. The paragraphs up to the first that reaches 90% of the tokens are the
-train split, the rest the test split (contiguous, no shuffling). With Python 3.11.7:
+train split, the rest the test split (contiguous, no shuffling). It has no validation
+split: one cut from either would change the train or test streams every existing run reads,
+so a study cannot ask for the plateau anneal on it (batchlab.config refuses). With Python 3.11.7:
 209,340 train and 23,218 test tokens, 6,834 distinct train words (6,835 with `<unk>`),
 of which `max_vocab` (default 5000) are kept; 0.9% of train and 6.6% of test tokens then
 become `<unk>`. With bptt = 35: 5981 train and 663 test windows.
@@ -52,6 +57,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import logging
 import os
 import re
 import sysconfig
@@ -63,6 +69,8 @@ import numpy as np
 
 from batchlab.data import save_prepared
 from batchlab.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -159,16 +167,21 @@ def save_language_model(
     name: str,
     bptt: int,
     max_vocab: int | None,
+    valid_tokens: Sequence[str] | None = None,
 ) -> list[str]:
-    """Build the train vocabulary, write it and the windowed splits; return the vocabulary."""
+    """Build the train vocabulary, write it and the windowed splits (validation too where given);
+    return the vocabulary."""
     vocab = build_vocab(Counter(train_tokens), max_vocab)
     x_train, y_train = windows(encode(train_tokens, vocab), bptt)
     x_test, y_test = windows(encode(test_tokens, vocab), bptt)
+    valid = {}
+    if valid_tokens is not None:
+        valid["x_valid"], valid["y_valid"] = windows(encode(valid_tokens, vocab), bptt)
     # The vocabulary goes first, so a finished .npz always has its vocabulary beside it.
     with atomic_path(vocab_path(out_path)) as tmp:
         tmp.write_text("".join(w + "\n" for w in vocab), encoding="utf-8")
     save_prepared(
-        out_path, x_train, y_train, x_test, y_test, name=name, num_classes=len(vocab), task="language_model"
+        out_path, x_train, y_train, x_test, y_test, name=name, num_classes=len(vocab), task="language_model", **valid
     )
     return vocab
 
@@ -176,11 +189,29 @@ def save_language_model(
 # --- WikiText-2 and PTB ----------------------------------------------------------------------
 
 
-def _release_files(root: Path, files: dict[str, str], folders: Sequence[Path], release: str) -> dict[str, Path]:
-    """The train and test files of a release, from the first folder that holds them."""
-    for folder in folders:
+RELEASES = {  # name: (file names, folders under root to look in, what to call the release)
+    "wikitext2": (WIKITEXT2_FILES, ("", "wikitext-2"), "WikiText-2 (wikitext-2-v1.zip)"),
+    "ptb": (PTB_FILES, ("",), "Penn Treebank (Mikolov's simple-examples/data)"),
+}
+
+
+def find_release_files(name: str, root: str | os.PathLike) -> dict[str, Path] | None:
+    """The train and test files of release `name` ("wikitext2", "ptb") from the first folder under `root`
+    that holds both, and its validation file ("valid") where that folder has it; None when none does."""
+    files, subfolders, _ = RELEASES[name]
+    for folder in (Path(root) / sub for sub in subfolders):
         if all((folder / files[s]).is_file() for s in ("train", "test")):
-            return {s: folder / files[s] for s in ("train", "test")}
+            return {s: folder / files[s] for s in ("train", "valid", "test") if (folder / files[s]).is_file()}
+    return None
+
+
+def _release_files(name: str, root: Path) -> dict[str, Path]:
+    """`find_release_files`, or a FileNotFoundError naming the missing files."""
+    paths = find_release_files(name, root)
+    if paths is not None:
+        return paths
+    files, subfolders, release = RELEASES[name]
+    folders = [root / sub for sub in subfolders]
     missing = [str(f / files[s]) for f in folders for s in ("train", "test") if not (f / files[s]).is_file()]
     raise FileNotFoundError(
         f"{release} files missing under {root}: {', '.join(missing)}. Nothing is downloaded: place the "
@@ -192,20 +223,23 @@ def prepare_wikitext2(
     root: str | os.PathLike, out_path: str | os.PathLike, bptt: int = 35, max_vocab: int | None = None
 ) -> None:
     """Read WikiText-2 (word level, `wiki.*.tokens`) from `root` or `root/wikitext-2` and write it prepared."""
-    root = Path(root)
-    paths = _release_files(root, WIKITEXT2_FILES, [root, root / "wikitext-2"], "WikiText-2 (wikitext-2-v1.zip)")
-    save_language_model(
-        out_path, read_tokens(paths["train"]), read_tokens(paths["test"]), name="wikitext2", bptt=bptt, max_vocab=max_vocab
-    )
+    _prepare_release("wikitext2", Path(root), out_path, bptt, max_vocab)
 
 
 def prepare_ptb(root: str | os.PathLike, out_path: str | os.PathLike, bptt: int = 35, max_vocab: int | None = None) -> None:
     """Read the Penn Treebank (Mikolov's `ptb.*.txt`, from simple-examples/data) from `root` and write it prepared."""
-    root = Path(root)
-    paths = _release_files(root, PTB_FILES, [root], "Penn Treebank (Mikolov's simple-examples/data)")
-    save_language_model(
-        out_path, read_tokens(paths["train"]), read_tokens(paths["test"]), name="ptb", bptt=bptt, max_vocab=max_vocab
-    )
+    _prepare_release("ptb", Path(root), out_path, bptt, max_vocab)
+
+
+def _prepare_release(name: str, root: Path, out_path: str | os.PathLike, bptt: int, max_vocab: int | None) -> None:
+    paths = _release_files(name, root)
+    valid = read_tokens(paths["valid"]) if "valid" in paths else None
+    if valid is not None and n_windows(len(valid), bptt) == 0:
+        log.warning("%s: %d tokens, too short for one window of bptt=%d: no validation split", paths["valid"],
+                    len(valid), bptt)
+        valid = None
+    save_language_model(out_path, read_tokens(paths["train"]), read_tokens(paths["test"]), name=name, bptt=bptt,
+                        max_vocab=max_vocab, valid_tokens=valid)
 
 
 # --- the embedded corpus -------------------------------------------------------------------

@@ -31,7 +31,7 @@ from torchvision.datasets import VOCSegmentation
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 
 from batchlab.data import IGNORE_INDEX, save_prepared
-from batchlab.data.cifar import channel_stats
+from batchlab.data.images import channel_stats
 from batchlab.data.release import check_release
 
 NUM_CLASSES = 21
