@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from batchlab.quality import CLASSIFICATION, quality_scores, run_tasks, with_fraction
+from batchlab.quality import CLASSIFICATION, Quality, failed_as_worst, quality_scores, run_tasks, with_fraction
 from batchlab.sharpness_ratio import PAIR_KEY, headline_ratio, searched
-from batchlab.tables import CONVERGED_SEARCH, KESKAR_SEARCH
+from batchlab.tables import CONVERGED_SEARCH, KESKAR_SEARCH, MEDIAN_LAST_EPOCHS
 from batchlab.speedup import BEST_RULE, FIT_OK, FIT_STATUS_TEXT, lr_edges, train_fractions
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
@@ -46,6 +46,10 @@ ALL = "all"  # study and model of a row that compares across studies
 
 SMALL_BATCH_LIMIT = 32  # Masters & Luschi: "best test performance is always achieved with a batch size below m = 32"
 SMALL_BN_LIMIT = 8  # ... and with a BN batch of 4 or 8
+ML_LAST_EPOCHS = 5  # ... each run measured by its median test accuracy over the last 5 epochs
+ML_MEASURE = Quality(MEDIAN_LAST_EPOCHS, "median test accuracy over the last epochs", True, False)
+ML_FALLBACK = (f"protocol not met for the measure: final test accuracy, not the median over the last {ML_LAST_EPOCHS} "
+               f"epochs (eval.last_epochs: {ML_LAST_EPOCHS} records it)")
 MATCHED_LOSS_FACTOR = 2.0  # Keskar: the two ends' final train losses within this factor count as matched
 CONVERGED_SLACK = 1.5  # ... or both at most this factor above the study's stop loss
 ORDER_OF_MAGNITUDE = 10.0  # McCandlish: the noise scale predicts B_crit within about an order of magnitude
@@ -196,10 +200,29 @@ def study_task(tables: Tables, study: str) -> str:
 
 # --- Masters & Luschi --------------------------------------------------------------------------
 
-def score_cube(runs: pd.DataFrame, column: str) -> tuple[np.ndarray, list, list]:
-    """(setting, `column` value, seed) array of task scores (NaN where absent), with its two axes; a setting is
-    one (LR rule, base LR)."""
-    runs = runs.assign(score=quality_scores(runs), setting=list(zip(runs["lr_rule"], runs["base_lr"])))
+def masters_luschi_scores(runs: pd.DataFrame) -> tuple[pd.Series, str, str]:
+    """Each run's score for Masters & Luschi's claims, the measure's name, and a note where it is not theirs.
+
+    Their measure is the median test accuracy over the last 5 epochs (runs.parquet's
+    median_last_epochs_test_acc), used where every completed run of a classification group has one (a run that
+    did not complete scores 0, as in `quality_scores`). Otherwise the final task quality stands in, and for a
+    classification group the note says the protocol's measure is missing."""
+    classification = bool((run_tasks(runs) == CLASSIFICATION).all())
+    completed = runs["status"].astype(str) == "completed"
+    recorded = runs.get(MEDIAN_LAST_EPOCHS, pd.Series(np.nan, index=runs.index))
+    if not (classification and completed.any() and recorded[completed].notna().all()):
+        return quality_scores(runs), "final test quality", ML_FALLBACK if classification else ""
+    counts = runs.get("median_last_epochs_n", pd.Series(ML_LAST_EPOCHS, index=runs.index))[completed]
+    fewest = int(counts.min())
+    name = f"median test accuracy over the last {fewest} epochs"
+    note = "" if fewest >= ML_LAST_EPOCHS else f"a median over {fewest} epoch ends, not the paper's {ML_LAST_EPOCHS}"
+    return failed_as_worst(runs, ML_MEASURE), name, note
+
+
+def score_cube(runs: pd.DataFrame, column: str, scores: pd.Series) -> tuple[np.ndarray, list, list]:
+    """(setting, `column` value, seed) array of the runs' `scores` (NaN where absent), with its two axes; a
+    setting is one (LR rule, base LR)."""
+    runs = runs.assign(score=scores, setting=list(zip(runs["lr_rule"], runs["base_lr"])))
     settings, values = sorted(runs["setting"].unique()), sorted(runs[column].unique())
     width = int(runs.groupby(["setting", column]).size().max())
     cube = np.full((len(settings), len(values), width), np.nan)
@@ -245,7 +268,8 @@ def judge_small_batches(tables: Tables) -> list[dict]:
         batches = sorted(runs["batch_size"].unique())
         if len(batches) < 3:
             continue
-        cube, settings, batches = score_cube(runs, "batch_size")
+        scores, measure, measure_note = masters_luschi_scores(runs)
+        cube, settings, batches = score_cube(runs, "batch_size", scores)
         best = batches[int(best_along(cube))]
         boot = np.array(batches)[best_along(bootstrap_cube(cube))]
         low, high = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
@@ -256,19 +280,21 @@ def judge_small_batches(tables: Tables) -> list[dict]:
         stop = tables.studies.get(study, {}).get("budget", {}).get("stop")
         if runs["seed"].nunique() < 2:
             verdict, reason = INCONCLUSIVE, "one seed: no interval over seeds"
+        if measure_note == ML_FALLBACK:
+            verdict, reason = INCONCLUSIVE, ""  # the note says why
         if stop:
             verdict, reason = INCONCLUSIVE, "protocol not met: trained to a loss, not for equal epochs"
         elif at_best or sum(edges) * 2 > len(edges):
             verdict, reason = INCONCLUSIVE, (
                 f"protocol not met: the LR grid does not bracket the optimum (best LR at a grid edge at "
                 f"{sum(edges)} of {len(edges)} batch sizes{', the best one among them' if at_best else ''})")
-        notes = []
+        notes = [measure_note]
         if best == batches[0]:
             notes.append("the best batch is the smallest of the grid: the optimum may lie below it")
         if best == batches[-1]:
             notes.append("the best batch is the largest of the grid")
         reason = "; ".join([r for r in (reason, *notes) if r])
-        text = f"best m = {best} (95% over seeds: {low:.0f}–{high:.0f}; grid {batches[0]}–{batches[-1]})"
+        text = f"best m = {best} by {measure} (95% over seeds: {low:.0f}–{high:.0f}; grid {batches[0]}–{batches[-1]})"
         rows.append(row(tables, study, model, fraction, best, low, high, text, verdict, reason))
     return rows or not_measured(tables, "no study with 3 or more batch sizes")
 
@@ -280,8 +306,9 @@ def judge_ghost_bn(tables: Tables) -> list[dict]:
         if group["bn_batch_size"].nunique() < 2:
             continue
         bests, boots = [], []
+        scores, measure, measure_note = masters_luschi_scores(group)
         for _, part in group.groupby("batch_size"):
-            cube, _, bns = score_cube(part, "bn_batch_size")
+            cube, _, bns = score_cube(part, "bn_batch_size", scores)
             bests.append(bns[int(best_along(cube))])
             boots.append(np.array(bns)[best_along(bootstrap_cube(cube))])
         largest = max(bests)
@@ -290,7 +317,10 @@ def judge_ghost_bn(tables: Tables) -> list[dict]:
         verdict, reason = verdict_of(low, high, SMALL_BN_LIMIT + 0.5, above=False)
         if group["seed"].nunique() < 2:
             verdict, reason = INCONCLUSIVE, "one seed: no interval over seeds"
-        text = (f"largest best BN batch over {len(bests)} SGD batches: {largest:.0f} "
+        if measure_note == ML_FALLBACK:
+            verdict, reason = INCONCLUSIVE, ""  # the note says why
+        reason = "; ".join(r for r in (reason, measure_note) if r)
+        text = (f"largest best BN batch by {measure} over {len(bests)} SGD batches: {largest:.0f} "
                 f"(95%: {low:.0f}–{high:.0f}); best per SGD batch {', '.join(f'{b:.0f}' for b in bests)}")
         rows.append(row(tables, study, model, fraction, largest, low, high, text, verdict, reason))
     return rows or not_measured(tables, "no study varies bn_batch_size (a ghost-BN grid)")
@@ -623,14 +653,16 @@ def judge_regimes(tables: Tables) -> list[dict]:
 CLAIMS = (
     Claim("ml_small_batch_best", "Masters & Luschi 2018", "Figs. of best test accuracy against m",
           "The best test accuracy lies at a small batch, m ≤ 32, not at the grid's large end.",
-          "The batch size whose best LR setting gives the best median final test quality over seeds; 95% range "
-          "of that batch over a bootstrap of the seeds.",
-          "Equal epochs for every m; an LR grid that brackets the optimum at each batch size; 2 or more seeds.",
+          "The batch size whose best LR setting gives the best median over seeds of each run's median test "
+          "accuracy over its last 5 epochs (the final test quality where that was not recorded); 95% range of "
+          "that batch over a bootstrap of the seeds.",
+          "Equal epochs for every m; an LR grid that brackets the optimum at each batch size; 2 or more seeds; "
+          "each run measured by its median test accuracy over the last 5 epochs.",
           "best m always < 32 (2–8 on CIFAR-10/100)", judge_small_batches),
     Claim("ml_ghost_bn_small", "Masters & Luschi 2018", "BN batch against SGD batch grid",
           "With ghost BN, the best BN batch is small (4–8) whatever the SGD batch.",
-          "Per SGD batch, the BN batch with the best median test quality at its best LR; the largest over SGD "
-          "batches, with its bootstrap range.",
+          "Per SGD batch, the BN batch with the best median test quality at its best LR (each run's median test "
+          "accuracy over its last 5 epochs where recorded); the largest over SGD batches, with its bootstrap range.",
           "A grid of BN batch sizes at several SGD batch sizes; 2 or more seeds.",
           "4–8 for every SGD batch (CIFAR)", judge_ghost_bn),
     Claim("keskar_lb_sharper", "Keskar et al. 2017", "Table of ε-sharpness (full space)",

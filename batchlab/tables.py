@@ -1,6 +1,7 @@
 """Tidy tables gathered from run directories (contracts in DESIGN.md).
 
-- runs.parquet: one row per run, with its grid coordinates, status and final metrics;
+- runs.parquet: one row per run, with its grid coordinates, status and final metrics, and Masters &
+  Luschi's median test accuracy over the last epochs (null, with the reason, where a run has none);
 - curves.parquet: one row per (run, step), the dense batch-loss curve with the train/test
   evaluations where they were made, and on which sets (eval_set: "full" or "subset");
 - sharpness.parquet: one row per (run, checkpoint, metric, epsilon);
@@ -23,8 +24,8 @@ RUN_COLUMNS = (
     "run_id", "study", "dataset", "task", "train_fraction", "model", "batch_size", "bn_batch_size", "lr_rule", "base_lr",
     "ref_batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "seed", "epochs", "steps", "planned_steps",
     "status", "diverged_step", "stop_reason", "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc",
-    "best_test_acc", "final_train_perplexity", "final_test_perplexity", "final_train_miou", "final_test_miou",
-    "wall_time_s", "device",
+    "best_test_acc", "median_last_epochs_test_acc", "median_last_epochs_n", "median_last_epochs_reason",
+    "final_train_perplexity", "final_test_perplexity", "final_train_miou", "final_test_miou", "wall_time_s", "device",
 )
 SHARPNESS_COLUMNS = (
     "run_id", "step", "train_loss", "metric", "epsilon", "value", "stderr", "subset_loss", "n_evals", "bn_mode", "n_examples",
@@ -34,6 +35,7 @@ SHARPNESS_COLUMNS = (
 # a lower bound that falls further short at the sharper end) and the multi-start search run to convergence
 KESKAR_SEARCH = "lbfgsb"
 CONVERGED_SEARCH = "lbfgsb_multistart"
+MEDIAN_LAST_EPOCHS = "median_last_epochs_test_acc"  # Masters & Luschi's measure of a run (eval.last_epochs)
 INTERPOLATION_COLUMNS = ("pair_id", "run_id_small", "run_id_large", "alpha", "split", "loss", "accuracy", "bn_mode")
 TABLE_COLUMNS = {"sharpness": SHARPNESS_COLUMNS, "interpolation": INTERPOLATION_COLUMNS}
 CURVE_COLUMNS = (
@@ -65,6 +67,8 @@ def runs_table(summary_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     df["bn_batch_size"] = df["bn_batch_size"].astype("Int64")
     df["diverged_step"] = df["diverged_step"].astype("Int64")
+    df["median_last_epochs_n"] = df["median_last_epochs_n"].astype("Int64")  # absent from a run.json written before it
+    df["median_last_epochs_test_acc"] = df["median_last_epochs_test_acc"].astype(float)
     return df.sort_values(["study", "model", "lr_rule", "base_lr", "batch_size", "seed"], ignore_index=True)
 
 

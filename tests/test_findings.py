@@ -16,8 +16,9 @@ CONVERGED = {"s": {"dataset": "mnist1d", "budget": {"epochs": 800, "stop": {"tra
 
 
 def grid_runs(quality, batch_sizes=(16, 32, 64, 128, 256), base_lrs=(0.01, 0.1, 1.0), seeds=(0, 1, 2), study="s",
-              model="mlp", task="classification", bn_batch_sizes=(None,), train_loss=0.1) -> pd.DataFrame:
-    """A grid whose final test accuracy is quality(batch, base_lr, bn) plus a small seed-dependent noise."""
+              model="mlp", task="classification", bn_batch_sizes=(None,), train_loss=0.1, median=True) -> pd.DataFrame:
+    """A grid whose final test accuracy is quality(batch, base_lr, bn) plus a small seed-dependent noise; its median
+    over the last 5 epochs the same where `median` (Masters & Luschi's measure recorded), else absent."""
     rows = []
     for b in batch_sizes:
         for lr in base_lrs:
@@ -27,7 +28,8 @@ def grid_runs(quality, batch_sizes=(16, 32, 64, 128, 256), base_lrs=(0.01, 0.1, 
                                      task=task, train_fraction=1.0, batch_size=b, bn_batch_size=bn, lr_rule="linear",
                                      base_lr=lr, seed=seed, status="completed",
                                      final_test_acc=quality(b, lr, bn) + 0.001 * seed, final_train_loss=train_loss))
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    return runs.assign(median_last_epochs_test_acc=runs["final_test_acc"], median_last_epochs_n=5) if median else runs
 
 
 def tables(runs=None, speedup=None, critical=None, ratios=None, studies=EQUAL_EPOCHS) -> Tables:
@@ -289,3 +291,51 @@ def test_the_generalization_gap_is_asked_of_classification_only():
                             seeds=range(5), task="language_model"))
     [row] = judge_lb_worse(tables(lm.assign(final_test_perplexity=50.0)))
     assert row["reason"].startswith("not measured: no classification study")
+
+
+def with_median(runs: pd.DataFrame, quality, n: int = 5) -> pd.DataFrame:
+    """`runs` with a median test accuracy over the last `n` epochs of quality(batch, base_lr, bn), beside their final
+    accuracy."""
+    median = [quality(b, lr, bn) + 0.001 * seed
+              for b, lr, bn, seed in zip(runs["batch_size"], runs["base_lr"], runs["bn_batch_size"], runs["seed"])]
+    return runs.assign(median_last_epochs_test_acc=median, median_last_epochs_n=n)
+
+
+def test_small_batches_judged_by_the_median_over_the_last_epochs_where_recorded():
+    runs = with_median(grid_runs(peaked(128)), peaked(32))  # the final accuracy peaks at 128, the median at 32
+    [row] = judge_small_batches(tables(runs))
+    assert row["verdict"] == REPRODUCED and row["value"] == 32
+    assert "median test accuracy over the last 5 epochs" in row["value_text"] and "protocol not met" not in row["reason"]
+    [row] = judge_small_batches(tables(with_median(grid_runs(peaked(128)), peaked(32), n=3)))
+    assert row["value"] == 32 and "a median over 3 epoch ends, not the paper's 5" in row["reason"]
+
+
+def test_small_batches_fall_back_to_the_final_accuracy_and_say_so():
+    [row] = judge_small_batches(tables(grid_runs(peaked(128), median=False)))  # no median column: runs of before it
+    assert row["value"] == 128 and "final test quality" in row["value_text"] and row["verdict"] == INCONCLUSIVE
+    assert "protocol not met for the measure: final test accuracy, not the median over the last 5 epochs" in row["reason"]
+    # one completed run without it (trained without eval.last_epochs): the final accuracy for all
+    runs = with_median(grid_runs(peaked(128)), peaked(32))
+    runs.loc[3, "median_last_epochs_test_acc"] = np.nan
+    [row] = judge_small_batches(tables(runs))
+    assert row["value"] == 128 and "protocol not met for the measure" in row["reason"] and row["verdict"] == INCONCLUSIVE
+
+
+def test_a_run_that_did_not_complete_needs_no_median_and_scores_worst():
+    runs = with_median(grid_runs(peaked(32)), peaked(32))
+    best = runs["batch_size"] == 32
+    runs.loc[best, "status"] = "diverged"
+    runs.loc[best, "median_last_epochs_test_acc"] = np.nan  # a diverged run records none
+    [row] = judge_small_batches(tables(runs))
+    assert row["value"] in (16, 64) and "protocol not met" not in row["reason"]
+    assert "median test accuracy over the last 5 epochs" in row["value_text"]
+
+
+def test_ghost_bn_judged_by_the_median_over_the_last_epochs_where_recorded():
+    final = lambda b, lr, bn: 0.9 - 0.03 * abs(np.log2(bn / 32)) - 0.05 * abs(np.log10(lr / 0.1))  # noqa: E731
+    median = lambda b, lr, bn: 0.9 - 0.03 * abs(np.log2(bn / 8)) - 0.05 * abs(np.log10(lr / 0.1))  # noqa: E731
+    runs = grid_runs(final, batch_sizes=(32, 64, 128), bn_batch_sizes=(2, 8, 32), median=False)
+    [row] = judge_ghost_bn(tables(with_median(runs, median)))
+    assert row["verdict"] == REPRODUCED and row["value"] == 8 and "over the last 5 epochs" in row["value_text"]
+    [row] = judge_ghost_bn(tables(runs))
+    assert row["value"] == 32 and "protocol not met for the measure" in row["reason"] and row["verdict"] == INCONCLUSIVE

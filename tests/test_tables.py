@@ -74,3 +74,23 @@ def test_concat_tables_stacks_parts_and_keeps_columns_when_empty(tmp_path):
         concat_tables([tmp_path / "bad.parquet"], "interpolation")
     with pytest.raises(ValueError, match="unknown table 'speed'"):
         concat_tables([], "speed")
+
+
+def test_runs_table_has_the_median_test_accuracy_over_the_last_epochs(tmp_path, tiny_data_path, two_runs):
+    last_two = {"eval": {"regular_points": 5, "log_points": 3, "last_epochs": 2}}
+    measured, diverged = "tiny/mlp/bs64/constant/lr0.05/seed0", "tiny/mlp/bs16/constant/lr50/seed0"
+    for run_id, lr in ((measured, 0.05), (diverged, 50.0)):
+        train_run(make_spec({**last_two, "base_lrs": [lr]}, run=run_id), tiny_data_path, tmp_path / run_id, device="cpu")
+    summaries = [tmp_path / measured / "run.json", tmp_path / diverged / "run.json", two_runs[0] / "run.json"]
+    io.write_parquet(runs_table(summaries), tmp_path / "runs.parquet")
+    df = io.read_parquet(tmp_path / "runs.parquet").set_index("run_id")
+    assert df["median_last_epochs_n"].dtype == "Int64" and df["median_last_epochs_test_acc"].dtype == float
+    curve = pd.read_parquet(tmp_path / measured / "metrics.parquet").set_index("step")
+    row = df.loc[measured]  # 4 steps an epoch, 2 epochs: the ends of both
+    assert row["median_last_epochs_test_acc"] == pytest.approx(curve.loc[[4, 8], "test_acc"].mean(), rel=1e-12)
+    assert row["median_last_epochs_n"] == 2 and pd.isna(row["median_last_epochs_reason"])
+    row = df.loc[diverged]
+    assert pd.isna(row["median_last_epochs_test_acc"]) and row["median_last_epochs_reason"] == "diverged"
+    row = df.loc["tiny/mlp/bs64/linear/lr0.05/seed0"]  # trained without eval.last_epochs
+    assert pd.isna(row["median_last_epochs_test_acc"]) and row["median_last_epochs_n"] == 0
+    assert row["median_last_epochs_reason"].startswith("not asked")

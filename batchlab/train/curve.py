@@ -9,6 +9,9 @@ of `eval.train_subset` / `eval.test_subset`, batchlab.train.evaluation.eval_subs
 Divergence (a non-finite batch loss, or one above `divergence.max_loss`) is found at the next
 evaluation point, and the run ends there with `status = "diverged"`, the first bad step
 recorded, and its outputs written like any other run.
+
+Masters & Luschi's measure of a run is the median test accuracy over its last 5 epochs
+(`last_epochs_median`), read at the epoch ends that `eval.last_epochs` adds to the plan.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from batchlab.config import RunSpec
 from batchlab.health import stall_reason
 from batchlab.train.evaluation import EVAL_COLUMNS, EVAL_FULL, EVAL_SUBSET
+from batchlab.train.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +103,23 @@ def health_status(spec: RunSpec, curve: Curve, prior_loss: float) -> str:
         return "completed"
     log.warning("%s stalled: %s", spec.run_id, reason)
     return "stalled"
+
+
+def last_epochs_median(curve: Curve, plan: Plan, step: int, status: str) -> dict:
+    """The median test accuracy at the ends of the last epochs (`plan.last_epoch_ends`) of a run that ended at
+    `step` with `status`, as run.json records it: the median, how many evaluations it is the median of, and
+    why it is missing (None where there is one). A run that diverged or stopped before its planned end has
+    none: its last epochs were never trained."""
+    ends = sorted(plan.last_epoch_ends)
+    if not ends:
+        reason = "not asked: eval.last_epochs is 0 (or the run is shorter than an epoch)"
+    elif status == "diverged":
+        reason = "diverged"
+    elif step < plan.total_steps:
+        reason = f"stopped early, at step {step} of {plan.total_steps}"
+    else:
+        test_acc = curve.columns.index("test_acc")
+        values = [curve.evals[s][test_acc] for s in ends]
+        return {"median_last_epochs_test_acc": float(np.median(values)), "median_last_epochs_n": len(values),
+                "median_last_epochs_reason": None}
+    return {"median_last_epochs_test_acc": None, "median_last_epochs_n": 0, "median_last_epochs_reason": reason}

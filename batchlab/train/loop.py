@@ -14,6 +14,11 @@ Habits that keep it fast and safe:
   (batchlab.train.curve, batchlab.train.plan);
 - a restarted run resumes from its newest checkpoint (batchlab.train.run_files), written as
   often as its cost allows and on SIGTERM (batchlab.train.resume).
+
+A language model may train as PyTorch's word_language_model does instead (the study's
+`language_model` key, batchlab.train.language_model): batches in stream order with the LSTM state
+carried between them, evaluations over whole streams, and the LR divided at epoch ends whose
+validation loss did not improve. Off, nothing here changes.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from batchlab.config import RunSpec
 from batchlab.data import IGNORE_INDEX, Dataset, load_prepared
 from batchlab.devices import resolve_device
 from batchlab.health import prior_entropy, stop_reason
-from batchlab.lr_rules import lr_factor
+from batchlab.lr_rules import schedule_factors, warms_up
 from batchlab.stacked.step import resolve_step_mode
+from batchlab.train import language_model as lm
 from batchlab.train.curve import first_bad_step, health_status
 from batchlab.train.evaluation import eval_columns, eval_subsets, evaluate_stack
 from batchlab.train.plan import Plan, epoch_permutation, make_plan
@@ -75,6 +81,12 @@ def train_stack(
         raise ValueError(f"data set is on {data.x_train.device}, the runs on {dev}")
     data = data.train_fraction(specs[0].train_fraction)
     plan = make_plan(specs[0], data.n_train)
+    columns = eval_columns(data.task)
+    if lm.anneal_divisor(specs[0]) is not None:
+        if data.x_valid is None:
+            raise ValueError(f"{specs[0].run_id}: language_model.plateau_anneal needs a validation split, and "
+                             f"{data.name} has none")
+        columns += lm.VALID_COLUMNS
     summaries: dict[str, dict] = {}
     members = []
     for spec, run_dir in zip(specs, map(Path, run_dirs)):
@@ -83,7 +95,7 @@ def train_stack(
             log.info("%s finished before with this config and code; kept", spec.run_id)
             summaries[spec.run_id] = done
         else:
-            members.append(open_member(spec, run_dir, plan.total_steps, eval_columns(data.task)))
+            members.append(open_member(spec, run_dir, plan.total_steps, columns))
     with sigterm_event() as stop:
         for start in sorted({m.start_step for m in members}):
             group = [m for m in members if m.start_step == start]
@@ -112,16 +124,30 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     def wall(m: Member) -> float:
         return m.wall_before + clock() - t_start
 
-    subsets = eval_subsets(data, spec.eval)  # None: every evaluation is over the whole sets
+    carry, divisor = lm.carries_state(spec), lm.anneal_divisor(spec)
+    subsets = None if carry else eval_subsets(data, spec.eval)  # None: every evaluation is over the whole sets
+    if carry:  # the members' state rows, zero or as their checkpoints left them
+        lm_module = lm.language_model_module(stack.model)
+        lm_module.carried_state = lm.zero_state(lm_module, len(members) * B)
+        for k, m in enumerate(members):
+            if m.resumed is not None and "carried_state" in m.resumed:
+                for state, saved in zip(lm_module.carried_state, m.resumed["carried_state"]):
+                    state[:, k * B : (k + 1) * B] = saved.to(dev)
+        order = lm.stream_order(data.n_train, B).to(dev)
+
+    def evaluate_split(x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, ...]:
+        if carry:
+            return lm.evaluate_streams(stack.model, x, y, spec.language_model.get("eval_columns", 10))
+        return evaluate_stack(stack.model, x, y, spec.eval["batch_size"], data.num_classes, data.task == "segmentation")
 
     def evaluate_now(at: int, full: bool = False) -> None:
         full = full or subsets is None or at in plan.full_eval_steps
         x_train, y_train, x_test, y_test = (data.x_train, data.y_train, data.x_test, data.y_test) if full else subsets
-        ev, miou = spec.eval["batch_size"], data.task == "segmentation"
-        train = evaluate_stack(stack.model, x_train, y_train, ev, data.num_classes, miou)
-        test = evaluate_stack(stack.model, x_test, y_test, ev, data.num_classes, miou)
-        for k, m in enumerate(stack.members):  # in the order of eval_columns: losses and accuracies, then mean IoUs
-            m.curve.evals[at] = tuple(float(scores[k]) for scores in (*train[:2], *test[:2], *train[2:], *test[2:]))
+        train, test = evaluate_split(x_train, y_train), evaluate_split(x_test, y_test)
+        valid = evaluate_split(data.x_valid, data.y_valid) if divisor is not None else ()
+        for k, m in enumerate(stack.members):  # in the order of the curve's columns: losses and accuracies, mean IoUs, valid
+            m.curve.evals[at] = tuple(float(scores[k])
+                                      for scores in (*train[:2], *test[:2], *train[2:], *test[2:], *valid))
             if full:
                 m.curve.subset_steps.discard(at)  # a run stopping on a subset evaluation is evaluated again, whole
             else:
@@ -132,9 +158,24 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     # A resumed run checks for divergence from its last evaluation on, as an uninterrupted one
     # would: it may have been saved between evaluations, after a bad step not yet judged.
     checked = max(s for s in plan.eval_steps if s <= step)
-    factors = np.full(S + 1, np.nan)  # the LR factor of every step; a member's LR is its peak times it
+    # the LR factors of every step, without and with warm-up: a member's LR is its peak times the one of its rule
+    factors = np.full((S + 1, 2), np.nan)
     column = {m.spec.run_id: k for k, m in enumerate(members)}  # a member's column of `losses`, fixed for the whole loop
+    warm = {m.spec.run_id: int(warms_up(m.spec.schedule, m.spec.lr_rule)) for m in members}  # its column of `factors`
     resume_clock = ResumeClock(spec.checkpoints["resume_every_s"])
+    scale = {m.spec.run_id: 1.0 for m in members}  # the plateau anneal's LR multiplier of each member
+
+    def anneal(at: int) -> bool:
+        """Each member's LR multiplier from its curve's epoch ends up to `at`; whether one changed."""
+        before = dict(scale)
+        for m in stack.members:
+            losses_at_ends = lm.epoch_end_losses(m.curve.evals, m.curve.columns, plan.steps_per_epoch, at)
+            scale[m.spec.run_id] = lm.plateau_scale(losses_at_ends, divisor)
+        stack.lr_scale = torch.tensor([scale[m.spec.run_id] for m in stack.members], device=dev, dtype=data.dtype)
+        return scale != before
+
+    if divisor is not None:
+        anneal(step)
 
     def flush(upto: int) -> None:
         """Copy the losses and LRs since the last flush into the members' host curves."""
@@ -142,7 +183,9 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         host = losses[flushed + 1 : upto + 1].cpu().numpy()
         for m in stack.members:
             m.curve.batch_loss[flushed + 1 : upto + 1] = host[:, column[m.spec.run_id]]
-            m.curve.lr[flushed + 1 : upto + 1] = m.spec.lr * factors[flushed + 1 : upto + 1]
+            m.curve.lr[flushed + 1 : upto + 1] = m.spec.lr * factors[flushed + 1 : upto + 1, warm[m.spec.run_id]]
+            if divisor is not None:  # constant since the last flush: it changes right after one, at an epoch end
+                m.curve.lr[flushed + 1 : upto + 1] *= scale[m.spec.run_id]
         flushed = upto
 
     def save_all(name: str, at: int) -> None:
@@ -150,14 +193,14 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         flush(at)  # after the device sync this implies, so the timing is of the save alone
         with resume_clock.saving():
             for k, m in enumerate(stack.members):
-                save_member_checkpoint(m.run_dir / "checkpoints" / name, m, stack.model, stack.optimizer, k, at, wall(m))
+                extra = {"carried_state": lm.member_rows(lm_module.carried_state, k, B)} if carry else {}
+                save_member_checkpoint(m.run_dir / "checkpoints" / name, m, stack.model, stack.optimizer, k, at, wall(m),
+                                       extra)
 
     if step == 0:
         evaluate_now(0)
         save_all("step_0.pt", 0)
 
-    sched = spec.schedule
-    milestones = tuple(sched["decay_milestones"])
     perm_epoch, perms = -1, None
     factor_now, lr = None, None
     summaries: dict[str, dict] = {}
@@ -171,14 +214,20 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         if stop.is_set() or (max_steps is not None and step >= max_steps):
             break
         epoch, pos = divmod(step, plan.steps_per_epoch)
-        if epoch != perm_epoch:
-            perms = torch.stack([epoch_permutation(data.n_train, m.spec.seed, epoch) for m in stack.members]).to(dev)
-            perm_epoch = epoch
-        xb, yb = member_batches(data, perms, seeds, step, pos, B)
-        # learning rate: a pure function of the step, scaled by each member's peak
-        factor = lr_factor(step, S, sched["warmup_steps"], sched["decay"], sched["decay_gamma"], milestones)
+        if carry:
+            if pos == 0:
+                for state in lm_module.carried_state:
+                    state.zero_()  # in place: a recorded CUDA graph reads these very tensors
+            xb, yb = (t[order[pos]].unsqueeze(0).expand(len(stack.members), B, -1) for t in (data.x_train, data.y_train))
+        else:
+            if epoch != perm_epoch:
+                perms = torch.stack([epoch_permutation(data.n_train, m.spec.seed, epoch) for m in stack.members]).to(dev)
+                perm_epoch = epoch
+            xb, yb = member_batches(data, perms, seeds, step, pos, B)
+        # learning rate: a pure function of the step and the member's LR rule, scaled by its peak
+        factor = schedule_factors(step, S, spec.schedule)
         if factor != factor_now:
-            lr, factor_now = stack.peak_lr * factor, factor
+            lr, factor_now = stack.lr(*factor), factor
         losses[step + 1].index_copy_(0, cols, stack.step(xb, yb, lr))
         factors[step + 1] = factor
         step += 1
@@ -214,10 +263,16 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
                 stack.members = []
                 break
             if finished:
+                kept_state = lm.select_members(lm_module.carried_state, keep, B) if carry else None
                 stack.keep(keep)
+                if carry:
+                    lm_module = lm.language_model_module(stack.model)
+                    lm_module.carried_state = kept_state
                 factor_now = perm_epoch = None  # the LR vector and permutations follow the members left
                 cols = torch.tensor([column[m.spec.run_id] for m in stack.members], device=dev)
                 seeds = [m.spec.seed for m in stack.members]
+            if divisor is not None and step % plan.steps_per_epoch == 0 and anneal(step):
+                factor_now = None  # the LR vector follows the new multipliers
             first = stack.members[0].curve.evals[step]
             bar.set_postfix(train_loss=f"{first[0]:.4f}", test_acc=f"{first[3]:.3f}", refresh=False)
         # Here every member is unfinished and step < S: the last step is an evaluation that ends them all.

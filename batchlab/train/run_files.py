@@ -15,13 +15,18 @@ How a run ends, in run.json:
                  criterion met, checked after updates only, so never at step 0);
                  "budget" (it ran to its cap without meeting one).
     steps        the step it ended at; planned_steps is the cap.
+    median_last_epochs_test_acc
+                 Masters & Luschi's measure: the median test accuracy at the ends of the
+                 last `eval.last_epochs` epochs, with median_last_epochs_n (how many) and
+                 median_last_epochs_reason (why it is null: not asked, stopped early, diverged).
 
 Run directory:
     metrics.parquet             the dense curve (one row per step)
     final.pt                    final weights (+ run_id, spec, step, status)
     checkpoints/step_<k>.pt     log-spaced (and `checkpoints.regular_points` evenly spaced) checkpoints
                                 for along-training analyses
-    checkpoints/resume.pt       only while a run is unfinished
+    checkpoints/resume.pt       only while a run is unfinished (every checkpoint of a language model
+                                that carries its state holds the member's rows of it: carried_state)
     checkpoints/COMPLETE        once it has finished (a later rerun then starts from scratch)
     run.json                    resolved config, seed, versions, device, git commit, results
 """
@@ -43,7 +48,7 @@ from batchlab.config import RunSpec
 from batchlab.metrics import perplexity
 from batchlab.stacked.models import StackedModel
 from batchlab.stacked.optim import StackedOptimizer
-from batchlab.train.curve import Curve
+from batchlab.train.curve import Curve, last_epochs_median
 from batchlab.train.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -140,7 +145,8 @@ def newest_checkpoint(ckpt_dir: Path, chash: str) -> dict | None:
 
 
 def save_member_checkpoint(path: Path, member: Member, model: StackedModel, optimizer: StackedOptimizer, k: int,
-                           step: int, wall: float) -> None:
+                           step: int, wall: float, extra: dict | None = None) -> None:
+    """Member k's checkpoint at `step`; `extra` adds entries (a language model's carried state)."""
     io.save_torch(
         {
             "config_hash": member.chash,
@@ -151,6 +157,7 @@ def save_member_checkpoint(path: Path, member: Member, model: StackedModel, opti
             "optimizer": optimizer.member_state_dict(k),
             "curve": member.curve.to_state(step),
             "wall_time_s": wall,
+            **(extra or {}),
         },
         path,
     )
@@ -166,6 +173,8 @@ def write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, statu
     final = dict(zip(curve.columns, curve.evals[step]))
     if task == "language_model":
         final.update(train_perplexity=perplexity(final["train_loss"]), test_perplexity=perplexity(final["test_loss"]))
+        if "valid_loss" in final:
+            final["valid_perplexity"] = perplexity(final["valid_loss"])
     summary = {
         "run_id": spec.run_id,
         "spec": spec.to_dict(),
@@ -181,6 +190,7 @@ def write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, statu
         "epochs": step / plan.steps_per_epoch,
         **{f"final_{k}": v for k, v in final.items()},
         "best_test_acc": float(np.nanmax([v[3] for s, v in curve.evals.items() if s <= step])),
+        **last_epochs_median(curve, plan, step, status),
         "wall_time_s": wall_time,
         "resumed_from_step": member.resumed["step"] if member.resumed is not None else None,
         "device": provenance.device_name(dev),
