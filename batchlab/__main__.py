@@ -1,18 +1,20 @@
 """Command line of batchlab:
 
-    python -m batchlab estimate CONFIG [CONFIG ...] [--throughput CSV] [--device-name STR]
+    python -m batchlab estimate CONFIG [CONFIG ...] [--throughput CSV] [--device-name STR] [--slurm-profile YAML]
     python -m batchlab smoke-data CONFIG [CONFIG ...]
-    python -m batchlab check-config CONFIG [CONFIG ...]
+    python -m batchlab check-config CONFIG [CONFIG ...] [--throughput CSV]
 
 `estimate` prints what a config will cost before it runs: runs, jobs, run-steps and the
 estimated device-hours from the throughput table of `benchmarks/throughput.py` (see
-batchlab.estimate). `smoke-data` writes small generated releases in the real formats
-(batchlab.data.fake_release) into every data set root of the config that does not exist
-yet, for a preset's smoke variant. `check-config` refuses, before snakemake reads them, config
-files that are not a YAML mapping (snakemake's own refusal names no file) and configs that the
-Snakefile would refuse. Several CONFIGs are laid over each other in order, as snakemake does
-with several --configfile. Exit status 2, with one line naming the file, on a missing, unreadable,
-non-YAML or invalid config.
+batchlab.estimate), first saying which data sizes are official fallbacks rather than measured
+and whether the longest jobs fit the SLURM profile's runtime. `smoke-data` writes small
+generated releases in the real formats (batchlab.data.fake_release) into every data set root
+of the config that does not exist yet, for a preset's smoke variant. `check-config` refuses,
+before snakemake reads them, config files that are not a YAML mapping (snakemake's own refusal
+names no file) and configs that the Snakefile would refuse; a valid config gets one more line,
+its estimated device-hours. Several CONFIGs are laid over each other in order, as snakemake
+does with several --configfile. Exit status 2, with one line naming the file, on a missing,
+unreadable, non-YAML or invalid config.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_THROUGHPUT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.csv"
+SLURM_PROFILE = Path(__file__).resolve().parents[1] / "workflow" / "profiles" / "slurm" / "config.yaml"
 
 
 def _fail(message: str) -> int:
@@ -49,7 +52,21 @@ def check_config_command(args: argparse.Namespace) -> int:
         runs = build_grid(config)
         build_pairs(config, runs)
     print(f"{' + '.join(args.config)}: valid, {len(runs)} runs in {len(build_stacks(config, runs))} training jobs")
+    print(device_hours_line(config, Path(args.throughput)))
     return 0
+
+
+def device_hours_line(config: dict, throughput: Path) -> str:
+    """One line: the config's estimated device-hours from the throughput table, or why there are none. The
+    config is valid already, so nothing here stops it."""
+    from batchlab.estimate import estimate, one_line, read_throughput
+
+    if not throughput.is_file():
+        return f"estimated device-hours: unknown (no {throughput}; benchmarks/throughput.py writes it)"
+    try:
+        return one_line(estimate(config, read_throughput(throughput), source=str(throughput)))
+    except ValueError as exc:  # a table without the columns, or without rows
+        return f"estimated device-hours: unknown ({exc})"
 
 
 def estimate_command(args: argparse.Namespace) -> int:
@@ -70,12 +87,15 @@ def estimate_command(args: argparse.Namespace) -> int:
         return _fail(f"throughput table {throughput} does not exist; write it with benchmarks/throughput.py")
     else:
         note = f"(no {throughput}) "
+    if args.slurm_profile is not None and not Path(args.slurm_profile).is_file():
+        return _fail(f"SLURM profile {args.slurm_profile} does not exist; pass --slurm-profile none to skip the check")
     try:
         result = estimate(config, table, args.device_name, source=str(throughput))
-    except ValueError as exc:  # a device name that matches none or several, a data set's bad options
+        text = format_estimate(result, args.slurm_profile)
+    except ValueError as exc:  # a device name that matches none or several, a data set's bad options, a runtime
         return _fail(str(exc))
     print(f"estimate for {config_path} {note}".rstrip())
-    print(format_estimate(result))
+    print(text)
     return 0
 
 
@@ -90,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     est.add_argument("--throughput", default=None, help=f"throughput table (default: {DEFAULT_THROUGHPUT})")
     est.add_argument("--device-name", default=None,
                      help="use the rows of the device whose name contains this (default: the device with most rows)")
+    est.add_argument("--slurm-profile", default=str(SLURM_PROFILE),
+                     help=f"compare the longest jobs with this snakemake profile's runtime (default: {SLURM_PROFILE}; "
+                          f"'none' skips it)")
     smoke = commands.add_parser("smoke-data", help="fake releases in the real formats for a smoke variant",
                                 description="Write small generated releases in the real on-disk formats into every "
                                             "data set root of the config that does not exist yet (pipeline checks "
@@ -100,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                                             "other in order; one line naming the file and what is wrong, exit 2, "
                                             "when one is not a YAML mapping or the config is invalid.")
     check.add_argument("config", nargs="+", help="e.g. config.yaml, or config/golmant.yaml config/smoke/golmant.yaml")
+    check.add_argument("--throughput", default=str(DEFAULT_THROUGHPUT),
+                       help=f"throughput table of the estimated device-hours (default: {DEFAULT_THROUGHPUT})")
     args = parser.parse_args(argv)
     if args.command == "estimate":
         args.throughput_given = args.throughput is not None
         if args.throughput is None:
             args.throughput = DEFAULT_THROUGHPUT
+        if args.slurm_profile.lower() == "none":
+            args.slurm_profile = None
     from batchlab.config import ConfigError
 
     try:

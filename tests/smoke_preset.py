@@ -10,6 +10,7 @@ import pytest
 from batchlab.config import build_grid
 from batchlab.data.fake_release import write_smoke_releases
 from batchlab.plots import FIGURES
+from tests.test_estimate_smoke import within_2x_of_the_smoke_training
 from tests.test_presets import merged_config, run_snakemake
 
 
@@ -75,3 +76,7 @@ def test_smoke_runs_record_the_task_metric(smoke_run):
         assert set(evaluated["eval_set"]) == {"full", "subset"}
         speedup = pd.read_parquet(workdir / "results" / "tables" / "speedup.parquet")
         assert speedup.loc[speedup["reached"], "steps_eval_set"].isin(["full", "subset", "mixed"]).all()
+
+
+def test_the_estimate_is_within_2x_of_the_smoke_runs_training_time(smoke_run, tmp_path):
+    within_2x_of_the_smoke_training(*smoke_run, tmp_path)
