@@ -11,7 +11,7 @@ SNAKEMAKE_ARGS ?=
 
 PRESET ?= golmant
 
-.PHONY: demo test check smoke estimate venv browser slurm clean-results
+.PHONY: demo test check smoke estimate venv browser slurm datasets clean-results
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,7 @@ PROFILE ?= $(shell $(BIN)/python -c 'import torch, sys; sys.exit(not torch.cuda.
 
 # The greedy scheduler: snakemake's default ILP job selection costs about 2 s of a core per
 # job on a grid of short jobs (measured: 163 s against 94 s for 36 tiny jobs on 2 cores).
+# check-config first: it refuses a config that cannot run and prints its estimated device-hours.
 demo: $(STAMP)
 	$(BIN)/python -m batchlab check-config $(CONFIG)
 	$(BIN)/snakemake --cores $(CORES) --scheduler greedy --configfile $(CONFIG) $(patsubst %,--profile %,$(PROFILE)) $(SNAKEMAKE_ARGS)
@@ -39,7 +40,9 @@ smoke: $(STAMP)
 	$(BIN)/python -m batchlab smoke-data config/$(PRESET).yaml config/smoke/$(PRESET).yaml
 	$(BIN)/snakemake --cores $(CORES) --scheduler greedy --configfile config/$(PRESET).yaml config/smoke/$(PRESET).yaml $(SNAKEMAKE_ARGS)
 
-# Runs, jobs, steps and device-hours of a config before launching it (benchmarks/throughput.csv).
+# Runs, jobs, steps and device-hours of a config before launching it (benchmarks/throughput.csv),
+# first saying which data sizes are official fallbacks and whether the longest jobs fit the SLURM
+# profile's runtime.
 estimate: $(STAMP)
 	$(BIN)/python -m batchlab estimate $(CONFIG)
 
@@ -50,7 +53,7 @@ estimate: $(STAMP)
 # thread (tests/conftest.py): a serial run would leave all cores but one idle.
 # The 20 slowest tests are listed at the end.
 TEST_WORKERS ?= auto
-test: $(STAMP) browser slurm
+test: $(STAMP) browser slurm datasets
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 # The fast tier for the inner loop: the unit tests but the slow ones (marked `slow`, several
@@ -72,6 +75,14 @@ slurm:
 	@command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null; } || \
 	  echo "could not install slurmctld, slurmd, slurm-client and munge: the SLURM tests will fail"
+
+# Fashion-MNIST, the real data set the tests train on end to end, is Debian's dataset-fashion-mnist:
+# its four IDX files in /usr/share/datasets/fashion-mnist (the data set's default root), installed
+# here when missing and apt-get can.
+datasets:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
+	  echo "could not install dataset-fashion-mnist: the tests on the real Fashion-MNIST will be skipped"
 
 clean-results:
 	rm -rf results .snakemake

@@ -20,8 +20,8 @@ from typing import Any
 
 from batchlab.data.catalog import DatasetInfo, dataset_info
 from batchlab.devices import device_type
-from batchlab.lr_rules import scaled_lr
-from batchlab.models import MODEL_INPUTS, RECURRENT_MODELS, check_bn_batch_size, uses_batchnorm
+from batchlab.lr_rules import scaled_lr, warms_up, warmup_length
+from batchlab.models import MODEL_INPUTS, RECURRENT_MODELS, check_bn_batch_size, check_model_options, uses_batchnorm, uses_dropout
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 GENERATED_DATASETS = ("mnist1d", "shapes", "pydoc_text")  # made or shipped locally: no datasets entry needed
@@ -161,8 +161,23 @@ def _check_study(name: str, study: dict, datasets: dict) -> None:
     dataset = study["dataset"]
     if dataset not in GENERATED_DATASETS and dataset not in datasets:
         raise ConfigError(f"invalid config at '{where}.dataset': {dataset} needs a 'datasets.{dataset}' entry with its root")
-    info = study_dataset_info(dataset, datasets)
+    try:
+        info = study_dataset_info(dataset, datasets)
+    except ValueError as exc:  # a damaged file under the root, or an option the catalog refuses
+        raise ConfigError(f"invalid config at 'datasets.{dataset}': {exc}") from None
+    for model, options in study["model_options"].items():
+        if model not in study["models"]:
+            raise ConfigError(f"invalid config at '{where}.model_options.{model}': {model!r} is not among the study's models")
+        try:
+            check_model_options(model, options)
+        except ValueError as exc:
+            raise ConfigError(f"invalid config at '{where}.model_options.{model}': {exc}") from None
     for model in study["models"]:
+        if (study["analysis"]["enabled"] and study["analysis"]["bn_mode"] == "batch"
+                and uses_dropout(model, study["model_options"].get(model))):
+            raise ConfigError(f"invalid config at '{where}.analysis.bn_mode': model {model!r} has dropout, which a "
+                              "train-mode analysis would apply with one fixed mask; use bn_mode: eval, or set its dropout "
+                              f"to 0 in model_options.{model}")
         if MODEL_INPUTS[model] != info.inputs:
             raise ConfigError(f"invalid config at '{where}.models': model {model!r} takes {MODEL_INPUTS[model]} inputs, "
                               f"but {dataset} holds {info.inputs} data")
@@ -174,11 +189,8 @@ def _check_study(name: str, study: dict, datasets: dict) -> None:
         if b > n_train:
             raise ConfigError(f"invalid config at '{where}.batch_sizes': {b} is larger than the {n_train} training examples"
                               + (" of the smallest training fraction" if n_train < info.n_train else ""))
-    budget, warmup = study["budget"], study["schedule"]["warmup_steps"]
-    shortest = budget["steps"] if "steps" in budget else budget["epochs"] * (n_train // max(study["batch_sizes"]))
-    if warmup >= shortest:
-        raise ConfigError(f"invalid config at '{where}.schedule.warmup_steps': {warmup} warm-up steps, but the shortest "
-                          f"run (batch size {max(study['batch_sizes'])}) has only {shortest} steps")
+    _check_schedule(where, study, n_train)
+    _check_language_model(where, study, info)
     ns, b_big = study["analysis"]["noise_scale"], study["analysis"]["noise_scale"]["b_big"]
     if (study["analysis"]["enabled"] and "noise_scale" in study["analysis"]["measures"] and b_big > n_train
             and _two_batch_noise_scale(study, ns, n_train)):
@@ -206,6 +218,50 @@ def _check_study(name: str, study: dict, datasets: dict) -> None:
         for m, b in itertools.product(bn_sizes, study["batch_sizes"]):
             if m <= b and b % m:
                 raise ConfigError(f"invalid config at '{where}.bn_batch_sizes': {m} does not divide batch size {b}")
+
+
+def _check_language_model(where: str, study: dict, info: DatasetInfo) -> None:
+    """word_language_model's protocol only on a language model: carried state over whole streams (no training
+    fraction, no evaluation subsets), the plateau anneal only with a validation split to watch."""
+    lm = study.get("language_model", {})
+    carry, anneal = lm.get("carry_state", False), lm.get("plateau_anneal")
+    for key, on in (("carry_state", carry), ("plateau_anneal", anneal is not None)):
+        if on and info.task != "language_model":
+            raise ConfigError(f"invalid config at '{where}.language_model.{key}': {study['dataset']} is not a language "
+                              f"model ({info.task})")
+    if anneal is not None and info.n_valid is None:
+        raise ConfigError(f"invalid config at '{where}.language_model.plateau_anneal': {study['dataset']} has no "
+                          f"validation split to watch (wikitext2 and ptb have one, where the release's valid file is there)")
+    if not carry:
+        return
+    if any(f != 1 for f in study["train_fractions"]):
+        raise ConfigError(f"invalid config at '{where}.train_fractions': language_model.carry_state trains on the "
+                          f"whole stream, so every training fraction must be 1.0")
+    for key in ("train_subset", "test_subset"):
+        if study["eval"].get(key) is not None:
+            raise ConfigError(f"invalid config at '{where}.eval.{key}': language_model.carry_state evaluates whole "
+                              f"streams; set it to null")
+    columns = lm.get("eval_columns", 10)
+    shortest = min(n for n in (info.n_train, info.n_test, info.n_valid if anneal is not None else None) if n is not None)
+    if columns > shortest:
+        raise ConfigError(f"invalid config at '{where}.language_model.eval_columns': {columns} columns, but a split "
+                          f"has only {shortest} windows")
+
+
+def _check_schedule(where: str, study: dict, n_train: int) -> None:
+    """Warm-up given once (steps or a fraction), and shorter than the shortest run whose LR rule warms up."""
+    schedule, budget = study["schedule"], study["budget"]
+    if schedule["warmup_fraction"] is not None and schedule["warmup_steps"]:
+        raise ConfigError(f"invalid config at '{where}.schedule.warmup_fraction': give the warm-up as warmup_steps "
+                          f"({schedule['warmup_steps']}) or as warmup_fraction, not both")
+    if not any(warms_up(schedule, rule) for rule in study["lr_rules"]):
+        return
+    shortest = budget["steps"] if "steps" in budget else budget["epochs"] * (n_train // max(study["batch_sizes"]))
+    warmup = warmup_length(schedule, shortest)
+    if warmup >= shortest:
+        key = "warmup_steps" if schedule["warmup_fraction"] is None else "warmup_fraction"
+        raise ConfigError(f"invalid config at '{where}.schedule.{key}': {warmup} warm-up steps, but the shortest "
+                          f"run (batch size {max(study['batch_sizes'])}) has only {shortest} steps")
 
 
 def check_data_roots(config: dict) -> None:
@@ -242,6 +298,9 @@ class RunSpec:
     checkpoints: dict = field(default_factory=dict)
     divergence: dict = field(default_factory=dict)
     health: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # the data set's options but where it lies: another setting, another run
+    model_options: dict = field(default_factory=dict)  # the model's options set by the study (batchlab.models.model_options)
+    language_model: dict = field(default_factory=dict)  # word_language_model's protocol: carry_state, plateau_anneal
 
     @property
     def lr(self) -> float:
@@ -267,8 +326,15 @@ def _group_suffix(run: RunSpec) -> str:
     return bn + fraction
 
 
-def study_runs(name: str, study: dict) -> list[RunSpec]:
+# Where a data set is read from and how it got there: the same files elsewhere are the same data.
+DATA_LOCATION_KEYS = ("root", "download", "verify_checksums")
+
+
+def study_runs(name: str, study: dict, datasets: dict | None = None) -> list[RunSpec]:
     shared = {k: study[k] for k in ("optimizer", "budget", "schedule", "eval", "checkpoints", "divergence", "health")}
+    shared["language_model"] = dict(study.get("language_model", {}))
+    options = (datasets or {}).get(study["dataset"], {})
+    shared["data"] = {k: v for k, v in options.items() if k not in DATA_LOCATION_KEYS}
     runs = []
     for fraction, model, b, m, rule, lr, seed in itertools.product(
         study["train_fractions"], study["models"], study["batch_sizes"], study["bn_batch_sizes"], study["lr_rules"],
@@ -280,7 +346,7 @@ def study_runs(name: str, study: dict) -> list[RunSpec]:
             RunSpec(
                 study=name, dataset=study["dataset"], model=model, batch_size=b, bn_batch_size=m, lr_rule=rule,
                 base_lr=float(lr), ref_batch_size=study["ref_batch_size"], seed=seed, train_fraction=float(fraction),
-                **shared,
+                model_options=dict(study["model_options"].get(model, {})), **shared,
             )
         )
     return runs
@@ -290,7 +356,7 @@ def build_grid(config: dict) -> dict[str, RunSpec]:
     """All runs of all studies of a checked config, keyed by run_id."""
     grid: dict[str, RunSpec] = {}
     for name, study in config["studies"].items():
-        for run in study_runs(name, study):
+        for run in study_runs(name, study, config["datasets"]):
             if run.run_id in grid:
                 raise ConfigError(f"invalid config at 'studies.{name}': two runs share the id {run.run_id}")
             grid[run.run_id] = run

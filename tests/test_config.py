@@ -96,6 +96,38 @@ def test_model_must_fit_the_dataset():
     assert "studies.tiny.models" in msg and "'resnet8' takes image inputs, but mnist1d holds signal data" in msg
 
 
+def test_model_options_are_checked_against_the_models_own():
+    msg = bad(lambda c: c["studies"]["tiny"].update(model_options={"mlp": {"dropout": 0.5}}))
+    assert "studies.tiny.model_options.mlp" in msg and "model 'mlp' has no option 'dropout'; it takes no options" in msg
+    msg = bad(lambda c: c["studies"]["tiny"].update(model_options={"cnn": {}}))
+    assert "studies.tiny.model_options.cnn" in msg and "not among the study's models" in msg
+
+
+def test_a_train_mode_analysis_of_a_model_with_dropout_is_refused():
+    def change(c):
+        c["datasets"] = {"cifar10": {"root": "/nonexistent"}}
+        c["studies"]["tiny"].update(dataset="cifar10", models=["keskar_c1"], batch_sizes=[16], analysis={"bn_mode": "batch"})
+    msg = bad(change)
+    assert "studies.tiny.analysis.bn_mode" in msg and "'keskar_c1' has dropout" in msg
+    ok = copy.deepcopy(TINY_CONFIG)
+    change(ok)
+    ok["studies"]["tiny"]["model_options"] = {"keskar_c1": {"dropout": 0.0}}
+    check_config(ok)
+
+
+def test_model_options_and_data_options_are_part_of_each_runs_spec():
+    cfg = copy.deepcopy(TINY_CONFIG)
+    cfg["studies"]["tiny"]["models"] = ["resnet8"]
+    cfg["studies"]["tiny"]["dataset"] = "cifar10"
+    cfg["studies"]["tiny"]["batch_sizes"] = [16]
+    cfg["studies"]["tiny"]["model_options"] = {"resnet8": {"residual_init": "zero"}}
+    cfg["datasets"] = {"cifar10": {"root": "/nonexistent", "augment": "none", "normalize": "scale"}}
+    runs = build_grid(check_config(cfg)).values()
+    assert {r.model_options["residual_init"] for r in runs} == {"zero"}
+    assert all((r.data["augment"], r.data["normalize"]) == ("none", "scale") for r in runs)
+    assert all("root" not in r.data and "download" not in r.data for r in runs)  # where the files lie is not the run
+
+
 def test_train_fractions_are_a_grid_axis_with_their_own_stacks(tiny_config):
     from batchlab.config import build_stacks
 
@@ -180,7 +212,7 @@ def test_every_top_level_and_dataset_key_is_read_by_the_workflow():
         assert f'config["{key}"]' in text, key
     for key in schema_keys(schema["properties"]["datasets"]["properties"]["mnist1d"]):
         assert key in {"n_train", "n_test", "seed"}  # passed as keyword arguments to prepare_mnist1d
-    assert set(schema_keys(schema["$defs"]["torchvision_root"])) == {"root", "download", "verify_checksums"}
+    assert set(schema_keys(schema["$defs"]["torchvision_root"])) == {"root", "download", "verify_checksums", "augment", "normalize"}
     assert 'options["root"]' in text and 'options.get("download"' in text
 
 

@@ -20,8 +20,8 @@ not say what they should be. They are handled explicitly and recorded as `bn_mod
   recomputed from the interpolated weights, by forward passes over the training set (in its
   stored order, no augmentation, no gradients) with BN layers in train mode and cumulative
   averaging (`momentum=None`; the layers' momentum is restored afterwards). The rest of
-  the model stays in eval mode during these passes (it matters only for layers such as
-  dropout, which the project's models do not have). Batches hold `bn_batch_size`
+  the model stays in eval mode during these passes, so dropout (Keskar's nets, the LSTM) draws
+  no mask and leaves its stream untouched. Batches hold `bn_batch_size`
   examples; the last `n_train mod bn_batch_size` examples are left out so every batch has
   the same size (the cumulative average weights every forward pass equally). With ghost
   BatchNorm (`GhostBatchNorm2d`), `bn_batch_size` must be a multiple of the ghost batch
@@ -276,7 +276,7 @@ def interpolate_run_pair(pair, spec, run_dirs: Mapping[str, str | Path], data: D
         return pd.DataFrame(columns=list(PAIR_COLUMNS))
     device = data.x_train.device
     data = data.train_fraction(spec.train_fraction)  # "train" is the examples the pair trained on
-    model = build_model(spec.model, data.input_shape, data.num_classes, spec.bn_batch_size)
+    model = build_model(spec.model, data.input_shape, data.num_classes, spec.bn_batch_size, **spec.model_options)
     small, large = (io.load_torch(Path(run_dirs[r]) / "final.pt", map_location=device)["model"] for r in ends)
     log.info("%s: interpolating %s (alpha = 0) to %s (alpha = 1)", pair.pair_id, *ends)
     table = interpolate_pair(

@@ -115,7 +115,7 @@ def measure_state(spec: RunSpec, state_dict: dict, data: Dataset, x: torch.Tenso
     The noise scales are measured on the whole training set (data.x_train), the other
     metrics on the analysis subset (x, y).
     """
-    model = build_model(spec.model, data.input_shape, data.num_classes, spec.bn_batch_size).to(x.device)
+    model = build_model(spec.model, data.input_shape, data.num_classes, spec.bn_batch_size, **spec.model_options).to(x.device)
     model.load_state_dict(state_dict)
     seed, bn_mode = cfg["seed"], cfg["bn_mode"]
     ns, bn_cfg = cfg["noise_scale"], cfg.get("b_noise", {})
