@@ -41,15 +41,26 @@ def run_snakemake(workdir, preset: str, *args: str, smoke: bool) -> subprocess.C
 # The papers' grids, from docs/papers.md: (study, models, batch sizes, runs).
 FULL_GRIDS = {
     "masters_luschi": [
-        ("ml_resnet", {"resnet8", "resnet32_nobn", "resnet32"}, [2 ** i for i in range(1, 12)], 3 * 11 * 13),
+        ("ml_resnet", {"resnet8", "resnet20_nobn", "resnet32_nobn", "resnet8_bn", "resnet20", "resnet32"},
+         [2 ** i for i in range(1, 12)], 6 * 11 * 13),
+        ("ml_resnet_cifar100", {"resnet8", "resnet20_nobn", "resnet32_nobn", "resnet8_bn", "resnet20", "resnet32"},
+         [2 ** i for i in range(1, 12)], 6 * 11 * 13),
+        ("ml_alexnet", {"alexnet_reduced"}, [2 ** i for i in range(1, 12)], 11 * 13),
+        ("ml_alexnet_cifar100", {"alexnet_reduced"}, [2 ** i for i in range(1, 12)], 11 * 13),
+        ("ml_warmup", {"resnet8_bn", "resnet20", "resnet32"}, [2 ** i for i in range(1, 12)], 3 * 11 * 13),
         ("ml_ghost_bn", {"resnet32"}, [16, 32, 64, 128, 256], None),
     ],
     "keskar": [
         ("keskar_f1", {"keskar_f1"}, [256, 6000], 2 * 5),
         ("keskar_c1", {"keskar_c1"}, [256, 5000], 2 * 5),
+        ("keskar_c2", {"keskar_c2"}, [256, 5000], 2 * 5),
+        ("keskar_c3", {"keskar_c3"}, [256, 5000], 2 * 5),
+        ("keskar_c4", {"keskar_c4"}, [256, 5000], 2 * 5),
     ],
     "golmant": [
         ("golmant_cifar10", {"resnet20", "resnet32"}, [2 ** i for i in range(4, 14)], 3 * 2 * 10 * 3 * 4 * 2),
+        ("golmant_architectures", {"alexnet", "vgg11_bn", "mobilenetv2"}, [2 ** i for i in range(4, 14)], 3 * 10 * 3 * 4 * 2),
+        ("golmant_cifar100", {"resnet20"}, [2 ** i for i in range(4, 14)], 10 * 3 * 4 * 2),
         ("golmant_svhn", {"resnet20"}, [2 ** i for i in range(4, 14)], 3 * 10 * 3 * 4 * 2),
         ("golmant_mnist", {"resnet20"}, [2 ** i for i in range(4, 14)], 10 * 3 * 4 * 2),
         ("golmant_segmentation", {"drn"}, [2 ** i for i in range(1, 9)], 8 * 3 * 3 * 2),
