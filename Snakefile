@@ -6,7 +6,7 @@ from pathlib import Path
 from batchlab import provenance
 from batchlab.config import (
     analysed_runs, build_grid, build_pairs, build_stacks, check_config, check_data_roots, job_device, load_config_file,
-    naming_files,
+    naming_files, reload_configs,
 )
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it
@@ -16,6 +16,9 @@ if not workflow.overwrite_configfiles:
     load_config_file("config.yaml")  # snakemake's own refusal of a broken file does not name it
 
     configfile: "config.yaml"
+
+else:  # snakemake merged the files with their YAML anchors' shared mappings: merge them again, apart
+    reload_configs(config, list(workflow.overwrite_configfiles), workflow.config_settings.config)
 
 
 # Stops before any job, naming the config files and the offending key; fills the schema's defaults.

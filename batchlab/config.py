@@ -62,7 +62,28 @@ def load_config_file(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         what = "a list" if isinstance(data, list) else f"the single value {str(data)[:40]!r}"
         raise ConfigError(f"config file {path} holds {what}, not a mapping of config keys")
-    return data
+    return unaliased(data)
+
+
+def unaliased(data: Any) -> Any:
+    """`data` with every mapping and list its own object. A YAML anchor (`<<: *study`) makes two studies
+    share their nested mappings, and laying another file over one of them (snakemake's update_config
+    changes mappings in place) would change the other too."""
+    import json
+
+    return json.loads(json.dumps(data))
+
+
+def reload_configs(config: dict, paths: list[str], overrides: dict | None) -> None:
+    """Rebuild snakemake's merged `config` from the files in `paths`, each unaliased, then `overrides`."""
+    from snakemake.utils import update_config
+
+    rebuilt: dict = {}
+    for path in paths:
+        update_config(rebuilt, load_config_file(path))
+    update_config(rebuilt, unaliased(overrides or {}))
+    config.clear()
+    config.update(rebuilt)
 
 
 def _yaml_problem(exc) -> str:

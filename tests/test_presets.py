@@ -9,10 +9,9 @@ tiny grid, through training, analyses, speed-up, interpolation, figures and the 
 import subprocess
 
 import pytest
-import yaml
 from snakemake.utils import update_config
 
-from batchlab.config import build_grid, build_stacks, check_config
+from batchlab.config import build_grid, build_stacks, check_config, load_config_file
 from tests.conftest import REPO
 from tests.test_workflow import SNAKEMAKE, job_counts
 
@@ -21,9 +20,9 @@ PRESETS = ("masters_luschi", "keskar", "golmant")
 
 
 def merged_config(preset: str, smoke: bool) -> dict:
-    config = yaml.safe_load((REPO / "config" / f"{preset}.yaml").read_text())
+    config = load_config_file(REPO / "config" / f"{preset}.yaml")
     if smoke:
-        update_config(config, yaml.safe_load((REPO / "config" / "smoke" / f"{preset}.yaml").read_text()))
+        update_config(config, load_config_file(REPO / "config" / "smoke" / f"{preset}.yaml"))
     return check_config(config)
 
 
@@ -93,3 +92,13 @@ def test_masters_luschi_preset_is_the_published_setup():
     assert study["base_lrs"] == [2.0 ** -i for i in range(12, -1, -1)]  # 2^-12 ... 2^0
     assert study["budget"] == {"epochs": 82}
     assert study["schedule"]["decay"] == "step" and study["schedule"]["decay_milestones"] == [0.5, 0.75]
+
+
+def test_a_file_laid_over_a_preset_changes_only_the_study_it_names(tmp_path):
+    """YAML anchors share nested mappings between studies; laying a smoke file over one must not reach the other."""
+    (tmp_path / "base.yaml").write_text("studies:\n  a: &a\n    analysis: {runs: {seeds: [0]}}\n  b:\n    <<: *a\n")
+    (tmp_path / "over.yaml").write_text("studies:\n  a:\n    analysis: {runs: {seeds: [1]}}\n")
+    config = load_config_file(tmp_path / "base.yaml")
+    update_config(config, load_config_file(tmp_path / "over.yaml"))
+    assert config["studies"]["a"]["analysis"]["runs"] == {"seeds": [1]}
+    assert config["studies"]["b"]["analysis"]["runs"] == {"seeds": [0]}
