@@ -12,6 +12,7 @@ LR rules x base LRs x seeds. Each run's `run_id` is its readable directory under
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,27 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key."""
 
 
+def _unique_keys_loader():
+    """A SafeLoader that refuses a key repeated in one mapping: YAML's loaders keep the last, so a study named
+    twice would silently be one study."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:  # as written: a merge (<<: *anchor) may be overridden, a key may not
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeys
+
+
 def load_config_file(path: str | os.PathLike) -> dict:
     """The mapping of one YAML config file; a ConfigError of one line naming the file when it has none.
 
@@ -54,7 +76,7 @@ def load_config_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file {path} is not a text file: byte {exc.object[exc.start]:#04x} at "
                           f"offset {exc.start} is not UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_keys_loader())
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
@@ -155,9 +177,24 @@ def check_config(config: dict, schema_path: str | os.PathLike = SCHEMA_PATH) -> 
         if not isinstance(err, jsonschema.ValidationError):
             raise
         raise ConfigError(f"invalid config at '{_key(err.absolute_path)}': {err.message}") from None
+    for path, value in _non_finite(config):
+        raise ConfigError(f"invalid config at '{_key(path)}': {value} is not a finite number")
     for name, study in config["studies"].items():
         _check_study(name, study, config["datasets"])
     return config
+
+
+def _non_finite(value, path: tuple = ()):
+    """(key path, value) of each NaN or infinite number in a config: the schema's bounds let NaN through, since
+    no comparison with it fails."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _non_finite(item, (*path, i))
 
 
 def study_dataset_info(dataset: str, datasets: dict) -> DatasetInfo:

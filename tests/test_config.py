@@ -383,6 +383,31 @@ def test_load_config_file_returns_the_mapping(tmp_path):
         load_config_file(tmp_path / "missing.yaml")
 
 
+
+@pytest.mark.parametrize("value", [".nan", ".inf"])  # -.inf: the schema says below its minimum
+def test_a_nan_or_infinite_number_is_refused_naming_its_key(value, tmp_path):
+    from batchlab.config import load_configs
+
+    text = yaml.safe_dump(TINY_CONFIG).replace("base_lrs:\n", "base_lrs:\n    - " + value + "\n", 1)
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"invalid config at 'studies\.tiny\.base_lrs\[0\]': -?(nan|inf) is not a "
+                                          r"finite number"):
+        load_configs([tmp_path / "c.yaml"])
+
+
+def test_a_key_written_twice_in_one_mapping_is_refused_naming_the_line(tmp_path):
+    from batchlab.config import load_config_file
+
+    study = yaml.safe_dump({"tiny": TINY_CONFIG["studies"]["tiny"]})
+    (tmp_path / "twice.yaml").write_text("studies:\n" + "".join("  " + line + "\n" for line in
+                                                                 (study + study).splitlines()))
+    second = 2 + len(study.splitlines())
+    with pytest.raises(ConfigError, match=f"key 'tiny' appears twice in one mapping at line {second}, column 3"):
+        load_config_file(tmp_path / "twice.yaml")
+    # a merge key's values may be overridden: that is what it is for
+    (tmp_path / "merge.yaml").write_text("a: &x {b: 1, c: 2}\nd:\n  <<: *x\n  b: 3\n")
+    assert load_config_file(tmp_path / "merge.yaml") == {"a": {"b": 1, "c": 2}, "d": {"b": 3, "c": 2}}
+
 # Where the Snakefile has control first: the default config.yaml (snakemake reads a --configfile
 # itself, before the Snakefile, and refuses a broken one without naming it), and the checks of a
 # config that is a mapping.
@@ -414,3 +439,7 @@ def test_the_snakefile_names_the_config_files_of_an_invalid_config(tmp_path):
     assert result.returncode != 0
     assert (f"{tmp_path / 'bad.yaml'} + --config: invalid config at 'studies.tiny.batch_sizes[1]': 'big' is not of type "
             f"'integer'") in (result.stdout + result.stderr).splitlines()
+    # snakemake's own reading keeps the last of two same keys; the Snakefile reads the files again and refuses it
+    (tmp_path / "twice.yaml").write_text(yaml.safe_dump(TINY_CONFIG) + "device: cpu\n")
+    result = snakemake(tmp_path, "--configfile", "twice.yaml")
+    assert result.returncode != 0 and "key 'device' appears twice in one mapping" in result.stdout + result.stderr

@@ -185,7 +185,7 @@ def test_run_json_records_config_seed_versions_device_and_commit(tmp_path, tiny_
     assert info["spec"] == spec.to_dict() and info["seed"] == 0 and info["run_id"] == spec.run_id
     assert info["versions"]["torch"] == torch.__version__.split("+")[0] or info["versions"]["torch"].startswith(torch.__version__[:4])
     assert info["device"].startswith("cpu") and "commit" in info["git"]
-    assert info["wall_time_s"] > 0
+    assert info["wall_time_s"] > 0 and 0 < info["cpu_time_s"] < 4 * info["wall_time_s"]  # one torch thread, and tqdm's
 
 
 def test_same_seed_same_result_on_cpu(tmp_path, tiny_data):
@@ -331,6 +331,26 @@ def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, t
     assert_same_results(tmp_path / "whole", tmp_path / "split")
     assert not (tmp_path / "split/checkpoints/resume.pt").exists()
 
+
+
+def test_a_job_killed_as_its_run_finishes_leaves_it_finished(tmp_path, tiny_data, monkeypatch):
+    """The kill comes as the resume checkpoint is removed, after run.json: the rerun keeps the run."""
+    spec = make_spec({"budget": {"epochs": 3}}, run="tiny/mlp/bs16/constant/lr0.05/seed0")
+    train_run(spec, tiny_data, tmp_path, device="cpu", max_steps=21)
+    unlink = type(tmp_path).unlink
+
+    def killed_at_resume_pt(path, *args, **kwargs):
+        if path.name == "resume.pt":
+            raise KeyboardInterrupt("killed")
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(type(tmp_path), "unlink", killed_at_resume_pt)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(spec, tiny_data, tmp_path, device="cpu")
+    monkeypatch.undo()
+    first = io.read_json(tmp_path / "run.json")
+    again = train_run(spec, tiny_data, tmp_path, device="cpu")
+    assert again == first and again["resumed_from_step"] == 21  # kept as it finished, not trained again
 
 SUBSETS = {"regular_points": 5, "log_points": 3, "train_subset": 100, "test_subset": 40}
 

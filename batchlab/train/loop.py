@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,12 +118,13 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     S, B, step = plan.total_steps, spec.batch_size, members[0].start_step
     stack = Stack(members, data, dev, step_mode)
     log.info("training %d run(s) together from step %d: %s", len(members), step, ", ".join(m.spec.run_id for m in members))
-    t_start = clock()
+    t_start, cpu_start = clock(), time.process_time()
 
     chance = prior_entropy(data.y_train, data.num_classes, IGNORE_INDEX)  # the loss of predicting the targets' prior
 
-    def wall(m: Member) -> float:
-        return m.wall_before + clock() - t_start
+    def elapsed(m: Member) -> dict[str, float]:
+        return {"wall_time_s": m.elapsed_before["wall_time_s"] + clock() - t_start,
+                "cpu_time_s": m.elapsed_before["cpu_time_s"] + time.process_time() - cpu_start}
 
     carry, divisor = lm.carries_state(spec), lm.anneal_divisor(spec)
     subsets = None if carry else eval_subsets(data, spec.eval)  # None: every evaluation is over the whole sets
@@ -194,7 +196,7 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         with resume_clock.saving():
             for k, m in enumerate(stack.members):
                 extra = {"carried_state": lm.member_rows(lm_module.carried_state, k, B)} if carry else {}
-                save_member_checkpoint(m.run_dir / "checkpoints" / name, m, stack.model, stack.optimizer, k, at, wall(m),
+                save_member_checkpoint(m.run_dir / "checkpoints" / name, m, stack.model, stack.optimizer, k, at, elapsed(m),
                                        extra)
 
     if step == 0:
@@ -258,7 +260,7 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
                 m = stack.members[k]
                 status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, chance)
                 summaries[m.spec.run_id] = write_outputs(m, stack.model.member_state_dict(k), plan, step, status,
-                                                          stopped, diverged_step, dev, wall(m), data.task, step_mode)
+                                                          stopped, diverged_step, dev, elapsed(m), data.task, step_mode)
             if not keep:
                 stack.members = []
                 break

@@ -57,6 +57,12 @@ log = logging.getLogger(__name__)
 COMPLETE_MARK = "COMPLETE"  # in checkpoints/: the run behind these checkpoints finished
 
 
+# What a run's training took, kept across resumes: the wall seconds, and the process's CPU seconds
+# (on a CPU with one torch thread, the wall time the run would take alone, whatever else shared
+# the cores; estimates are checked against it).
+ELAPSED = ("wall_time_s", "cpu_time_s")
+
+
 @dataclass
 class Member:
     """One run of a stack: its spec, its directory, and its curve on the host."""
@@ -66,7 +72,7 @@ class Member:
     chash: str
     curve: Curve
     start_step: int
-    wall_before: float
+    elapsed_before: dict[str, float]  # wall_time_s and cpu_time_s spent before this process, on resumed steps
     resumed: dict | None
 
 
@@ -110,10 +116,10 @@ def open_member(spec: RunSpec, run_dir: Path, total_steps: int, columns: tuple[s
         for stale in ckpt_dir.glob("*.pt"):
             log.info("removing %s: not a checkpoint of this run's config", stale)
             stale.unlink()
-        return Member(spec, run_dir, chash, Curve.empty(total_steps, columns), 0, 0.0, None)
+        return Member(spec, run_dir, chash, Curve.empty(total_steps, columns), 0, dict.fromkeys(ELAPSED, 0.0), None)
     log.info("resuming %s from step %d of %d", spec.run_id, resumed["step"], total_steps)
     return Member(spec, run_dir, chash, Curve.from_state(resumed["curve"], total_steps, columns), resumed["step"],
-                  resumed["wall_time_s"], resumed)
+                  {key: resumed.get(key, math.nan) for key in ELAPSED}, resumed)
 
 
 def _named_step(path: Path) -> float:
@@ -145,7 +151,7 @@ def newest_checkpoint(ckpt_dir: Path, chash: str) -> dict | None:
 
 
 def save_member_checkpoint(path: Path, member: Member, model: StackedModel, optimizer: StackedOptimizer, k: int,
-                           step: int, wall: float, extra: dict | None = None) -> None:
+                           step: int, elapsed: dict[str, float], extra: dict | None = None) -> None:
     """Member k's checkpoint at `step`; `extra` adds entries (a language model's carried state)."""
     io.save_torch(
         {
@@ -156,7 +162,7 @@ def save_member_checkpoint(path: Path, member: Member, model: StackedModel, opti
             "model": model.member_state_dict(k),
             "optimizer": optimizer.member_state_dict(k),
             "curve": member.curve.to_state(step),
-            "wall_time_s": wall,
+            **elapsed,
             **(extra or {}),
         },
         path,
@@ -164,7 +170,8 @@ def save_member_checkpoint(path: Path, member: Member, model: StackedModel, opti
 
 
 def write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, status: str, stopped: str,
-                   diverged_step: int | None, dev: torch.device, wall_time: float, task: str, step_mode: str) -> dict:
+                   diverged_step: int | None, dev: torch.device, elapsed: dict[str, float], task: str,
+                   step_mode: str) -> dict:
     spec, run_dir, curve = member.spec, member.run_dir, member.curve
     metrics = curve.frame(step, plan.steps_per_epoch, spec.batch_size)
     io.write_parquet(metrics, run_dir / "metrics.parquet")
@@ -191,7 +198,7 @@ def write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, statu
         **{f"final_{k}": v for k, v in final.items()},
         "best_test_acc": float(np.nanmax([v[3] for s, v in curve.evals.items() if s <= step])),
         **last_epochs_median(curve, plan, step, status),
-        "wall_time_s": wall_time,
+        **elapsed,
         "resumed_from_step": member.resumed["step"] if member.resumed is not None else None,
         "device": provenance.device_name(dev),
         "step_mode": step_mode,
@@ -202,6 +209,7 @@ def write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, statu
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     io.write_json(summary, run_dir / "run.json")
-    (run_dir / "checkpoints" / "resume.pt").unlink(missing_ok=True)
+    # COMPLETE before resume.pt goes: a job killed between the two leaves a finished run, not one to train again
     (run_dir / "checkpoints" / COMPLETE_MARK).touch()
+    (run_dir / "checkpoints" / "resume.pt").unlink(missing_ok=True)
     return summary
