@@ -11,7 +11,7 @@ SNAKEMAKE_ARGS ?=
 
 PRESET ?= golmant
 
-.PHONY: demo test check smoke estimate venv browser slurm datasets clean-results
+.PHONY: demo run test check smoke estimate venv browser slurm datasets clean-results
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,9 @@ PROFILE ?= $(shell $(BIN)/python -c 'import torch, sys; sys.exit(not torch.cuda.
 # The greedy scheduler: snakemake's default ILP job selection costs about 2 s of a core per
 # job on a grid of short jobs (measured: 163 s against 94 s for 36 tiny jobs on 2 cores).
 # check-config first: it refuses a config that cannot run and prints its estimated device-hours.
-demo: $(STAMP)
+# `make run CONFIG=config/golmant.yaml` does the same for another config (`make demo` is a run of
+# the default one).
+demo run: $(STAMP)
 	$(BIN)/python -m batchlab check-config $(CONFIG)
 	$(BIN)/snakemake --cores $(CORES) --scheduler greedy --configfile $(CONFIG) $(patsubst %,--profile %,$(PROFILE)) $(SNAKEMAKE_ARGS)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from batchlab import provenance
 from batchlab.config import (
     analysed_runs, build_grid, build_pairs, build_stacks, check_config, check_data_roots, job_device, load_config_file,
-    naming_files, reload_configs,
+    naming_files, reload_configs, results_config,
 )
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it
@@ -36,6 +36,7 @@ ANALYSED_STACKS = {  # stack_id -> its analysed runs, for the stacks that have a
 STUDY_PAIRS = {}  # study -> its pairs, for the studies that have any
 for pair in PAIRS.values():
     STUDY_PAIRS.setdefault(pair.study, []).append(pair)
+RESULTS_CONFIG = results_config(config)  # what the jobs that read the config carry: a setting that cannot change results reruns none
 DEVICE = job_device(config["device"])  # in the params of the jobs that compute on it; see job_device
 
 # The jobs must run the library this process imported and hashes into their params: the one next to
@@ -76,3 +77,9 @@ rule all:
         all_figures("pdf"),
         rules.report.output,
     default_target: True
+
+
+onsuccess:
+    # where to look once it is done (also when the report was already up to date)
+    if Path(rules.report.output[0]).exists():
+        print(f"The report: {Path(rules.report.output[0]).resolve()}")

@@ -3,6 +3,7 @@
     python -m batchlab estimate CONFIG [CONFIG ...] [--throughput CSV] [--device-name STR] [--slurm-profile YAML]
     python -m batchlab smoke-data CONFIG [CONFIG ...]
     python -m batchlab check-config CONFIG [CONFIG ...] [--throughput CSV]
+    python -m batchlab forget RUN_ID [RUN_ID ...] [--results DIR]
 
 `estimate` prints what a config will cost before it runs: runs, jobs, run-steps and the
 estimated device-hours from the throughput table of `benchmarks/throughput.py` (see
@@ -14,7 +15,9 @@ before snakemake reads them, config files that are not a YAML mapping (snakemake
 names no file) and configs that the Snakefile would refuse; a valid config gets one more line,
 its estimated device-hours. Several CONFIGs are laid over each other in order, as snakemake
 does with several --configfile. Exit status 2, with one line naming the file, on a missing,
-unreadable, non-YAML or invalid config.
+unreadable, non-YAML or invalid config. `forget` removes runs (their directories and their stacks'
+markers, batchlab.forget) so that the next snakemake trains them again: what a damaged file in a
+run's directory asks for.
 """
 
 from __future__ import annotations
@@ -99,6 +102,20 @@ def estimate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def forget_command(args: argparse.Namespace) -> int:
+    from batchlab.forget import forget
+
+    try:
+        removed = forget(Path(args.results), args.run_id)
+    except FileNotFoundError as exc:
+        return _fail(str(exc))
+    for path in removed:
+        print(f"removed {path}")
+    print(f"snakemake trains {'them' if len(args.run_id) > 1 else 'it'} again when it next runs, with what reads "
+          f"{'them' if len(args.run_id) > 1 else 'it'}; the other runs of a stack are kept")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchlab", description="batchlab command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("config", nargs="+", help="e.g. config.yaml, or config/golmant.yaml config/smoke/golmant.yaml")
     check.add_argument("--throughput", default=str(DEFAULT_THROUGHPUT),
                        help=f"throughput table of the estimated device-hours (default: {DEFAULT_THROUGHPUT})")
+    fgt = commands.add_parser("forget", help="remove runs so that the workflow trains them again",
+                              description="Remove each run's directory and the marker of the stack it trained in: "
+                                          "the next snakemake trains it again and redoes what reads it (the stack's "
+                                          "other runs are kept). For a run with a damaged file.")
+    fgt.add_argument("run_id", nargs="+", help="e.g. demo/mlp/bs64/constant/lr0.1/seed0, as the error names it")
+    fgt.add_argument("--results", default="results", help="the workflow's results folder (default: results)")
     args = parser.parse_args(argv)
     if args.command == "estimate":
         args.throughput_given = args.throughput is not None
@@ -140,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
 
 
-COMMANDS = {"estimate": estimate_command, "smoke-data": smoke_data_command, "check-config": check_config_command}
+COMMANDS = {"estimate": estimate_command, "smoke-data": smoke_data_command, "check-config": check_config_command,
+            "forget": forget_command}
 
 
 if __name__ == "__main__":

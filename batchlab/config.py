@@ -181,7 +181,22 @@ def check_config(config: dict, schema_path: str | os.PathLike = SCHEMA_PATH) -> 
         raise ConfigError(f"invalid config at '{_key(path)}': {value} is not a finite number")
     for name, study in config["studies"].items():
         _check_study(name, study, config["datasets"])
+    if (runs := grid_size(config)) > config["max_runs"]:
+        raise ConfigError(f"invalid config at 'max_runs': the grid has {runs:,} runs, more than max_runs "
+                          f"({config['max_runs']:,}); if you mean it, set max_runs: {runs} (and see `python -m batchlab "
+                          f"estimate` first)")
     return config
+
+
+def grid_size(config: dict) -> int:
+    """How many runs build_grid makes of a checked config, counted without making them: in microseconds where a
+    grid of a million runs takes minutes to build and plan."""
+    total = 0
+    for study in config["studies"].values():
+        pairs = sum(1 for b in study["batch_sizes"] for m in study["bn_batch_sizes"] if m is None or m <= b)
+        total += pairs * math.prod(len(study[key]) for key in ("train_fractions", "models", "lr_rules", "base_lrs",
+                                                               "seeds"))
+    return total
 
 
 def _non_finite(value, path: tuple = ()):
@@ -323,16 +338,47 @@ def _check_schedule(where: str, study: dict, n_train: int) -> None:
 
 
 def check_data_roots(config: dict) -> None:
-    """Refuse, before any job, a data set that torchvision could download (it has a `download` option) but
-    may not, read from a `root` that does not exist. Relative roots are read from the current directory:
-    snakemake's working directory. (Text corpora cannot be downloaded; their reader names what is missing.)
+    """Refuse, before any job, a data set read from a `root` that does not exist where nothing may download it:
+    one whose `download` is false, or one that cannot be downloaded at all (a text corpus, a Debian package's
+    files). Relative roots are read from the current directory: snakemake's working directory.
     """
     used = {study["dataset"] for study in config["studies"].values()}
     for name in sorted(used):
         options = config["datasets"].get(name, {})
-        if options.get("download") is False and not Path(options["root"]).exists():
-            raise ConfigError(f"invalid config at 'datasets.{name}.root': {options['root']} does not exist (from "
-                              f"{Path.cwd()}) and download is false; point it at the release or set download: true")
+        if "root" not in options or options.get("download") is True or Path(options["root"]).exists():
+            continue
+        why = "and download is false" if "download" in options else "and this data set cannot be downloaded"
+        fix = "set download: true" if "download" in options else "put the release there"
+        raise ConfigError(f"invalid config at 'datasets.{name}.root': {options['root']} does not exist (from "
+                          f"{Path.cwd()}) {why}; point it at the release or {fix}")
+
+
+# Settings that decide how a run is kept safe, never what it computes: a change to one leaves the
+# finished runs, their jobs and everything downstream as they are. section -> keys.
+RESULT_FREE = {"checkpoints": ("resume_every_s",)}
+
+
+# Top-level keys that decide where and how jobs run, never what they compute.
+PLACEMENT_KEYS = ("gpus", "gpus_per_run", "slots_per_gpu", "gpu_lock_dir", "max_runs")
+
+
+def results_config(config: dict) -> dict:
+    """The config but its settings that cannot change a result (PLACEMENT_KEYS, each study's RESULT_FREE): what
+    the jobs that read the whole config or its studies carry in their params."""
+    return {**{key: value for key, value in config.items() if key not in PLACEMENT_KEYS},
+            "studies": {name: without_result_free(study) for name, study in config["studies"].items()}}
+
+
+def without_result_free(spec: dict[str, Any]) -> dict[str, Any]:
+    return {key: ({k: v for k, v in value.items() if k not in RESULT_FREE[key]} if key in RESULT_FREE else value)
+            for key, value in spec.items()}
+
+
+def job_run_spec(spec: dict[str, Any], config: dict) -> "RunSpec":
+    """The RunSpec of a job's `result_dict` spec, its result-free settings read again from the config."""
+    study = config["studies"][spec["study"]]
+    return RunSpec.from_dict({key: ({**value, **{k: study[key][k] for k in RESULT_FREE[key]}} if key in RESULT_FREE
+                                    else value) for key, value in spec.items()})
 
 
 @dataclass
@@ -371,6 +417,11 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def result_dict(self) -> dict[str, Any]:
+        """The spec but its settings that cannot change a result (RESULT_FREE): what a job's params carry, so that
+        changing one of them reruns nothing, and what a run's config hash is of."""
+        return without_result_free(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunSpec":

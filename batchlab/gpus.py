@@ -15,10 +15,12 @@ why the GPUs are counted by `nvidia-smi -L` in a subprocess rather than through 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -89,6 +91,13 @@ def _open_lock(path: Path) -> int:
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue  # another job created it between the two opens
+        except PermissionError:
+            mode = stat.S_IMODE(os.stat(path.parent).st_mode)
+            raise PermissionError(
+                errno.EACCES, f"cannot create the GPU lock {path}: its folder (mode {mode:o}, made by another user or "
+                f"by hand) is not writable by this user. Every user's jobs claim GPUs from the same folder, so it must "
+                f"be writable by all with the sticky bit, as /tmp is: its owner runs `chmod 1777 {path.parent}`; or "
+                f"set gpu_lock_dir to a folder of your own") from None
         os.fchmod(fd, 0o666)  # whatever the umask: any user's claim touches it (see _try_lock)
         return fd
 

@@ -3,19 +3,21 @@
 A job killed half-way never leaves a half file that looks whole, and snakemake never
 mistakes a partial output for a finished one.
 
-Every torch file and Parquet table carries a SHA-256 of its content, checked on every
-load: a file damaged on disk or edited by hand after it was written is refused with an
+Every torch file, Parquet table and JSON file carries a SHA-256 of its content, checked on
+every load: a file damaged on disk or edited by hand after it was written is refused with an
 error that names it (ChecksumError), never read as a result. A torch file holds
 {"batchlab_sha256": digest, "content": what was saved}; a Parquet table keeps its digest
-in the schema's key-value metadata.
+in the schema's key-value metadata; a JSON mapping has it as one more key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -52,32 +54,76 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch's writer says only "enforce fail at inline_container.cc"
+        raise _unwritable(path, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_json(obj: Any, path: str | os.PathLike) -> None:
+LOW_SPACE_BYTES = 64 * 2**20  # below this free on its file system, a failed write is put down to a full disk
+
+
+def _unwritable(path: Path, exc: BaseException) -> OSError:
+    """An error naming the file that could not be written and why, in words: a full disk first."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if getattr(exc, "errno", None) == errno.ENOSPC or (free is not None and free < LOW_SPACE_BYTES):
+        cause = "no space left on its file system" + (f" ({free / 2**20:.0f} MiB free)" if free is not None else "")
+        return OSError(errno.ENOSPC, f"cannot write {path}: {cause}; free some space and run again")
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return OSError(getattr(exc, "errno", None), f"cannot write {path}: {type(exc).__name__}: {first_line}")
+
+
+def _json_digest(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def write_json(obj: dict, path: str | os.PathLike) -> None:
+    """A mapping as JSON with its checksum under CHECKSUM_KEY (of the mapping as a reader gets it back)."""
+    content = json.loads(json.dumps(obj, default=str))  # what a reader gets: tuples as lists, paths as strings
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps({**content, CHECKSUM_KEY: _json_digest(content)}, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike) -> dict:
+    """A mapping written by write_json, checked against its checksum; a damaged or edited one raises
+    ChecksumError naming it."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
+    if not isinstance(content, dict) or CHECKSUM_KEY not in content:
+        raise _no_checksum(path)
+    stored = content.pop(CHECKSUM_KEY)
+    _verify(path, stored, _json_digest(content))
+    return content
+
+
+def _remedy(path: str | os.PathLike) -> str:
+    """What to do about a bad file: a run's files come back only by training the run again."""
+    from batchlab.forget import run_id_of
+
+    run_id = run_id_of(path)
+    if run_id is not None:
+        return (f"Run `python -m batchlab forget {run_id}` in the workflow's directory, then snakemake again: it "
+                "trains the run again and redoes what reads it.")
+    return "Delete it and run snakemake again: the rule that wrote it runs again."
 
 
 def _no_checksum(path: str | os.PathLike) -> ChecksumError:
-    return ChecksumError(f"{path} has no batchlab checksum: it was written by other code or by hand. "
-                         "Delete it (or its run's directory) and rerun the rule that wrote it.")
+    return ChecksumError(f"{path} has no batchlab checksum: it was written by other code or by hand. {_remedy(path)}")
 
 
 def _verify(path: str | os.PathLike, stored: str, actual: str) -> None:
     if stored != actual:
         raise ChecksumError(f"{path} is damaged or was edited after it was written: its content no longer matches "
-                            "its checksum. Delete it (or its run's directory) and rerun the rule that wrote it.")
+                            f"its checksum. {_remedy(path)}")
 
 
 def _unreadable(path: str | os.PathLike, exc: Exception) -> OSError:
-    return OSError(f"cannot read {path}: {type(exc).__name__}: {exc}")
+    return OSError(f"cannot read {path}: {type(exc).__name__}: {exc}. {_remedy(path)}")
 
 
 def frame_digest(df: pd.DataFrame) -> str:

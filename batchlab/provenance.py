@@ -63,12 +63,18 @@ def code_hash(package: Path = LIBRARY) -> str:
     return library_hash(package / "train" / "__init__.py", package)
 
 
+# Modules that decide where a job computes (which GPU it takes), never what: an edit to one reruns nothing.
+PLACEMENT_MODULES = frozenset({"gpus.py"})
+
+
 @functools.lru_cache  # the Snakefile asks once per rule, the trainer once per member
 def library_hash(entry: str | os.PathLike, package: Path = LIBRARY) -> str:
     """A hash of the modules of `package` that `entry` (a script or a module) imports, transitively:
     a job whose params carry it reruns when that code changes, and only then."""
     digest = hashlib.sha256()
     for path in sorted(library_closure(Path(entry).resolve(), package.resolve())):
+        if path.relative_to(package.resolve()).as_posix() in PLACEMENT_MODULES:
+            continue
         digest.update(path.relative_to(package.resolve()).as_posix().encode())  # where the copy lives does not count
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -406,6 +406,14 @@ def figure_html(name: str, png: str | Path, caption: str) -> str:
             f"<figcaption><strong>{name}</strong>: {caption_html(caption)}</figcaption></figure>")
 
 
+class _WithoutAliases(yaml.SafeDumper):
+    """Writes a mapping shared by two studies (the schema's defaults, a YAML anchor) out in full under each,
+    where safe_dump would write `&id001` and `*id001`."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def provenance_html(config: dict, git: dict, versions: dict, devices: list[str]) -> str:
     commit = git.get("commit") or "unknown"
     dirty = " (with uncommitted changes)" if git.get("dirty") else ""
@@ -415,7 +423,7 @@ def provenance_html(config: dict, git: dict, versions: dict, devices: list[str])
         "<li>devices the runs trained on: " + (", ".join(html.escape(d) for d in devices) or "–") + "</li>",
         f"<li>built: {datetime.now(timezone.utc).isoformat(timespec='seconds')}</li>",
     ]
-    config_text = html.escape(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    config_text = html.escape(yaml.dump(config, Dumper=_WithoutAliases, sort_keys=False, allow_unicode=True))
     return ("<section id='provenance'><h2>Provenance</h2><ul>" + "".join(items) + "</ul>"
             f"<details><summary>The full resolved config</summary><pre>{config_text}</pre></details></section>")
 

@@ -10,13 +10,13 @@ with claim_job_gpu(snakemake.config, snakemake.params.device):
 
     from batchlab import io
     from batchlab.analysis.interpolate import interpolate_run_pairs
-    from batchlab.config import Pair, RunSpec
+    from batchlab.config import Pair, job_run_spec
     from batchlab.data import load_prepared
     from batchlab.devices import resolve_device
 
     pairs = []
     for fields, dirs, spec in zip(snakemake.params.pairs, snakemake.params.run_dirs, snakemake.params.specs):
         pair = Pair(**{**fields, "candidates": tuple(fields["candidates"])})
-        pairs.append((pair, RunSpec.from_dict(spec), {run_id: Path(d) for run_id, d in zip(pair.candidates, dirs)}))
+        pairs.append((pair, job_run_spec(spec, snakemake.config), {run_id: Path(d) for run_id, d in zip(pair.candidates, dirs)}))
     data = load_prepared(snakemake.input.data, resolve_device(snakemake.params.device))
     io.write_parquet(interpolate_run_pairs(pairs, data, snakemake.params.cfg), snakemake.output[0])

@@ -7,11 +7,11 @@ start_job(snakemake.log[0], snakemake.threads)
 # Before torch touches CUDA, which reads CUDA_VISIBLE_DEVICES only once; held until the job ends.
 with claim_job_gpu(snakemake.config, snakemake.params.device) as gpu:
     from batchlab import io
-    from batchlab.config import RunSpec
+    from batchlab.config import job_run_spec
     from batchlab.train.loop import train_stack
 
     summaries = train_stack(
-        [RunSpec.from_dict(spec) for spec in snakemake.params.specs], snakemake.input.data, snakemake.params.run_dirs,
+        [job_run_spec(spec, snakemake.config) for spec in snakemake.params.specs], snakemake.input.data, snakemake.params.run_dirs,
         device=snakemake.params.device, step_mode=snakemake.config["step_mode"],
         cudnn_benchmark=snakemake.config["cudnn_benchmark"],
     )

@@ -1,6 +1,7 @@
 """Every checkpoint, final.pt and Parquet table carries a checksum of its content, checked on load."""
 
 import copy
+import json
 import logging
 import struct
 import zipfile
@@ -167,7 +168,7 @@ def test_a_value_changed_in_a_runs_metrics_is_found_when_the_tables_are_gathered
     edited = pd.read_parquet(metrics[0])
     edited.loc[5, "batch_loss"] += 0.01
     edited.to_parquet(metrics[0], index=False)
-    with pytest.raises(io.ChecksumError, match=f"{metrics[0]} has no batchlab checksum.*rerun the rule that wrote it"):
+    with pytest.raises(io.ChecksumError, match=f"{metrics[0]} has no batchlab checksum.*the rule that wrote it runs again"):
         curves_table(summaries, metrics)
 
 
@@ -183,3 +184,42 @@ def test_a_parquet_file_whose_values_no_longer_match_its_checksum_is_refused(tmp
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(OSError, match=f"cannot read {path}"):
         io.read_parquet(path)
+
+
+def test_an_edited_run_json_is_refused_naming_the_file_and_the_command_that_retrains_the_run(tmp_path, tiny_data_path):
+    run_id = "tiny/mlp/bs16/constant/lr0.05/seed0"
+    summary = tmp_path / "results/runs" / run_id / "run.json"
+    train_run(make_spec(run=run_id), tiny_data_path, summary.parent, device="cpu", progress=False)
+    assert runs_table([summary])["final_test_acc"].notna().all()
+    content = json.loads(summary.read_text())  # its checksum kept, one number changed
+    summary.write_text(json.dumps({**content, "final_test_acc": 0.99}))
+    with pytest.raises(io.ChecksumError, match=(f"{summary} is damaged or was edited.*"
+                                                f"`python -m batchlab forget {run_id}`")):
+        runs_table([summary])
+    summary.write_text(summary.read_text().replace('"batchlab_sha256"', '"no_sha256"'))
+    with pytest.raises(io.ChecksumError, match=f"{summary} has no batchlab checksum"):
+        io.read_json(summary)
+
+
+def test_a_checkpoint_write_that_fails_for_want_of_space_names_the_file_and_the_cause(tmp_path):
+    """A file-size limit makes torch's own writer fail part-way, as a full disk does; the file system's free space
+    is read as nearly none."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "checkpoints" / "step_8.pt"
+    script = f"""
+import resource, signal, shutil, sys, torch
+from batchlab import io
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+io.shutil.disk_usage = lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10**6, 10**6)
+try:
+    io.save_torch({{"model": torch.ones(10**6)}}, {str(path)!r})
+except OSError as exc:
+    print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    message = result.stdout.strip()
+    assert message == f"[Errno 28] cannot write {path}: no space left on its file system (1 MiB free); free some space and run again", result.stderr
+    assert not list(path.parent.glob("*"))  # no half file left, under any name

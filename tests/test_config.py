@@ -299,20 +299,28 @@ def test_a_two_batch_b_big_beyond_the_training_set_is_refused():
     check_config(cfg)
 
 
-def test_a_missing_root_that_may_not_download_is_refused(tmp_path, monkeypatch):
+# A missing root is refused before any job where nothing may download it: torchvision's data set told not to, and
+# a text corpus, which cannot be downloaded (else prepare_data would be the first to say so).
+@pytest.mark.parametrize("dataset, model, reason", [
+    ("cifar10", "resnet8", "and download is false; point it at the release or set download: true"),
+    ("wikitext2", "lstm_lm", "and this data set cannot be downloaded; point it at the release or put the release there"),
+])
+def test_a_missing_root_that_nothing_may_download_is_refused(dataset, model, reason, tmp_path, monkeypatch):
     from batchlab.config import check_data_roots
 
     monkeypatch.chdir(tmp_path)
     cfg = copy.deepcopy(TINY_CONFIG)
-    cfg["datasets"]["cifar10"] = {"root": "data/cifar"}
-    cfg["studies"]["tiny"].update(dataset="cifar10", models=["resnet8"], batch_sizes=[16, 64])
+    cfg["datasets"][dataset] = {"root": "data/release"}
+    cfg["studies"]["tiny"].update(dataset=dataset, models=[model], batch_sizes=[16, 64])
     check_config(cfg)
-    with pytest.raises(ConfigError, match=r"datasets.cifar10.root': data/cifar does not exist .* download is false"):
+    with pytest.raises(ConfigError, match=re.escape(f"datasets.{dataset}.root': data/release does not exist (from "
+                                                    f"{tmp_path}) {reason}")):
         check_data_roots(cfg)
-    (tmp_path / "data/cifar").mkdir(parents=True)
+    (tmp_path / "data/release").mkdir(parents=True)
     check_data_roots(cfg)  # there now
-    cfg["datasets"]["cifar10"] = {"root": "elsewhere", "download": True}
-    check_data_roots(cfg)  # torchvision will fetch it
+    if dataset == "cifar10":
+        cfg["datasets"]["cifar10"] = {"root": "elsewhere", "download": True}
+        check_data_roots(cfg)  # torchvision will fetch it
 
 
 # --- config files that are not a YAML mapping: one line naming the file, before any job ------
@@ -408,6 +416,28 @@ def test_a_key_written_twice_in_one_mapping_is_refused_naming_the_line(tmp_path)
     (tmp_path / "merge.yaml").write_text("a: &x {b: 1, c: 2}\nd:\n  <<: *x\n  b: 3\n")
     assert load_config_file(tmp_path / "merge.yaml") == {"a": {"b": 1, "c": 2}, "d": {"b": 3, "c": 2}}
 
+
+def test_a_grid_larger_than_max_runs_is_refused_until_confirmed():
+    from batchlab.config import grid_size
+
+    config = copy.deepcopy(TINY_CONFIG)  # 4 runs: 2 batch sizes x 2 LR rules
+    config["studies"]["tiny"]["seeds"] = [0, 1, 2]
+    config["max_runs"] = 11
+    with pytest.raises(ConfigError, match="invalid config at 'max_runs': the grid has 12 runs, more than max_runs "
+                                          r"\(11\); if you mean it, set max_runs: 12"):
+        check_config(copy.deepcopy(config))
+    config["max_runs"] = 12
+    assert grid_size(check_config(config)) == len(build_grid(config)) == 12
+
+
+@pytest.mark.parametrize("preset", ["config.yaml", "config/masters_luschi.yaml", "config/keskar.yaml",
+                                    "config/golmant.yaml", "config/fashion_mnist.yaml"])
+def test_the_grid_size_counted_is_the_grid_built(preset):
+    from batchlab.config import grid_size, load_configs
+
+    config = load_configs([REPO / preset])  # masters_luschi's ghost BN study drops BN sub-batches above the batch
+    assert grid_size(config) == len(build_grid(config)) <= config["max_runs"]
+
 # Where the Snakefile has control first: the default config.yaml (snakemake reads a --configfile
 # itself, before the Snakefile, and refuses a broken one without naming it), and the checks of a
 # config that is a mapping.
@@ -443,3 +473,9 @@ def test_the_snakefile_names_the_config_files_of_an_invalid_config(tmp_path):
     (tmp_path / "twice.yaml").write_text(yaml.safe_dump(TINY_CONFIG) + "device: cpu\n")
     result = snakemake(tmp_path, "--configfile", "twice.yaml")
     assert result.returncode != 0 and "key 'device' appears twice in one mapping" in result.stdout + result.stderr
+    # a grid over max_runs (a typo in the seeds) is refused before snakemake plans anything
+    huge = copy.deepcopy(TINY_CONFIG)
+    huge["studies"]["tiny"]["seeds"] = list(range(5001))
+    (tmp_path / "huge.yaml").write_text(yaml.safe_dump(huge))
+    result = snakemake(tmp_path, "--configfile", "huge.yaml")
+    assert result.returncode != 0 and "the grid has 20,004 runs, more than max_runs (20,000)" in result.stdout + result.stderr

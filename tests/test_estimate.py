@@ -506,7 +506,7 @@ def test_check_config_prints_the_estimated_device_hours_after_valid(tmp_path, ca
 
 def test_make_demo_runs_check_config_before_snakemake():
     makefile = (REPO / "Makefile").read_text()
-    recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    recipe = makefile.split("\ndemo run:", 1)[1].split("\n\n", 1)[0]
     commands = [line.strip() for line in recipe.splitlines()[1:]]
     assert "-m batchlab check-config $(CONFIG)" in commands[0] and "snakemake" in commands[1]
 

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -165,6 +166,42 @@ def test_lock_folder_is_shared_by_every_user(tmp_path):
         assert (tmp_path / "locks").stat().st_mode & 0o7777 == 0o1777
         assert lock_path(tmp_path / "locks", 0, 0).stat().st_mode & 0o777 == 0o666
 
+
+
+def test_a_lock_folder_other_users_cannot_write_is_explained(tmp_path):
+    """Another user's claim (here: a forked child that becomes `nobody` when the tests run as root) in a folder
+    made without mode 1777."""
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="batchlab-locks-test-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        locks = shared / "locks"
+        locks.mkdir(mode=0o755)
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child reports through the pipe)
+            os.close(read)
+            try:
+                if os.getuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                else:
+                    locks.chmod(0o555)
+                with claim_gpu([0], locks):
+                    message = "claimed"
+            except PermissionError as exc:
+                message = str(exc)
+            os.write(write, message.encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            message = pipe.read()
+        os.waitpid(child, 0)
+        assert message.startswith(f"[Errno 13] cannot create the GPU lock {lock_path(locks, 0, 0)}: its folder (mode 7")
+        assert f"`chmod 1777 {locks}`" in message and "gpu_lock_dir" in message
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 def test_nvidia_smi_list_counts_gpus_not_their_mig_parts(monkeypatch):
     text = ("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)\n  MIG 3g.40gb     Device  0: (UUID: MIG-a)\n"

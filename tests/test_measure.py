@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -42,7 +43,12 @@ def measure(data, cfg: dict, state: dict | None = None) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_rows_carry_method_and_interval(tiny_data, analysis_cfg):
+def test_rows_carry_method_and_interval(tiny_data, analysis_cfg, monkeypatch):
+    # a shorter converged search: its rows and their order are what is checked here, its search in test_sharpness
+    from batchlab.analysis import measure as measure_module
+
+    short = functools.partial(measure_module.eps_sharpness_converged, n_starts=4, screen_iter=10, max_iter=30)
+    monkeypatch.setattr(measure_module, "eps_sharpness_converged", short)
     df = measure(tiny_data, analysis_cfg)
     methods = {metric: list(part.unique()) for metric, part in df["method"].groupby(df["metric"].to_numpy())}
     assert methods == {"eps_sharpness_full": ["lbfgsb", "lbfgsb_multistart"],

@@ -7,6 +7,7 @@ tiny grid, through training, analyses, speed-up, interpolation, figures and the 
 """
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from snakemake.utils import update_config
@@ -77,6 +78,9 @@ def test_the_full_preset_plans_the_papers_grid(preset, tmp_path):
         assert {r.model for r in runs} == models and sorted({r.batch_size for r in runs}) == batch_sizes
         if n_runs is not None:
             assert len(runs) == n_runs, study
+    for options in config["datasets"].values():  # a corpus cannot be downloaded: there must be a folder to plan from
+        if "root" in options and "download" not in options and not Path(options["root"]).is_absolute():
+            (tmp_path / options["root"]).mkdir(parents=True, exist_ok=True)
     result = run_snakemake(tmp_path, preset, "--dry-run", smoke=False)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)

@@ -56,6 +56,10 @@ def test_an_edited_data_preparation_changes_only_its_job(pristine, tmp_path):
     assert changed(pristine, tmp_path, "data/mnist1d.py") == {"prepare_data"}
 
 
+def test_an_edit_to_where_jobs_compute_changes_no_job(pristine, tmp_path):
+    assert changed(pristine, tmp_path, "gpus.py") == set()
+
+
 def test_a_moved_copy_hashes_the_same(pristine, tmp_path):
     moved = Path(shutil.copytree(pristine, tmp_path / "elsewhere" / "checkout"))
     assert hashes(moved) == hashes(pristine)

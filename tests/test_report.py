@@ -266,3 +266,12 @@ def test_a_prediction_below_ten_keeps_its_digits_rather_than_printing_zero():
     assert prediction_text(9.77, 0.636, 150.2) == "9.8 [0.64, 150]"
     assert prediction_text(24.4, 2.9, np.inf) == "24 [2.9, ∞)"
     assert prediction_text(229.8, np.nan, np.nan) == "230 (no interval)"
+
+
+def test_the_provenance_writes_a_mapping_two_studies_share_under_each_without_yaml_anchors():
+    from batchlab.report import provenance_html
+
+    shared = {"epochs": 4, "stop": {"train_loss": 0.01}}  # as the schema's defaults or a YAML anchor leave them
+    page = provenance_html({"studies": {"a": {"budget": shared}, "b": {"budget": shared}}}, {}, {}, [])
+    assert "&amp;id" not in page and "*id" not in page
+    assert page.count("epochs: 4") == 2 and page.count("train_loss: 0.01") == 2

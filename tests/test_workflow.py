@@ -3,8 +3,10 @@
 import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +41,7 @@ def workflow_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("wf")
     result = snakemake(workdir, TINY_CONFIG)
     assert result.returncode == 0, result.stderr[-3000:]
+    (workdir / "first_run.log").write_text(result.stdout + result.stderr)
     return workdir
 
 
@@ -159,6 +162,8 @@ def test_report_opens_in_a_browser_with_the_summary_and_every_figure(workflow_di
         assert img["complete"] and img["natural_width"] > 0
     summary = pd.read_parquet(workflow_dir / "results/tables/summary.parquet")
     assert len(summary) == 1 and summary.iloc[0]["n_completed"] == 4
+    # the last thing it says: where the report is
+    assert f"The report: {(workflow_dir / 'results/report.html').resolve()}" in (workflow_dir / "first_run.log").read_text()
 
 
 def test_a_study_without_speedup_targets_builds_its_report(tmp_path):
@@ -182,6 +187,45 @@ def test_rerun_with_nothing_changed_does_no_work(workflow_dir):
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
 
+
+
+def test_a_setting_that_cannot_change_results_reruns_nothing(workflow_dir):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["studies"]["tiny"]["checkpoints"] = {**config["studies"]["tiny"]["checkpoints"], "resume_every_s": 77}
+    result = snakemake(workflow_dir, config, "-n")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+def test_a_copied_checkout_finds_the_results_up_to_date(workflow_dir, tmp_path):
+    """Nothing a job depends on names where the checkout lies (the report's captions are read as text)."""
+    checkout = tmp_path / "elsewhere"
+    outside = {".venv", ".git", "results", "data", ".pytest_cache", ".snakemake"}  # at the top (batchlab/data stays)
+    shutil.copytree(REPO, checkout, ignore=lambda folder, names: [
+        name for name in names if name == "__pycache__" or (Path(folder) == REPO and name in outside)])
+    (workflow_dir / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    result = subprocess.run([str(SNAKEMAKE), "-s", str(checkout / "Snakefile"), "--directory", str(workflow_dir),
+                             "--configfile", "config.yaml", "-n", "--cores", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=workflow_dir)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+def test_a_forgotten_run_trains_again_in_its_stack_and_what_reads_it_follows(workflow_dir, tmp_path):
+    copied = Path(shutil.copytree(workflow_dir, tmp_path / "copy", symlinks=True))  # the fixture's runs stay as they are
+    run_id = "tiny/mlp/bs16/constant/lr0.05/seed0"
+    forgot = subprocess.run([sys.executable, "-m", "batchlab", "forget", run_id], capture_output=True, text=True,
+                            cwd=copied, timeout=60)
+    assert forgot.returncode == 0, forgot.stderr
+    dry = snakemake(copied, TINY_CONFIG, "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts["train_stack"] == 1 and counts["gather_tables"] == 1 and counts["report"] == 1
+    assert "results/stacks/tiny/mlp/bs16/stack0.json" in dry.stdout + dry.stderr
+
+def test_snakemakes_own_report_holds_every_figure(workflow_dir):
+    result = snakemake(workflow_dir, TINY_CONFIG, "--report", "snakemake_report.zip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(workflow_dir / "snakemake_report.zip") as archive:
+        names = archive.namelist()
+    assert {name for name in FIGURE_NAMES if any(n.endswith(f"/{name}.png") for n in names)} == set(FIGURE_NAMES)
 
 def test_adding_a_batch_size_trains_only_the_new_runs(workflow_dir):
     config = copy.deepcopy(TINY_CONFIG)

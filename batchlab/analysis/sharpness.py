@@ -124,9 +124,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import Bounds, minimize
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+from batchlab.analysis.box_lbfgsb import minimize_in_box
 from batchlab.analysis.objective import Objective, hvp_operator
 
 DEFAULT_SUBSPACE_DIM = 100  # Keskar et al.'s p for the random-subspace measure
@@ -347,10 +347,7 @@ class _BoxSearch:
             last[:] = [y.tobytes(), (f, g)]
             return -f, -g
 
-        res = minimize(
-            neg, y0, jac=True, method="L-BFGS-B", bounds=Bounds(-self.b, self.b),
-            options={"maxiter": max_iter, "ftol": LBFGSB_FTOL, "gtol": LBFGSB_GTOL},
-        )
+        res = minimize_in_box(neg, y0, -self.b, self.b, {"maxiter": max_iter, "ftol": LBFGSB_FTOL, "gtol": LBFGSB_GTOL})
         end = np.ascontiguousarray(res.x, dtype=np.float64)
         self.cache = {last[0]: last[1]} if last[0] == end.tobytes() else {}
         self.end = end

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from batchlab import io, provenance
-from batchlab.config import RunSpec
+from batchlab.config import RunSpec, without_result_free
 from batchlab.metrics import perplexity
 from batchlab.stacked.models import StackedModel
 from batchlab.stacked.optim import StackedOptimizer
@@ -77,10 +77,9 @@ class Member:
 
 
 def result_hash(spec: dict) -> str:
-    """The hash of everything in a run's spec that can change its results: all but how often a
-    resume checkpoint is written, so changing that interval neither retrains nor refuses to resume."""
-    checkpoints = {k: v for k, v in spec.get("checkpoints", {}).items() if k != "resume_every_s"}
-    return provenance.config_hash({**spec, "checkpoints": checkpoints})
+    """The hash of everything in a run's spec that can change its results (batchlab.config.RESULT_FREE): changing
+    how often a resume checkpoint is written neither retrains nor refuses to resume."""
+    return provenance.config_hash(without_result_free(spec))
 
 
 def finished_summary(spec: RunSpec, run_dir: Path) -> dict | None:

@@ -15,7 +15,7 @@ rule analyse_stack:
     output:
         "results/analysis/{stack}.parquet",
     params:
-        specs=lambda wildcards: [RUNS[run_id].to_dict() for run_id in stack_analysed_runs(wildcards)],
+        specs=lambda wildcards: [RUNS[run_id].result_dict() for run_id in stack_analysed_runs(wildcards)],
         run_dirs=lambda wildcards: [run_dir(run_id) for run_id in stack_analysed_runs(wildcards)],
         along_training=lambda wildcards: [ANALYSED[run_id] for run_id in stack_analysed_runs(wildcards)],
         cfg=lambda wildcards: config["studies"][RUNS[stack_analysed_runs(wildcards)[0]].study]["analysis"],

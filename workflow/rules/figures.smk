@@ -1,5 +1,6 @@
 # Figures, PNG and PDF, drawn from the tables by scripts/figures.py (batchlab.plots). The PNGs
-# go into the HTML report with the captions in workflow/report/.
+# go into the HTML report with the captions in workflow/report/, and into snakemake's own
+# (`snakemake --report report.zip`).
 
 TABLES = {
     "runs": rules.gather_tables.output.runs,
@@ -9,6 +10,8 @@ TABLES = {
     "speedup": rules.speedup_tables.output.speedup,
     "critical": rules.speedup_tables.output.critical,
 }
+
+CAPTIONS = Path(workflow.basedir) / "workflow" / "report"  # a figure's caption: <figure>.rst
 
 # figure -> (tables it is drawn from, report section); the tables are passed to the figure's
 # function in batchlab.plots by these names, so they must match its parameters.
@@ -41,7 +44,9 @@ for number, (section, figures) in enumerate(SECTIONS.items(), start=1):
         input:
             **{table: TABLES[table] for figure in figures for table in FIGURES[figure][0]},
         output:
-            png=[f"results/figures/{figure}.png" for figure in figures],
+            # marked for `snakemake --report` too, with the same captions
+            png=[report(f"results/figures/{figure}.png", caption=f"../report/{figure}.rst", category=section)
+                 for figure in figures],
             pdf=[f"results/figures/{figure}.pdf" for figure in figures],
         params:
             tables={figure: FIGURES[figure][0] for figure in figures},

@@ -12,7 +12,7 @@ rule interpolate_study:
     params:
         pairs=lambda wildcards: [vars(pair) for pair in STUDY_PAIRS[wildcards.study]],
         run_dirs=lambda wildcards: [[run_dir(r) for r in pair.candidates] for pair in STUDY_PAIRS[wildcards.study]],
-        specs=lambda wildcards: [RUNS[pair.candidates[0]].to_dict() for pair in STUDY_PAIRS[wildcards.study]],
+        specs=lambda wildcards: [RUNS[pair.candidates[0]].result_dict() for pair in STUDY_PAIRS[wildcards.study]],
         cfg=lambda wildcards: config["studies"][wildcards.study]["interpolation"],
         device=DEVICE,
         library=library("scripts/interpolate_study.py"),

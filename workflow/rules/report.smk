@@ -11,7 +11,7 @@ rule findings:
     output:
         "results/tables/findings.parquet",
     params:
-        studies=config["studies"],
+        studies=RESULTS_CONFIG["studies"],
         library=library("scripts/findings.py"),
     log:
         "results/logs/findings.log",
@@ -27,7 +27,7 @@ rule report_summary:
     output:
         "results/tables/summary.parquet",
     params:
-        studies=config["studies"],
+        studies=RESULTS_CONFIG["studies"],
         library=library("scripts/report_summary.py"),
     log:
         "results/logs/report_summary.log",
@@ -44,12 +44,13 @@ rule report:
         summary=rules.report_summary.output[0],
         findings=rules.findings.output[0],
         figures=all_figures("png"),
-        captions=[str(Path(workflow.basedir) / "workflow" / "report" / f"{figure}.rst") for figure in FIGURES],
     output:
         "results/report.html",
     params:
+        # the captions' text, not their paths: an edit reruns the report, a moved checkout does not
+        captions={figure: (CAPTIONS / f"{figure}.rst").read_text() for figure in FIGURES},
         figures=[{"name": figure, "section": category[0]} for figure, (_, category) in FIGURES.items()],
-        config=config,
+        config=RESULTS_CONFIG,
         library=library("scripts/report.py"),
     log:
         "results/logs/report.log",

@@ -12,7 +12,7 @@ rule train_stack:
     output:
         "results/stacks/{stack}.json",
     params:
-        specs=lambda wildcards: [RUNS[run_id].to_dict() for run_id in STACKS[wildcards.stack].runs],
+        specs=lambda wildcards: [RUNS[run_id].result_dict() for run_id in STACKS[wildcards.stack].runs],
         run_dirs=lambda wildcards: [run_dir(run_id) for run_id in STACKS[wildcards.stack].runs],
         device=DEVICE,
         library=library("scripts/train.py"),
