@@ -1,11 +1,14 @@
 """A real single-node SLURM for the tests: munged, slurmctld and slurmd on this machine.
 
 Debian's slurmctld, slurmd, slurm-client and munge (`make slurm` installs them as root) are
-started here with a config of our own and stopped again, by their process ids, when the tests
-end, and the config removed, so the machine is left as it was found. Facts this layout rests on:
-- the job step plugin drops SLURM_CONF, so the config must sit at /etc/slurm/slurm.conf; a
-  config that this module did not write is never overwritten (the machine has a cluster of its
-  own), and the tests that need SLURM fail saying so;
+started here, each run of the tests with a cluster of its own that touches nothing of the
+machine's: its slurm.conf, munge key and socket, state, logs and ports all lie in the test's
+folder, so two test runs on one machine (or a real cluster beside them) cannot break each
+other. Facts this layout rests on:
+- the clients find the config through SLURM_CONF (Cluster.env); inside a job, snakemake's SLURM
+  plugins drop every SLURM_* variable before calling srun, so the client commands are reached
+  through wrappers (Cluster.bin, first on the PATH) that set it again;
+- munge is reached through the socket that slurm.conf names (AuthInfo), its key a random one;
 - without an accounting database, `sacct` never sees a job finish: the executor plugin is told
   `--slurm-status-command squeue`, and MinJobAge keeps finished jobs visible to squeue for
   longer than the plugin waits between checks;
@@ -22,21 +25,24 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SLURM_CONF = Path("/etc/slurm/slurm.conf")
-MARKER = "# written by batchlab's tests (tests/slurm_cluster.py)"
 CPUS, MEMORY_MB = 16, 256_000
 TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")  # the daemons and the clients used
+CLIENTS = ("sbatch", "srun", "squeue", "scancel", "sinfo", "sacct", "scontrol")  # wrapped: see the module docstring
 
 # KillWait: seconds between SIGTERM and SIGKILL at a time limit (the trainer saves on SIGTERM).
 # MinJobAge: seconds a finished job stays visible to squeue; at least 3 x the plugin's wait
 # before its first status check, or a job that ends between two checks is lost.
-CONF_TEMPLATE = """{marker}
+CONF_TEMPLATE = """# written by batchlab's tests (tests/slurm_cluster.py)
 ClusterName=batchlab-test
 SlurmctldHost={host}
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthInfo=socket={munge_socket}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -74,14 +80,27 @@ class SlurmUnavailable(RuntimeError):
 @dataclass
 class Cluster:
     state: Path
+    socket_dir: Path
     daemons: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def conf(self) -> Path:
+        return self.state / "slurm.conf"
+
+    @property
+    def bin(self) -> Path:
+        return self.state / "bin"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment in which the client commands, and snakemake's SLURM plugins, talk to this cluster."""
+        return {**os.environ, "SLURM_CONF": str(self.conf), "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}"}
 
     def stop(self) -> None:
         for name in ("slurmd", "slurmctld", "munged"):
             if daemon := self.daemons.pop(name, None):
                 _stop(daemon)
-        if SLURM_CONF.exists() and MARKER in SLURM_CONF.read_text():
-            SLURM_CONF.unlink()  # the machine as it was: no cluster config of ours left behind
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def _stop(daemon: subprocess.Popen, wait_s: float = 15) -> None:
@@ -100,8 +119,6 @@ def _check_tools() -> None:
         raise SlurmUnavailable(f"{', '.join(missing)} not found: `make slurm` (as root) installs Debian's SLURM and munge")
     if os.geteuid() != 0:
         raise SlurmUnavailable("starting slurmctld and slurmd for the tests needs root")
-    if SLURM_CONF.exists() and MARKER not in SLURM_CONF.read_text():
-        raise SlurmUnavailable(f"{SLURM_CONF} belongs to another cluster: the tests will not replace it")
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
@@ -119,30 +136,51 @@ def _wait_until(check, what: str, timeout_s: float = 60) -> None:
     raise SlurmUnavailable(f"timed out waiting for {what}")
 
 
-def _node_idle() -> bool:
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
-    return bool(out) and all(state == "idle" for state in out)
+def node_states(cluster: Cluster) -> list[str]:
+    return subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=cluster.env).stdout.split()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def _write_wrappers(cluster: Cluster) -> None:
+    cluster.bin.mkdir(exist_ok=True)
+    for client in CLIENTS:
+        if real := shutil.which(client):
+            wrapper = cluster.bin / client
+            wrapper.write_text(f'#!/bin/sh\nexport SLURM_CONF={cluster.conf}\nexec {real} "$@"\n')
+            wrapper.chmod(0o755)
 
 
 def start_cluster(state: Path) -> Cluster:
-    """Start munged, slurmctld and slurmd with a one-node config; `Cluster.stop` ends them."""
+    """Start munged, slurmctld and slurmd with a one-node config of their own; `Cluster.stop` ends them."""
     _check_tools()
     state.mkdir(parents=True, exist_ok=True)
     for sub in ("ctld", "d", "munge"):
         (state / sub).mkdir(exist_ok=True)
+    key = state / "munge" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o600)
+    # munged wants every folder above its socket open to every user, which the tests' own folders are not
+    cluster = Cluster(state, socket_dir=Path(tempfile.mkdtemp(prefix="batchlab-test-munge-", dir="/tmp")))
+    cluster.socket_dir.chmod(0o755)
+    munge_socket = cluster.socket_dir / "munge.socket"
     host = socket.gethostname().split(".")[0]
-    SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-    SLURM_CONF.write_text(CONF_TEMPLATE.format(marker=MARKER, host=host, state=state, cpus=CPUS, memory=MEMORY_MB))
-    cluster = Cluster(state)
+    cluster.conf.write_text(CONF_TEMPLATE.format(host=host, state=state, cpus=CPUS, memory=MEMORY_MB,
+                                                 ctld_port=_free_port(), d_port=_free_port(), munge_socket=munge_socket))
+    _write_wrappers(cluster)
     try:
-        socket_path = Path("/run/munge/munge.socket.2")
-        socket_path.parent.mkdir(parents=True, exist_ok=True)
-        cluster.daemons["munged"] = _start(["munged", "-F", "--force", f"--pid-file={state}/munge/munged.pid",
-                                         f"--log-file={state}/munge/munged.log"], state / "munge/out.log")
-        _wait_until(socket_path.exists, "munged's socket")
-        cluster.daemons["slurmctld"] = _start(["slurmctld", "-D", "-i"], state / "slurmctld.out")
-        cluster.daemons["slurmd"] = _start(["slurmd", "-D"], state / "slurmd.out")
-        _wait_until(_node_idle, "the node to come up idle (see slurmctld.log and slurmd.log in " + str(state) + ")")
+        cluster.daemons["munged"] = _start(["munged", "-F", f"--socket={munge_socket}", f"--key-file={key}",
+                                            f"--pid-file={state}/munge/munged.pid", f"--seed-file={state}/munge/seed",
+                                            f"--log-file={state}/munge/munged.log"], state / "munge/out.log")
+        _wait_until(munge_socket.exists, "munged's socket")
+        cluster.daemons["slurmctld"] = _start(["slurmctld", "-D", "-i", "-f", str(cluster.conf)], state / "slurmctld.out")
+        cluster.daemons["slurmd"] = _start(["slurmd", "-D", "-f", str(cluster.conf)], state / "slurmd.out")
+        _wait_until(lambda: (states := node_states(cluster)) and all(s == "idle" for s in states),
+                    "the node to come up idle (see slurmctld.log and slurmd.log in " + str(state) + ")")
     except BaseException:
         cluster.stop()
         raise

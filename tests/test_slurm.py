@@ -27,7 +27,7 @@ from batchlab.config import build_grid, check_config
 from batchlab.data.mnist1d import prepare_mnist1d
 from batchlab.train.loop import train_run
 from tests.conftest import REPO, TINY_CONFIG
-from tests.slurm_cluster import start_cluster
+from tests.slurm_cluster import node_states, start_cluster
 
 pytestmark = pytest.mark.workflow
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -83,14 +83,15 @@ def long_stack_config(workdir: Path) -> dict:
     return config
 
 
-def start_snakemake(workdir: Path, config: dict, targets: list[str], *args: str) -> subprocess.Popen:
+def start_snakemake(workdir: Path, config: dict, targets: list[str], *args: str,
+                    env: dict[str, str] | None = None) -> subprocess.Popen:
     # Targets first: options such as --set-threads take every word that follows them.
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     log = open(workdir / "snakemake.log", "w")
     return subprocess.Popen(
         [str(SNAKEMAKE), *targets, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", "config.yaml", *args],
-        stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -116,10 +117,10 @@ def slurm_runs(tmp_path_factory):
         tiny = {**copy.deepcopy(TINY_CONFIG), **SAME_MACHINE}
         long_stack = long_stack_config(root / "timing")
         started = time.monotonic()
-        slurm_tiny = start_snakemake(root / "slurm", tiny, TARGETS, *SLURM_ARGS)
+        slurm_tiny = start_snakemake(root / "slurm", tiny, TARGETS, *SLURM_ARGS, env=cluster.env)
         # min(...) keeps '=' out of the expression: one minute, then six.
         slurm_long = start_snakemake(root / "long", long_stack, [LONG_STACK_MARKER], *SLURM_ARGS,
-                                     "--set-resources", "train_stack:runtime=min(attempt,2)*5-4")
+                                     "--set-resources", "train_stack:runtime=min(attempt,2)*5-4", env=cluster.env)
         local = start_snakemake(root / "local", tiny, TARGETS, "--cores", "1", "--scheduler", "greedy")
         outputs = {
             "local": finish(local, root / "local", 600),
@@ -163,3 +164,38 @@ def test_timed_out_stack_is_retried_and_resumes_from_its_checkpoint(slurm_runs):
     curves = pd.read_parquet(root / f"long/results/runs/{LONG_RUN}/metrics.parquet")
     assert curves["step"].tolist() == list(range(marker["runs"][LONG_RUN]["steps"] + 1))
     assert curves["batch_loss"].iloc[1:].notna().all()  # the resumed attempt kept the first one's steps
+
+
+def finished_job_state(cluster, tmp_path: Path) -> str:
+    """Submit a one-line job to `cluster` and return the state it ends in."""
+    job = subprocess.run(["sbatch", "--parsable", "--chdir", str(tmp_path), "--wrap", "true"], capture_output=True,
+                         text=True, env=cluster.env, timeout=60)
+    assert job.returncode == 0, job.stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = subprocess.run(["squeue", "-h", "-t", "all", "-j", job.stdout.strip(), "-o", "%T"], capture_output=True,
+                               text=True, env=cluster.env, timeout=60).stdout.strip()
+        if state not in ("", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+            return state
+        time.sleep(0.5)
+    return "still running after 60 s"
+
+
+def test_two_test_clusters_share_a_machine_and_leave_its_own_alone(tmp_path):
+    """Two test runs at once: each cluster has its own config, munge socket and ports; ending one leaves the other
+    working, and the machine's own SLURM config and munge socket are never touched."""
+    if os.environ.get("BATCHLAB_SKIP_SLURM") == "1":
+        pytest.skip("BATCHLAB_SKIP_SLURM=1: not starting a SLURM cluster on this machine")
+    machines = (Path("/etc/slurm/slurm.conf"), Path("/run/munge/munge.socket.2"))
+    before = {path: path.exists() and path.stat().st_mtime_ns for path in machines}
+    first = start_cluster(tmp_path / "first")
+    try:
+        second = start_cluster(tmp_path / "second")
+        try:
+            assert finished_job_state(first, tmp_path) == finished_job_state(second, tmp_path) == "COMPLETED"
+        finally:
+            second.stop()
+        assert node_states(first) == ["idle"] and finished_job_state(first, tmp_path) == "COMPLETED"
+    finally:
+        first.stop()
+    assert {path: path.exists() and path.stat().st_mtime_ns for path in machines} == before
