@@ -1,6 +1,7 @@
 """The stacked trainer against today's way: a plain nn.Module trained alone with torch.optim."""
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -208,3 +209,23 @@ def test_runs_that_differ_in_more_than_lr_and_seed_do_not_stack():
     other = dataclasses.replace(specs[0], batch_size=16)
     with pytest.raises(ValueError, match="differ in batch_size"):
         train_stack([specs[0], other], data, ["/tmp/a", "/tmp/b"], device="cpu")
+
+
+def test_members_that_resume_from_different_steps_give_the_whole_stacks_curves_bit_for_bit(tmp_path):
+    """Two members resume from their checkpoints, two start again (their checkpoints gone): they train, and are
+    evaluated, as two stacks of two. Evaluated in chunks that a stack of 4 and one of 2 would cut differently,
+    each member's curve must still be the whole stack's, to the last bit. (An MLP, in float32: its members' updates
+    do not depend on how many train together. A conv net's grouped convolutions do, in the last bits.)"""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(48 + 40, 40, generator=g), torch.randint(0, 10, (48 + 40,), generator=g)
+    data = Dataset("mnist1d", x[:48], y[:48], x[48:], y[48:], 10)
+    specs = [dataclasses.replace(s, eval={**s.eval, "batch_size": 12}) for s in stack_specs("mlp", 48, seeds=(0, 1))[:4]]
+    _, whole = stacked(specs, data, tmp_path / "whole")
+    stacked(specs, data, tmp_path / "cut", max_steps=23)
+    for spec in specs[2:]:
+        shutil.rmtree(tmp_path / "cut" / spec.run_id)
+    resumed, dirs = stacked(specs, data, tmp_path / "cut")
+    assert [s["resumed_from_step"] for s in resumed] == [23, 23, None, None]
+    for a, b in zip(whole, dirs):
+        pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet"),
+                                      check_exact=True)

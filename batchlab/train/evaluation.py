@@ -66,20 +66,27 @@ EVAL_LOGITS = {"cpu": 2**22, "cuda": 2**28}
 
 @torch.no_grad()
 def evaluate_stack(model: StackedModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096,
-                   num_classes: int | None = None, miou: bool = False) -> tuple[np.ndarray, ...]:
+                   num_classes: int | None = None, miou: bool = False, stack_size: int | None = None
+                   ) -> tuple[np.ndarray, ...]:
     """Every member's mean cross-entropy and accuracy per target over the whole of (x, y), with BN
     running statistics; with `miou`, its mean IoU over the `num_classes` classes as a third array.
-    `num_classes` also bounds each chunk's logits to EVAL_LOGITS elements."""
+    `num_classes` also bounds each chunk's logits to EVAL_LOGITS elements.
+
+    The chunks are set by `stack_size` (default: the members here), not by how many members this
+    evaluation holds: the members of a stack that resumed from different steps train, and are
+    evaluated, as smaller stacks, and each member's numbers must come out bit for bit as they
+    would have in the whole stack (a chunk's forward and its float sums depend on its size)."""
     if miou and num_classes is None:
         raise ValueError("mean IoU needs num_classes")
     k = model.k
-    # All at once, the K members see each chunk together: keep the memory of one batch. One by
+    planned = max(k, stack_size or k)
+    # All at once, the members see each chunk together: keep the memory of one batch. One by
     # one, only one member's activations live at a time, and on a CPU a chunk of 1024 stays in
     # cache (a CNN evaluation of 12 members: 128 ms in chunks of 1024, 160 in chunks of 341).
     member_chunk = min(batch_size, CPU_EVAL_CHUNK)
-    batch_size = member_chunk if model.runs_member_by_member(member_chunk, x.device) else max(1, batch_size // k)
+    batch_size = member_chunk if model.runs_member_by_member(member_chunk, x.device) else max(1, batch_size // planned)
     if num_classes is not None:
-        logits_per_example = k * num_classes * y[0].numel()
+        logits_per_example = planned * num_classes * y[0].numel()
         batch_size = max(1, min(batch_size, EVAL_LOGITS.get(x.device.type, EVAL_LOGITS["cuda"]) // logits_per_example))
     totals = torch.zeros(3, k, device=x.device, dtype=torch.float64)  # loss, correct, targets
     confusion = 0

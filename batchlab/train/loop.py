@@ -100,7 +100,7 @@ def train_stack(
     with sigterm_event() as stop:
         for start in sorted({m.start_step for m in members}):
             group = [m for m in members if m.start_step == start]
-            summaries.update(_train_from(group, data, plan, dev, max_steps, progress, stop, step_mode))
+            summaries.update(_train_from(group, data, plan, dev, max_steps, progress, stop, step_mode, len(specs)))
     return [summaries[spec.run_id] for spec in specs]
 
 
@@ -112,8 +112,9 @@ def train_run(spec: RunSpec, data: Dataset | str | Path, run_dir: str | Path, de
 
 
 def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.device, max_steps: int | None,
-                progress: bool, stop: threading.Event, step_mode: str) -> dict[str, dict]:
-    """Train members that all stand at the same step, until each has finished (or `max_steps`, or `stop`)."""
+                progress: bool, stop: threading.Event, step_mode: str, stack_size: int) -> dict[str, dict]:
+    """Train members that all stand at the same step, until each has finished (or `max_steps`, or `stop`).
+    `stack_size`: the runs of the whole stack, which set the evaluation's chunks (evaluate_stack)."""
     spec = members[0].spec
     S, B, step = plan.total_steps, spec.batch_size, members[0].start_step
     stack = Stack(members, data, dev, step_mode)
@@ -140,7 +141,8 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
     def evaluate_split(x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, ...]:
         if carry:
             return lm.evaluate_streams(stack.model, x, y, spec.language_model.get("eval_columns", 10))
-        return evaluate_stack(stack.model, x, y, spec.eval["batch_size"], data.num_classes, data.task == "segmentation")
+        return evaluate_stack(stack.model, x, y, spec.eval["batch_size"], data.num_classes, data.task == "segmentation",
+                              stack_size)
 
     def evaluate_now(at: int, full: bool = False) -> None:
         full = full or subsets is None or at in plan.full_eval_steps
