@@ -11,6 +11,7 @@ from batchlab.data.mnist1d import generate_mnist1d
 from batchlab.data.prepare import prepare_dataset
 
 
+@pytest.mark.slow  # several seconds: `make test`, not `make check`
 def test_default_mnist1d_is_the_packages_default_split():
     ours = generate_mnist1d()
     ref = make_dataset(get_dataset_args())

@@ -21,6 +21,7 @@ def domain_spec(dataset: str, model: str, base_lr: float, epochs: int, datasets:
     return next(iter(grid.values()))
 
 
+@pytest.mark.slow  # several seconds: `make test`, not `make check`
 def test_the_segmentation_network_learns_the_generated_shapes(tmp_path):
     options = {"n_train": 128, "n_test": 32, "size": 32, "seed": 0}
     prepare_dataset("shapes", tmp_path / "shapes.npz", options)

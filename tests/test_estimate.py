@@ -397,6 +397,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow  # several seconds: `make test`, not `make check`
 def test_cli_prints_the_device_and_a_total_for_the_demo(tmp_path):
     demo = yaml.safe_load((REPO / "config.yaml").read_text())
     models = {m for study in demo["studies"].values() for m in study["models"]}

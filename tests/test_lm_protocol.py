@@ -258,6 +258,7 @@ def test_the_anneal_needs_every_epoch_end_evaluated():
 # --- resume -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several seconds: `make test`, not `make check`
 @pytest.mark.parametrize("cut", [20, 33])  # mid-epoch 2, before the anneal; mid-epoch 3, after it
 def test_a_killed_run_resumes_bit_identical_with_its_state_and_lr(release, data, tmp_path, monkeypatch, cut):
     """A valid loss that never improves after epoch 1 (a function of nothing, so the resumed run sees the same):

@@ -403,6 +403,7 @@ def test_pair_title_comes_from_the_run_ids():
 # --- what the figures draw ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a few seconds of drawing: `make test`, not `make check`
 def test_figures_are_written_as_png_and_pdf(tmp_path, study):
     draw_figure("training_curves", tables_for("training_curves", study), tmp_path / "curves.png", tmp_path / "curves.pdf")
     draw_figure("accuracy_vs_batch", {"runs": study["runs"]}, tmp_path / "acc.png")
@@ -416,6 +417,7 @@ def test_figures_are_written_as_png_and_pdf(tmp_path, study):
 ONE_PANEL = {"noise_vs_bcrit"}  # one row per model in a single panel
 
 
+@pytest.mark.slow  # a few seconds of drawing: `make test`, not `make check`
 @pytest.mark.parametrize("name", list(FIGURES))
 def test_every_figure_of_a_realistic_study_is_wider_than_tall(tmp_path, study, name):
     fig = build_figure(name, tables_for(name, study))
@@ -498,6 +500,7 @@ def test_a_note_without_b_crit_goes_under_the_title_and_no_note_covers_data(stud
         assert not covered_points(fig, panel_ax), (panel_ax.get_title(), notes(panel_ax))
 
 
+@pytest.mark.slow  # a few seconds of drawing: `make test`, not `make check`
 def test_an_unreached_target_says_why(study):
     """The segmentation of Golmant's smoke: a target at or above the initial loss is refused, so no panel point;
     a fit without a number names the runs' reason too."""
@@ -547,6 +550,7 @@ def long_named_studies(study):
 
 @pytest.mark.parametrize("name", ["steps_to_target", "speedup", "best_lr", "noise_scale", "training_curves",
                                   "accuracy_vs_base_lr", "generalization_gap"])
+@pytest.mark.slow  # a few seconds of drawing: `make test`, not `make check`
 def test_panel_titles_are_wrapped_so_that_none_runs_into_its_neighbour(study, name):
     fig = build(name, long_named_studies(study))
     titles = [ax.title for ax in visible(fig)]
@@ -566,6 +570,7 @@ def test_best_lr_marks_exactly_the_points_at_the_edge_of_the_lr_grid(study):
     assert any("edge of the LR grid" in t for t in legend_texts(fig))
 
 
+@pytest.mark.slow  # several seconds: `make test`, not `make check`
 def test_unhealthy_runs_are_marked_where_they_are_drawn(study):
     runs = study["runs"]
     chosen = best_base_lr_runs(runs)
@@ -631,6 +636,7 @@ def test_interpolation_titles_name_both_batch_sizes(study):
     assert "mlp · sqrt · lr0.1 · seed0\nB=16 vs B=512" in titles
 
 
+@pytest.mark.slow  # a few seconds of drawing: `make test`, not `make check`
 def test_noise_scale_figure_draws_runs_b_crit_and_its_prediction(study):
     fig = build("noise_scale", study)
     ax = axes_titled(fig, "cnn")
@@ -647,6 +653,7 @@ def test_noise_scale_figure_draws_runs_b_crit_and_its_prediction(study):
     assert "no speed-up targets configured for this study" in texts(no_targets)
 
 
+@pytest.mark.slow  # a few seconds of drawing: `make test`, not `make check`
 def test_noise_scale_figure_runs_along_the_train_loss_to_the_target_line(study):
     fig = build("noise_scale", study)
     ax = axes_titled(fig, "cnn")
@@ -677,6 +684,7 @@ def test_noise_scale_figure_runs_along_the_train_loss_to_the_target_line(study):
     assert not any(t.startswith("the target's train loss") for t in legend_texts(fig))
 
 
+@pytest.mark.slow  # a few seconds of drawing: `make test`, not `make check`
 def test_noise_scale_figure_draws_both_predictions_and_only_b_simple_without_b_noise(study):
     fig = build("noise_scale", study)
     ax = axes_titled(fig, "cnn")
@@ -797,6 +805,7 @@ def with_q25_target(table):
     return pd.concat([q25, table[~first]], ignore_index=True)
 
 
+@pytest.mark.slow  # several seconds: `make test`, not `make check`
 def test_a_rule_target_is_one_column_titled_with_each_models_own_value(study):
     from batchlab.plots.critical import first_target, fit_row
 

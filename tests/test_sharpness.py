@@ -597,6 +597,7 @@ def test_tiny_mlp_objective_is_model_objective(tiny_mlps):
     torch.testing.assert_close(obj64.hvp(w.double(), v), fd, rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.slow  # several seconds: `make test`, not `make check`
 @pytest.mark.parametrize("batch_size, eps", [(48, 5e-3), (8, 2e-2)])
 def test_converged_reaches_a_long_search_on_a_tiny_mlp(tiny_mlps, batch_size, eps):
     """The reference: the best of a long search (24 starts, each climbed until 10 iterations gain

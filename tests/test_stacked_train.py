@@ -131,7 +131,7 @@ def float64_default():
     torch.set_default_dtype(torch.float32)
 
 
-SLOW_CASES = ("drn", "lstm_lm", "lstm_lm-clipped", "keskar_f1", "keskar_c1", "gru")  # 3-9 s each
+SLOW_CASES = ("drn", "lstm_lm", "lstm_lm-clipped", "keskar_f1", "keskar_c1", "gru", "resnet8_bn-ghost")  # 3-9 s each
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES])
