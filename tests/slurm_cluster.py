@@ -20,6 +20,7 @@ other. Facts this layout rests on:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -100,7 +101,20 @@ class Cluster:
         for name in ("slurmd", "slurmctld", "munged"):
             if daemon := self.daemons.pop(name, None):
                 _stop(daemon)
+        for pid in self.leftovers():  # a job killed at its limit can leave a process that slurmd no longer tracks
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def leftovers(self) -> list[int]:
+        """Processes started in this cluster's environment (their environment at start names its slurm.conf)."""
+        mark = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            with contextlib.suppress(OSError):
+                if mark in environ.read_bytes().split(b"\0") and int(environ.parent.name) != os.getpid():
+                    found.append(int(environ.parent.name))
+        return found
 
 
 def _stop(daemon: subprocess.Popen, wait_s: float = 15) -> None:

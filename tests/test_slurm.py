@@ -12,6 +12,7 @@ import copy
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -196,6 +197,8 @@ def test_two_test_clusters_share_a_machine_and_leave_its_own_alone(tmp_path):
         finally:
             second.stop()
         assert node_states(first) == ["idle"] and finished_job_state(first, tmp_path) == "COMPLETED"
+        left = subprocess.Popen(["sleep", "600"], env=first.env)  # as a job's process that slurmd lost track of
     finally:
         first.stop()
+    assert left.wait(timeout=10) == -signal.SIGKILL and first.leftovers() == []
     assert {path: path.exists() and path.stat().st_mtime_ns for path in machines} == before
