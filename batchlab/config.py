@@ -177,8 +177,8 @@ def check_config(config: dict, schema_path: str | os.PathLike = SCHEMA_PATH) -> 
         if not isinstance(err, jsonschema.ValidationError):
             raise
         raise ConfigError(f"invalid config at '{_key(err.absolute_path)}': {err.message}") from None
-    for path, value in _non_finite(config):
-        raise ConfigError(f"invalid config at '{_key(path)}': {value} is not a finite number")
+    if (bad := next(_non_finite(config), None)) is not None:
+        raise ConfigError(f"invalid config at '{_key(bad[0])}': {bad[1]} is not a finite number")
     for name, study in config["studies"].items():
         _check_study(name, study, config["datasets"])
     if (runs := grid_size(config)) > config["max_runs"]:
