@@ -80,6 +80,6 @@ rule all:
 
 
 onsuccess:
-    # where to look once it is done (also when the report was already up to date)
+    # where to look once it is done (snakemake skips this when it had nothing to do)
     if Path(rules.report.output[0]).exists():
         print(f"The report: {Path(rules.report.output[0]).resolve()}")

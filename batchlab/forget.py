@@ -32,8 +32,8 @@ def run_id_of(path: str | Path) -> str | None:
 
 
 def stack_markers(results: Path, run_id: str) -> list[Path]:
-    """The stack markers that list `run_id` among their runs. Read without their checksum: a marker that
-    cannot be read is a candidate only through its name, and a damaged one is deleted as any other output."""
+    """The stack markers that list `run_id` among their runs, read without their checksum. One that cannot be
+    read is skipped: a damaged marker is any other damaged output, deleted by hand (its error says so)."""
     markers = []
     for marker in sorted((results / STACKS_DIR).rglob("*.json")):
         try:
