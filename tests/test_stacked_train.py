@@ -1,6 +1,7 @@
 """The stacked trainer against today's way: a plain nn.Module trained alone with torch.optim."""
 
 import dataclasses
+import itertools
 import shutil
 
 import numpy as np
@@ -16,9 +17,11 @@ from batchlab.data.augment import apply_augment
 from batchlab.lr_rules import lr_factor
 from batchlab.models import build_model
 from batchlab.stacked.optim import build_optimizer
+from batchlab.train import loop
 from batchlab.train.loop import train_stack
 from batchlab.train.plan import epoch_permutation, make_plan
-from tests.test_train import assert_same_results, sigterm_during_update
+from batchlab.train.stack import Stack
+from tests.test_train import assert_same_results, load_weights, sigterm_during_update
 
 STEPS = 56
 
@@ -229,3 +232,103 @@ def test_members_that_resume_from_different_steps_give_the_whole_stacks_curves_b
     for a, b in zip(whole, dirs):
         pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet"),
                                       check_exact=True)
+
+
+def assert_bit_identical(a, b):
+    """The same final weights (NaN where a diverged run's are) and the same curve, to the last bit."""
+    weights = load_weights(b)
+    for name, value in load_weights(a).items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, equal_nan=True, msg=name)
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet"),
+                                  check_exact=True)
+
+
+def conv_stack(wild_lr: float | None = None):
+    """A conv net's stack of four in float32, where a grouped convolution's last bits depend on how many members
+    train together; its second member at `wild_lr` if given."""
+    data = signals()
+    data = Dataset("mnist1d", data.x_train.float(), data.y_train, data.x_test.float(), data.y_test, 10)
+    specs = stack_specs("cnn", data.n_train, seeds=(0, 1))[:4]
+    if wild_lr is not None:
+        specs[1] = dataclasses.replace(specs[1], base_lr=wild_lr)
+    return data, specs
+
+
+def test_a_checkpoint_write_that_fails_for_one_member_rolls_the_stack_back_to_a_common_step(tmp_path, monkeypatch):
+    """A full disk while the stack's checkpoints are written: the first members have their newest, the others not.
+    The rerun must train all four together from the newest step they share, not as two stacks, so that a conv
+    net's curves and weights are the uninterrupted run's to the last bit."""
+    data, specs = conv_stack()
+    _, whole = stacked(specs, data, tmp_path / "whole")
+    saves, save = [], loop.save_member_checkpoint
+
+    def full_disk_on_the_third_members_third_save(path, member, *args, **kwargs):
+        saves.append(member.spec.run_id)
+        if member.spec.run_id == specs[2].run_id and saves.count(member.spec.run_id) == 3:
+            raise OSError(28, "No space left on device")
+        return save(path, member, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_member_checkpoint", full_disk_on_the_third_members_third_save)
+    with pytest.raises(OSError, match="No space"):
+        stacked(specs, data, tmp_path / "cut")
+    monkeypatch.undo()
+    resumed, dirs = stacked(specs, data, tmp_path / "cut")
+    assert [s["resumed_from_step"] for s in resumed] == [1] * 4  # the first two had written step 7's
+    for a, b in zip(whole, dirs):
+        assert_bit_identical(a, b)
+
+
+def test_a_kill_after_a_member_finished_resumes_the_rest_as_they_trained(tmp_path, monkeypatch):
+    """One member diverges and leaves the stack between two checkpoints; the job is killed (no SIGTERM: nothing
+    saved on the way out) before the next. The members left resume from the step at which it left, so they never
+    retrain, as a stack of another size, steps that the uninterrupted run took beside it."""
+    data, specs = conv_stack(wild_lr=2.0)
+    _, whole = stacked(specs, data, tmp_path / "whole")
+    info = io.read_json(whole[1] / "run.json")
+    assert info["status"] == "diverged" and info["steps"] == 14  # between the checkpoints at step 7 and the end
+    calls, step = itertools.count(1), Stack.step
+
+    def killed_before_the_next_checkpoint(*args):
+        if next(calls) == 17:
+            raise KeyboardInterrupt
+        return step(*args)
+
+    monkeypatch.setattr(Stack, "step", killed_before_the_next_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        stacked(specs, data, tmp_path / "cut")
+    monkeypatch.undo()
+    resumed, dirs = stacked(specs, data, tmp_path / "cut")
+    assert resumed[1]["status"] == "diverged" and resumed[1]["resumed_from_step"] is None
+    assert [resumed[k]["resumed_from_step"] for k in (0, 2, 3)] == [14] * 3
+    for a, b in zip(whole, dirs):
+        assert_bit_identical(a, b)
+
+
+def test_a_resume_write_cut_short_falls_back_to_the_resume_checkpoint_before_it(tmp_path, monkeypatch, caplog):
+    """The stack stops at step 23, each member with its resume checkpoint; at step 30 the disk fills while the third
+    member's next one is written, after its step-23 one became the previous. Every member still has step 23, one
+    resume interval back: the rerun rolls the first two back to it and trains the four as one stack."""
+    data, specs = conv_stack()
+    _, whole = stacked(specs, data, tmp_path / "whole")
+    stacked(specs, data, tmp_path / "cut", max_steps=23)
+    save = loop.save_member_checkpoint
+
+    def full_disk_for_the_third(path, member, *args, **kwargs):
+        if member.spec.run_id == specs[2].run_id:
+            raise OSError(28, "No space left on device")
+        return save(path, member, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_member_checkpoint", full_disk_for_the_third)
+    with pytest.raises(OSError, match="No space"):
+        stacked(specs, data, tmp_path / "cut", max_steps=30)
+    monkeypatch.undo()
+    dirs = [tmp_path / "cut" / spec.run_id for spec in specs]
+    steps = [{p.name: io.load_torch(p)["step"] for p in sorted((d / "checkpoints").glob("resume*.pt"))} for d in dirs]
+    assert steps == [{"resume.pt": 30, "resume_previous.pt": 23}] * 2 + [{"resume_previous.pt": 23}, {"resume.pt": 23}]
+    with caplog.at_level("INFO", logger="batchlab.train.run_files"):
+        resumed, dirs = stacked(specs, data, tmp_path / "cut")
+    assert [s["resumed_from_step"] for s in resumed] == [23] * 4
+    assert sum("rolls back from step 30 to 23" in r.getMessage() for r in caplog.records) == 2
+    for a, b in zip(whole, dirs):
+        assert_bit_identical(a, b)
+        assert not list((b / "checkpoints").glob("resume*.pt"))

@@ -44,7 +44,8 @@ from batchlab.train.curve import first_bad_step, health_status
 from batchlab.train.evaluation import eval_columns, eval_subsets, evaluate_stack
 from batchlab.train.plan import Plan, epoch_permutation, make_plan
 from batchlab.train.resume import Interrupted, ResumeClock, clock, sigterm_event
-from batchlab.train.run_files import Member, finished_summary, open_member, save_member_checkpoint, write_outputs
+from batchlab.train.run_files import (RESUME, Member, finished_summary, open_members, rotate_resume, save_member_checkpoint,
+                                      write_outputs)
 from batchlab.train.stack import Stack, check_stackable, member_batches
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,9 @@ def train_stack(
 ) -> list[dict]:
     """Train the runs of one stack together, each into its own run directory; their summaries, in order.
 
-    Members resume from their own newest checkpoints; members found at different steps train
-    as separate stacks, one after another. `max_steps` stops early once that many updates are
+    Members resume from the newest checkpoint step they all share (batchlab.train.run_files.open_members),
+    so that they train as the uninterrupted stack did; members that share none (a run new to the
+    stack) train as separate stacks, one after another. `max_steps` stops early once that many updates are
     done, leaving resume checkpoints and no final outputs (for chunked jobs under a time
     limit, and for tests of resume); those members' summaries say "interrupted". SIGTERM
     does the same at the next step boundary, then raises Interrupted so that the job fails
@@ -89,14 +91,15 @@ def train_stack(
                              f"{data.name} has none")
         columns += lm.VALID_COLUMNS
     summaries: dict[str, dict] = {}
-    members = []
+    unfinished = []
     for spec, run_dir in zip(specs, map(Path, run_dirs)):
         done = finished_summary(spec, run_dir)
         if done is not None:
             log.info("%s finished before with this config and code; kept", spec.run_id)
             summaries[spec.run_id] = done
         else:
-            members.append(open_member(spec, run_dir, plan.total_steps, columns))
+            unfinished.append((spec, run_dir))
+    members = open_members(unfinished, plan.total_steps, columns)
     with sigterm_event() as stop:
         for start in sorted({m.start_step for m in members}):
             group = [m for m in members if m.start_step == start]
@@ -192,14 +195,17 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
                 m.curve.lr[flushed + 1 : upto + 1] *= scale[m.spec.run_id]
         flushed = upto
 
-    def save_all(name: str, at: int) -> None:
-        """Every member's checkpoint `name` at step `at`; its duration sets the resume interval."""
+    def save_all(name: str, at: int, which: list[int] | None = None) -> None:
+        """Every member's checkpoint `name` at step `at` (or the members `which`); its duration sets the resume
+        interval. A resume checkpoint keeps the one before it (run_files.rotate_resume)."""
         flush(at)  # after the device sync this implies, so the timing is of the save alone
         with resume_clock.saving():
             for k, m in enumerate(stack.members):
+                if which is not None and k not in which:
+                    continue
                 extra = {"carried_state": lm.member_rows(lm_module.carried_state, k, B)} if carry else {}
-                save_member_checkpoint(m.run_dir / "checkpoints" / name, m, stack.model, stack.optimizer, k, at, elapsed(m),
-                                       extra)
+                path = rotate_resume(m.run_dir / "checkpoints") if name == RESUME else m.run_dir / "checkpoints" / name
+                save_member_checkpoint(path, m, stack.model, stack.optimizer, k, at, elapsed(m), extra)
 
     if step == 0:
         evaluate_now(0)
@@ -258,6 +264,10 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
             checked = step
             if finished and step in stack.members[0].curve.subset_steps:
                 evaluate_now(step, full=True)  # a run's final metrics are over the whole sets; it stopped on the subsets
+            if finished and keep:
+                # The members left resume from here, before the finished ones are done with: a job killed later
+                # never has them retrain, in a smaller stack, steps they took beside the finished ones.
+                save_all(RESUME, step, keep)
             for k, stopped, diverged_step in finished:
                 m = stack.members[k]
                 status = "diverged" if stopped == "diverged" else health_status(m.spec, m.curve, chance)
@@ -283,11 +293,11 @@ def _train_from(members: list[Member], data: Dataset, plan: Plan, dev: torch.dev
         if step in plan.checkpoint_steps:
             save_all(f"step_{step}.pt", step)
         elif resume_clock.due():
-            save_all("resume.pt", step)
+            save_all(RESUME, step)
     bar.close()
 
     if stack.members and step < S:  # stopped by max_steps or SIGTERM: keep what we have, finish later
-        save_all("resume.pt", step)
+        save_all(RESUME, step)
         if stop.is_set():
             raise Interrupted(f"SIGTERM at step {step} of {S}: resume checkpoints written for "
                               f"{', '.join(m.spec.run_id for m in stack.members)}; run the job again to resume")

@@ -27,6 +27,9 @@ Run directory:
                                 for along-training analyses
     checkpoints/resume.pt       only while a run is unfinished (every checkpoint of a language model
                                 that carries its state holds the member's rows of it: carried_state)
+    checkpoints/resume_previous.pt
+                                the resume checkpoint before it, kept until the next one is written
+                                (see open_members)
     checkpoints/COMPLETE        once it has finished (a later rerun then starts from scratch)
     run.json                    resolved config, seed, versions, device, git commit, results
 """
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 
 
 COMPLETE_MARK = "COMPLETE"  # in checkpoints/: the run behind these checkpoints finished
+RESUME, RESUME_PREVIOUS = "resume.pt", "resume_previous.pt"
 
 
 # What a run's training took, kept across resumes: the wall seconds, and the process's CPU seconds
@@ -97,56 +101,137 @@ def finished_summary(spec: RunSpec, run_dir: Path) -> dict | None:
     return summary if same_config and summary.get("code_hash") == provenance.code_hash() else None
 
 
-def open_member(spec: RunSpec, run_dir: Path, total_steps: int, columns: tuple[str, ...]) -> Member:
-    """A member at its newest matching checkpoint, or at step 0."""
+def open_members(runs: list[tuple[RunSpec, Path]], total_steps: int, columns: tuple[str, ...]) -> list[Member]:
+    """The unfinished members of a stack, each at the newest step at which all of them have a good checkpoint.
+
+    Why a common step, not each member's newest: members found at different steps would train as
+    separate, smaller stacks, and a conv net's grouped convolutions round differently at another
+    stack size, so their curves would leave the uninterrupted run's in the last bits. Members
+    drift apart only when a job dies while writing their checkpoints (killed, a full disk): each
+    member keeps its resume checkpoint before the newest (RESUME_PREVIOUS) until the next is
+    written, so the common step is at most one resume interval back. A member with no checkpoint
+    of its config starts at step 0; where no step is shared, each starts from its own newest.
+    """
+    books = [_Checkpoints(*_checkpoint_dir(spec, run_dir), spec.run_id) for spec, run_dir in runs]
+    states = _common_states(books)
+    members = []
+    for (spec, run_dir), book, resumed in zip(runs, books, states):
+        if resumed is None:
+            # Nothing here belongs to this config: checkpoints of an earlier config of this run_id must
+            # never be analysed as this run's, so start from a clean folder.
+            for stale in book.folder.glob("*.pt"):
+                log.info("removing %s: not a checkpoint of this run's config", stale)
+                stale.unlink()
+            members.append(Member(spec, run_dir, book.chash, Curve.empty(total_steps, columns), 0,
+                                  dict.fromkeys(ELAPSED, 0.0), None))
+            continue
+        newest = book.newest_step()
+        if newest > resumed["step"]:
+            log.info("%s rolls back from step %d to %d, the newest its stack shares", spec.run_id, newest, resumed["step"])
+            book.drop_resume_after(resumed["step"])  # the next resume write keeps its predecessor, not a step ahead
+        log.info("resuming %s from step %d of %d", spec.run_id, resumed["step"], total_steps)
+        members.append(Member(spec, run_dir, book.chash, Curve.from_state(resumed["curve"], total_steps, columns),
+                              resumed["step"], {key: resumed.get(key, math.nan) for key in ELAPSED}, resumed))
+    return members
+
+
+def _checkpoint_dir(spec: RunSpec, run_dir: Path) -> tuple[Path, str]:
+    """A member's checkpoint folder, cleared of what it must not resume from; and its config hash."""
     ckpt_dir = run_dir / "checkpoints"
     if (ckpt_dir / COMPLETE_MARK).exists():
         # It finished under another config or other code: start over rather than resume
         # from checkpoints of the old code.
         log.info("%s finished before under other code or config; retraining from scratch", spec.run_id)
         shutil.rmtree(ckpt_dir)
-    chash = result_hash(spec.to_dict())
     io.remove_leftovers(run_dir)
     io.remove_leftovers(ckpt_dir)
-    resumed = newest_checkpoint(ckpt_dir, chash)
-    if resumed is None:
-        # Nothing here belongs to this config: checkpoints of an earlier config of this run_id must
-        # never be analysed as this run's, so start from a clean folder.
-        for stale in ckpt_dir.glob("*.pt"):
-            log.info("removing %s: not a checkpoint of this run's config", stale)
-            stale.unlink()
-        return Member(spec, run_dir, chash, Curve.empty(total_steps, columns), 0, dict.fromkeys(ELAPSED, 0.0), None)
-    log.info("resuming %s from step %d of %d", spec.run_id, resumed["step"], total_steps)
-    return Member(spec, run_dir, chash, Curve.from_state(resumed["curve"], total_steps, columns), resumed["step"],
-                  {key: resumed.get(key, math.nan) for key in ELAPSED}, resumed)
+    return ckpt_dir, result_hash(spec.to_dict())
 
 
-def _named_step(path: Path) -> float:
-    """The step in a step_<k>.pt file's name; infinite for resume.pt, whose step only its content says."""
-    number = path.stem.removeprefix("step_")
-    return int(number) if path.stem.startswith("step_") and number.isdigit() else math.inf
+class _Checkpoints:
+    """One member's checkpoint files, each read at most once: the steps they hold, and their states.
 
-
-def newest_checkpoint(ckpt_dir: Path, chash: str) -> dict | None:
-    """The checkpoint with the highest step whose config hash matches, if any.
-
-    Files are tried newest first and reading stops at the first good one that no file left can
-    beat, so a resume reads and checks one or two checkpoints, not all. A damaged one (unreadable,
-    or failing its checksum) is skipped with a warning: an older one will do, since training
-    from it again gives the same weights.
+    A damaged file (unreadable, or failing its checksum) or one of another config counts as
+    absent, with a warning for the damaged: an older one will do, since training from it again
+    gives the same weights.
     """
-    best = None
-    for path in sorted(ckpt_dir.glob("*.pt"), key=_named_step, reverse=True):
-        if best is not None and _named_step(path) <= best["step"]:
-            break
-        try:
-            state = io.load_torch(path)
-        except OSError as exc:
-            log.warning("skipping damaged checkpoint %s: %s", path, exc)
-            continue
-        if state.get("config_hash") == chash and (best is None or state["step"] > best["step"]):
-            best = state
-    return best
+
+    def __init__(self, folder: Path, chash: str, run_id: str):
+        self.folder, self.chash, self.run_id = folder, chash, run_id
+        self._states: dict[Path, dict | None] = {}
+        # a step_<k>.pt file's step is in its name; a resume file's only in its content
+        self.steps = {_named_step(path): path for path in folder.glob("step_*.pt") if _named_step(path) is not None}
+        for name in (RESUME_PREVIOUS, RESUME):  # the newer one wins a tie
+            state = self.state(folder / name)
+            if state is not None:
+                self.steps[state["step"]] = folder / name
+
+    def state(self, path: Path) -> dict | None:
+        if path not in self._states:
+            self._states[path] = None
+            if path.exists():
+                try:
+                    state = io.load_torch(path)
+                except OSError as exc:
+                    log.warning("skipping damaged checkpoint %s: %s", path, exc)
+                else:
+                    if state.get("config_hash") == self.chash:
+                        self._states[path] = state
+        return self._states[path]
+
+    def at(self, step: int) -> dict | None:
+        """The state at `step`, or None (and the step forgotten) when its file is no good."""
+        state = self.state(self.steps[step])
+        if state is None or state["step"] != step:
+            del self.steps[step]
+            return None
+        return state
+
+    def newest(self) -> dict | None:
+        while self.steps:
+            state = self.at(max(self.steps))
+            if state is not None:
+                return state
+        return None
+
+    def newest_step(self) -> int:
+        return max(self.steps)
+
+    def drop_resume_after(self, step: int) -> None:
+        for name in (RESUME, RESUME_PREVIOUS):
+            state = self.state(self.folder / name)
+            if state is not None and state["step"] > step:
+                (self.folder / name).unlink()
+
+
+def _common_states(books: list[_Checkpoints]) -> list[dict | None]:
+    """Each member's state at the newest step that every member with a good checkpoint has (see open_members);
+    None for a member with none. Where no step is shared, each member's newest."""
+    while True:
+        having = [book for book in books if book.steps]
+        if not having:
+            return [None] * len(books)
+        shared = set.intersection(*(set(book.steps) for book in having))
+        if not shared:
+            return [book.newest() for book in books]
+        step = max(shared)
+        states = {book.run_id: book.at(step) for book in having}  # a bad file drops the step from its book
+        if all(state is not None for state in states.values()):
+            return [states.get(book.run_id) for book in books]
+
+
+def _named_step(path: Path) -> int | None:
+    """The step in a step_<k>.pt file's name."""
+    number = path.stem.removeprefix("step_")
+    return int(number) if number.isdigit() else None
+
+
+def rotate_resume(ckpt_dir: Path) -> Path:
+    """Where a member's next resume checkpoint goes, its current one kept as the previous (see open_members)."""
+    current = ckpt_dir / RESUME
+    if current.exists():
+        current.replace(ckpt_dir / RESUME_PREVIOUS)
+    return current
 
 
 def save_member_checkpoint(path: Path, member: Member, model: StackedModel, optimizer: StackedOptimizer, k: int,
@@ -208,7 +293,8 @@ def write_outputs(member: Member, state_dict: dict, plan: Plan, step: int, statu
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     io.write_json(summary, run_dir / "run.json")
-    # COMPLETE before resume.pt goes: a job killed between the two leaves a finished run, not one to train again
+    # COMPLETE before the resume files go: a job killed between the two leaves a finished run, not one to train again
     (run_dir / "checkpoints" / COMPLETE_MARK).touch()
-    (run_dir / "checkpoints" / "resume.pt").unlink(missing_ok=True)
+    for name in (RESUME, RESUME_PREVIOUS):
+        (run_dir / "checkpoints" / name).unlink(missing_ok=True)
     return summary
