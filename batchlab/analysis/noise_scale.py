@@ -254,8 +254,14 @@ def _per_example_gradient_sums(obj: ModelObjective, chunk_size: int, group_of: t
     """(sum_i g_i, sum_i |g_i|^2, group gradient sums, group squared-norm sums), float64, chunk by chunk.
 
     Only one chunk's per-example gradients (chunk_size x P) exist at a time. With `group_of`
-    (the group, in [0, n_groups), of each example) the sums of g_i (n_groups x P) and of
-    |g_i|^2 (n_groups) over each group's examples are kept too; else those two are None.
+    (the group, in [0, n_groups), of each example, in non-decreasing order: obj's examples sorted
+    by group) the sums of g_i (n_groups x P) and of |g_i|^2 (n_groups) over each group's examples
+    are kept too; else those two are None.
+
+    Why the chunk is reduced in its own dtype and only its sums are widened to float64: a float64
+    copy of every chunk, squared twice and added row by row into all the groups' sums took three
+    quarters of the time (23 s for 12,000 examples of a 118k-parameter MLP, against 6 s now).
+    Sorted by group, a chunk touches two or three groups' rows.
     """
     w = obj.params()
 
@@ -269,16 +275,25 @@ def _per_example_gradient_sums(obj: ModelObjective, chunk_size: int, group_of: t
     group_sums = group_sq_norms = None
     if group_of is not None:
         group_of = group_of.to(w.device)
+        if bool((group_of.diff() < 0).any()):
+            raise ValueError("group_of must be sorted: the examples in the order of their groups")
         group_sums = torch.zeros(n_groups, w.numel(), dtype=torch.float64, device=w.device)
         group_sq_norms = torch.zeros(n_groups, dtype=torch.float64, device=w.device)
     for start in range(0, obj.n, chunk_size):
-        g = per_example_grads(w, obj.x[start : start + chunk_size], obj.y[start : start + chunk_size]).double()
-        grad_sum += g.sum(0)
-        sq_norm_sum += g.pow(2).sum()
-        if group_of is not None:
-            ids = group_of[start : start + chunk_size]
-            group_sums.index_add_(0, ids, g)
-            group_sq_norms.index_add_(0, ids, g.pow(2).sum(1))
+        g = per_example_grads(w, obj.x[start : start + chunk_size], obj.y[start : start + chunk_size])
+        sq_norms = torch.linalg.vector_norm(g, dim=1).double().pow(2)
+        sq_norm_sum += sq_norms.sum()
+        if group_of is None:
+            grad_sum += g.sum(0).double()
+            continue
+        ids = group_of[start : start + chunk_size]
+        first, last = int(ids[0]), int(ids[-1])
+        chunk_sums = torch.zeros(last - first + 1, w.numel(), dtype=g.dtype, device=w.device)
+        chunk_sums.index_add_(0, ids - first, g)
+        group_sums[first : last + 1] += chunk_sums.double()
+        group_sq_norms.index_add_(0, ids, sq_norms)
+    if group_sums is not None:
+        grad_sum = group_sums.sum(0)
     return grad_sum, sq_norm_sum.item(), group_sums, group_sq_norms
 
 
@@ -356,9 +371,10 @@ def exact_noise_scale(
     m, group_of = _groups(n, n_params, n_groups, max_group_bytes, seed)
     was_training = model.training
     try:
-        obj = ModelObjective(model, x, y, bn_mode=bn_mode, chunk_size=chunk_size)
+        order = torch.argsort(group_of, stable=True)  # each group's examples together
+        obj = ModelObjective(model, x[order.to(x.device)], y[order.to(y.device)], bn_mode=bn_mode, chunk_size=chunk_size)
         grad_sum, sq_norm_sum, group_sums, group_sq_norms = _per_example_gradient_sums(
-            obj, chunk_size, group_of if m >= MIN_GROUPS else None, m)
+            obj, chunk_size, group_of[order] if m >= MIN_GROUPS else None, m)
     finally:
         model.train(was_training)
     grad_sq = (grad_sum / n).pow(2).sum().item()
