@@ -36,10 +36,13 @@ TABLES = ("runs", "curves", "sharpness")
 TARGETS = [f"results/tables/{name}.parquet" for name in TABLES]
 
 # What this test cluster needs on top of the profile: squeue for status (no accounting database),
-# a short first wait, no account, no GPUs; one thread per job, as in the local run.
+# a short first wait and short waits between status checks (a job of a few seconds would otherwise
+# be seen done up to 10 s late, at each of the workflow's rounds), no account, no GPUs; one thread
+# per job, as in the local run.
 SLURM_ARGS = [
     "--profile", str(REPO / "workflow/profiles/slurm"),
-    "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5", "--slurm-no-account",
+    "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+    "--seconds-between-status-checks", "2", "--slurm-no-account",
     "--set-resources", "train_stack:gpu=0", "train_stack:cpus_per_task=1", "analyse_stack:cpus_per_task=1",
     "--set-threads", "train_stack=1", "analyse_stack=1", "interpolate_study=1",
 ]

@@ -166,17 +166,16 @@ def test_report_opens_in_a_browser_with_the_summary_and_every_figure(workflow_di
     assert f"The report: {(workflow_dir / 'results/report.html').resolve()}" in (workflow_dir / "first_run.log").read_text()
 
 
-def test_a_study_without_speedup_targets_builds_its_report(tmp_path):
+def test_a_study_without_speedup_targets_builds_its_report(workflow_dir, tmp_path):
+    """The fixture's study with its targets taken away (in a copy: its runs and analyses stay as they are)."""
+    copied = Path(shutil.copytree(workflow_dir, tmp_path / "copy", symlinks=True))
     config = copy.deepcopy(TINY_CONFIG)
-    study = config["studies"].pop("tiny")
-    # one measure is enough here: the full set runs in the fixture's workflow
-    study.update(lr_rules=["constant"], budget={"epochs": 1}, speedup={"targets": {}},
-                 analysis={**study["analysis"], "along_training": {}, "n_examples": 64, "measures": ["sharpness"]})
-    config["studies"]["notargets"] = study
-    result = snakemake(tmp_path, config)
+    config["studies"]["tiny"]["speedup"] = {"targets": {}}
+    result = snakemake(copied, config)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert pd.read_parquet(tmp_path / "results/tables/speedup.parquet").empty
-    seen = render(tmp_path / "results/report.html")
+    assert job_counts(result.stdout + result.stderr)["speedup_tables"] == 1
+    assert pd.read_parquet(copied / "results/tables/speedup.parquet").empty
+    seen = render(copied / "results/report.html")
     assert seen["console_errors"] == [] and "none configured" in seen["text"]
     assert {img["alt"] for img in seen["images"]} == set(FIGURE_NAMES)
     assert all(img["natural_width"] > 0 for img in seen["images"])
@@ -227,38 +226,37 @@ def test_snakemakes_own_report_holds_every_figure(workflow_dir):
         names = archive.namelist()
     assert {name for name in FIGURE_NAMES if any(n.endswith(f"/{name}.png") for n in names)} == set(FIGURE_NAMES)
 
-def test_adding_a_batch_size_trains_only_the_new_runs(workflow_dir):
+def test_adding_a_batch_size_plans_only_its_new_stack(workflow_dir):
     config = copy.deepcopy(TINY_CONFIG)
     config["studies"]["tiny"]["batch_sizes"] = [16, 32, 64]
-    old = {p: p.stat().st_mtime_ns for p in (workflow_dir / "results/runs").rglob("run.json")}
     dry = snakemake(workflow_dir, config, "-n")
     assert dry.returncode == 0, dry.stderr[-2000:]
     counts = job_counts(dry.stdout + dry.stderr)
     assert counts["train_stack"] == 1 and counts["analyse_stack"] == 1 and counts["gather_tables"] == 1  # one new stack
     # the pairs read every candidate's status, so the study's interpolation runs again, between the same ends
     assert "prepare_data" not in counts and counts["interpolate_study"] == 1
-    result = snakemake(workflow_dir, config)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert {p: p.stat().st_mtime_ns for p in old} == old  # the old runs were not touched
-    runs = pd.read_parquet(workflow_dir / "results/tables/runs.parquet")
-    assert len(runs) == 6 and sorted(runs["batch_size"].unique()) == [16, 32, 64]
-    interp = pd.read_parquet(workflow_dir / "results/tables/interpolation.parquet")
-    assert set(interp["run_id_small"].str.split("/").str[2]) == {"bs16"} and set(interp["run_id_large"].str.split("/").str[2]) == {"bs64"}
+    assert "results/stacks/tiny/mlp/bs32/stack0.json" in dry.stdout + dry.stderr
 
 
-def test_adding_a_seed_trains_only_the_new_runs_inside_the_old_stacks(workflow_dir):
+def test_adding_a_batch_size_and_a_seed_trains_only_the_new_runs(workflow_dir):
+    """A new batch size is a new stack; a new seed joins the old stacks, whose finished runs are kept. One
+    rerun asks both (the dry run above planned the batch size alone)."""
     config = copy.deepcopy(TINY_CONFIG)
     config["studies"]["tiny"].update(batch_sizes=[16, 32, 64], seeds=[0, 1])
     old = {p: p.stat().st_mtime_ns for p in (workflow_dir / "results/runs").rglob("*") if p.is_file()}
     result = snakemake(workflow_dir, config)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert job_counts(result.stdout + result.stderr)["train_stack"] == 3  # each stack gains two runs
+    assert job_counts(result.stdout + result.stderr)["train_stack"] == 3  # bs32's new stack; the old two gain a seed
     assert {p: p.stat().st_mtime_ns for p in old} == old  # the finished runs were kept, file for file
     runs = pd.read_parquet(workflow_dir / "results/tables/runs.parquet")
     assert len(runs) == 12 and set(runs["status"]) == {"completed"}
-    for batch_size in (16, 64):  # the fixture's stacks (bs32's exists only if the test above ran)
+    assert sorted(runs["batch_size"].unique()) == [16, 32, 64] and sorted(runs["seed"].unique()) == [0, 1]
+    for batch_size in (16, 64):  # the fixture's stacks
         log = workflow_dir / f"results/logs/train/tiny/mlp/bs{batch_size}/stack0.log"
         assert "finished before with this config and code; kept" in log.read_text()
+    assert "finished before" not in (workflow_dir / "results/logs/train/tiny/mlp/bs32/stack0.log").read_text()
+    interp = pd.read_parquet(workflow_dir / "results/tables/interpolation.parquet")
+    assert set(interp["run_id_small"].str.split("/").str[2]) == {"bs16"} and set(interp["run_id_large"].str.split("/").str[2]) == {"bs64"}
 
 
 def test_max_stack_one_gives_one_job_per_run(tmp_path):
