@@ -71,9 +71,13 @@ def tiny_data(tiny_data_path):
 # trained workflow, a SLURM cluster, a preset's smoke run) are built once; each preset's smoke run
 # has a file of its own for that reason. The longest files go first (measured on 2 cores), so that
 # no worker is left with one of them at the end (`--no-loadscope-reorder`: xdist hands out the files
-# in the order collected, rather than those of most tests first).
-LONGEST_FIRST = ("test_smoke_golmant", "test_slurm", "test_smoke_keskar", "test_workflow",
-                 "test_smoke_masters_luschi", "test_plots", "test_library_changes", "test_measure")
+# in the order collected, rather than those of most tests first). The files of 10 s and more are
+# ranked, by their seconds in a whole run on 2 cores: with only the longest six ranked,
+# test_stacked_train (80 s) came last and one worker ended 55 s after the other.
+LONGEST_FIRST = ("test_smoke_golmant", "test_slurm", "test_workflow", "test_smoke_keskar",
+                 "test_smoke_masters_luschi", "test_plots", "test_stacked_train", "test_readme", "test_stacked_models",
+                 "test_sharpness", "test_library_changes", "test_fashion_mnist", "test_speedup", "test_lm_protocol",
+                 "test_config", "test_estimate", "test_embedded_domains", "test_gpus", "test_measure")
 
 
 def pytest_collection_modifyitems(config, items):

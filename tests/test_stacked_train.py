@@ -254,6 +254,7 @@ def conv_stack(wild_lr: float | None = None):
     return data, specs
 
 
+@pytest.mark.slow  # three conv stacks trained: `make test`, not `make check`
 def test_a_checkpoint_write_that_fails_for_one_member_rolls_the_stack_back_to_a_common_step(tmp_path, monkeypatch):
     """A full disk while the stack's checkpoints are written: the first members have their newest, the others not.
     The rerun must train all four together from the newest step they share, not as two stacks, so that a conv
@@ -278,6 +279,7 @@ def test_a_checkpoint_write_that_fails_for_one_member_rolls_the_stack_back_to_a_
         assert_bit_identical(a, b)
 
 
+@pytest.mark.slow  # three conv stacks trained: `make test`, not `make check`
 def test_a_kill_after_a_member_finished_resumes_the_rest_as_they_trained(tmp_path, monkeypatch):
     """One member diverges and leaves the stack between two checkpoints; the job is killed (no SIGTERM: nothing
     saved on the way out) before the next. The members left resume from the step at which it left, so they never
@@ -304,6 +306,7 @@ def test_a_kill_after_a_member_finished_resumes_the_rest_as_they_trained(tmp_pat
         assert_bit_identical(a, b)
 
 
+@pytest.mark.slow  # three conv stacks trained: `make test`, not `make check`
 def test_a_resume_write_cut_short_falls_back_to_the_resume_checkpoint_before_it(tmp_path, monkeypatch, caplog):
     """The stack stops at step 23, each member with its resume checkpoint; at step 30 the disk fills while the third
     member's next one is written, after its step-23 one became the previous. Every member still has step 23, one
