@@ -2,14 +2,15 @@
 
 Two workflows go through `snakemake --executor slurm` at once, beside a local run of the first:
 - a tiny config, whose tables and final weights must equal the local run's;
-- one long training stack under a one-minute time limit: SLURM kills it, snakemake submits it
-  again, and the second attempt resumes from the checkpoint the first one left.
+- one training stack under a one-minute time limit, paused by the test once under way: SLURM stops it
+  at the limit, snakemake submits it again, and the second attempt resumes from the checkpoint that
+  the first one wrote on SLURM's SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import math
 import os
 import re
 import signal
@@ -24,9 +25,6 @@ import torch
 import yaml
 
 from batchlab import io
-from batchlab.config import build_grid, check_config
-from batchlab.data.mnist1d import prepare_mnist1d
-from batchlab.train.loop import train_run
 from tests.conftest import REPO, TINY_CONFIG
 from tests.slurm_cluster import node_states, start_cluster
 
@@ -48,20 +46,19 @@ SLURM_ARGS = [
 ]
 SAME_MACHINE = {"device": "cpu", "threads_per_run": 1}
 
-# One CNN stack long enough that a one-minute limit cuts it, SLURM enforcing it 60 to 90 s after
-# the start: its epochs are set for LONG_STACK_S of training by the CPU time an epoch takes on one
-# thread here, as the workflow trains it. CPU time, not wall time: a neighbour on the same cores
-# (another test worker) slows the wall clock only, and a slowed timing once gave too few epochs to
-# be cut. The workflow itself, slowed by neighbours, only runs longer: the retries (6 minutes
-# each) resume it until it completes.
-LONG_STACK_S = 110  # past the 90 s by which SLURM has ended a one-minute job, with the job's start-up on top
+# One CNN stack that SLURM cuts at a one-minute time limit, enforced 60 to 90 s after its start. The
+# test pauses the stack's training process (SIGSTOP) once it has trained past step 0, as a job on an
+# overloaded node sits; at the limit SLURM sends SIGTERM and SIGCONT, on which the trainer writes its
+# resume checkpoints at the next step and stops. Paused rather than kept training: a stack that trains
+# through the limit burns a minute and a half of a core that the suite's other tests wait for, and
+# needs its epochs calibrated to this machine's speed.
 LONG_STACK = {
     "device": "cpu",
     "threads_per_run": 1,
     "datasets": {"mnist1d": {"n_train": 4000, "n_test": 500}},
     "studies": {"long": {
         "dataset": "mnist1d", "models": ["cnn"], "batch_sizes": [128], "lr_rules": ["constant"], "base_lrs": [0.05],
-        "seeds": [0], "optimizer": {"name": "sgd", "momentum": 0.9}, "budget": {"epochs": 10},
+        "seeds": [0], "optimizer": {"name": "sgd", "momentum": 0.9}, "budget": {"epochs": 50},
         "eval": {"regular_points": 5, "log_points": 3}, "checkpoints": {"log_points": 3},
     }},
 }
@@ -69,22 +66,26 @@ LONG_STACK_MARKER = "results/stacks/long/cnn/bs128/stack0.json"
 LONG_RUN = "long/cnn/bs128/constant/lr0.05/seed0"
 
 
-def long_stack_config(workdir: Path) -> dict:
-    """LONG_STACK with as many epochs as LONG_STACK_S of training take here, by the CPU time of 10 epochs on
-    one thread (the least of three tries)."""
-    config = copy.deepcopy(LONG_STACK)
-    data = workdir / "mnist1d.npz"
-    prepare_mnist1d(data, **config["datasets"]["mnist1d"])
-    spec = next(iter(build_grid(check_config(copy.deepcopy(config))).values()))
-    tries = []
-    torch.set_num_threads(1)  # as the workflow's jobs (threads_per_run: 1); process time counts every thread
-    for attempt in range(3):
-        started = time.process_time()
-        train_run(spec, data, workdir / f"run{attempt}", device="cpu", progress=False)
-        tries.append(time.process_time() - started)
-    epoch_s = min(tries) / spec.budget["epochs"]
-    config["studies"]["long"]["budget"]["epochs"] = math.ceil(LONG_STACK_S / epoch_s)
-    return config
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    return sorted(int(path.stem.removeprefix("step_")) for path in (run_dir / "checkpoints").glob("step_*.pt"))
+
+
+def pause_training_under_way(cluster, workdir: Path, run_dir: Path, timeout_s: float = 300) -> int:
+    """SIGSTOP the training process of `workdir`'s workflow on `cluster` once its run has a checkpoint past
+    step 0 (training is under way, its SIGTERM handler in place); return that checkpoint's step."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (steps := checkpoint_steps(run_dir)) and steps[-1] > 0:
+            for pid in cluster.leftovers():  # the processes started in the cluster's environment
+                with contextlib.suppress(OSError):
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    # the rule's script under python, not the shell line that starts it
+                    if Path(os.fsdecode(argv[0])).name.startswith("python") and any(a.endswith(b".train.py") for a in argv) \
+                            and Path(os.readlink(f"/proc/{pid}/cwd")) == workdir:
+                        os.kill(pid, signal.SIGSTOP)
+                        return steps[-1]
+        time.sleep(0.2)
+    raise AssertionError(f"no training process of {workdir} under way after {timeout_s} s")
 
 
 def start_snakemake(workdir: Path, config: dict, targets: list[str], *args: str,
@@ -119,20 +120,20 @@ def slurm_runs(tmp_path_factory):
     cluster = start_cluster(root / "cluster")
     try:
         tiny = {**copy.deepcopy(TINY_CONFIG), **SAME_MACHINE}
-        long_stack = long_stack_config(root / "timing")
         started = time.monotonic()
         slurm_tiny = start_snakemake(root / "slurm", tiny, TARGETS, *SLURM_ARGS, env=cluster.env)
         # min(...) keeps '=' out of the expression: one minute, then six.
-        slurm_long = start_snakemake(root / "long", long_stack, [LONG_STACK_MARKER], *SLURM_ARGS,
+        slurm_long = start_snakemake(root / "long", LONG_STACK, [LONG_STACK_MARKER], *SLURM_ARGS,
                                      "--set-resources", "train_stack:runtime=min(attempt,2)*5-4", env=cluster.env)
         local = start_snakemake(root / "local", tiny, TARGETS, "--cores", "1", "--scheduler", "greedy")
+        paused_at = pause_training_under_way(cluster, root / "long", root / "long/results/runs" / LONG_RUN)
         outputs = {
             "local": finish(local, root / "local", 600),
             "slurm": finish(slurm_tiny, root / "slurm", 900),
             "long": finish(slurm_long, root / "long", 900),
         }
         print(f"SLURM workflows finished in {time.monotonic() - started:.0f} s")
-        yield root, outputs
+        yield root, outputs, paused_at
     finally:
         cluster.stop()
 
@@ -143,7 +144,7 @@ def without_timing(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_slurm_run_equals_local_run(slurm_runs):
-    root, outputs = slurm_runs
+    root, outputs, _ = slurm_runs
     assert "has been submitted with SLURM jobid" in outputs["slurm"]
     assert re.search(r"Group job analyses", outputs["slurm"]) and re.search(r"Group job tables", outputs["slurm"])
     for name in TABLES:
@@ -158,11 +159,12 @@ def test_slurm_run_equals_local_run(slurm_runs):
 
 
 def test_timed_out_stack_is_retried_and_resumes_from_its_checkpoint(slurm_runs):
-    root, outputs = slurm_runs
+    root, outputs, paused_at = slurm_runs
     assert "SLURM status is: 'TIMEOUT'" in outputs["long"], outputs["long"][-3000:]
     train_log = (root / "long/results/logs/train/long/cnn/bs128/stack0.log").read_text()
     resumed = [int(step) for step in re.findall(rf"resuming {re.escape(LONG_RUN)} from step (\d+)", train_log)]
-    assert resumed and resumed[0] > 0, train_log[-3000:]
+    # from where SIGTERM found it (paused since its checkpoint at paused_at), not from an earlier step
+    assert resumed and resumed[0] >= paused_at > 0, (paused_at, train_log[-3000:])
     marker = yaml.safe_load((root / "long" / LONG_STACK_MARKER).read_text())
     assert marker["runs"][LONG_RUN]["status"] == "completed"
     curves = pd.read_parquet(root / f"long/results/runs/{LONG_RUN}/metrics.parquet")

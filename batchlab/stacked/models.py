@@ -204,14 +204,19 @@ def stack_modules(name: str, modules: list[nn.Module], bn_batch_size: int | None
     """
     if not modules:
         raise ValueError("stack_modules needs at least one module")
-    first = modules[0]
     options = dict(options or {})
     if name in MODEL_INPUTS:
         check_bn_batch_size(name, bn_batch_size)
         check_model_options(name, options)
-    _check_ghost_batch_size(first, bn_batch_size)
+    _check_ghost_batch_size(modules[0], bn_batch_size)
     if name in MODEL_INPUTS:
-        _check_is_named_model(name, first, bn_batch_size, options)
+        _check_is_named_model(name, modules[0], bn_batch_size, options)
+    return _stack_built_modules(name, modules, bn_batch_size)
+
+
+def _stack_built_modules(name: str, modules: list[nn.Module], bn_batch_size: int | None) -> StackedModel:
+    """stack_modules past its checks that the modules are build_model(name, ..., bn_batch_size)'s."""
+    first = modules[0]
     for i, module in enumerate(modules[1:], start=1):
         if _module_types(module) != _module_types(first) or _signature(module) != _signature(first):
             raise ValueError(f"module {i} differs in architecture from module 0")
@@ -282,4 +287,6 @@ def build_stacked_model(
         torch.manual_seed(seed)
         model = build_model(name, input_shape, num_classes, bn_batch_size, **options)
         modules.append(model.to(device=device, dtype=dtype))
-    return stack_modules(name, modules, bn_batch_size, options)
+    # build_model's own modules: stack_modules' check that they are would build a reference model on
+    # the meta device, whose initialisers import torch._dynamo (2 s of every training job's start)
+    return _stack_built_modules(name, modules, bn_batch_size)
