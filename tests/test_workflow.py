@@ -240,11 +240,13 @@ def test_adding_a_batch_size_plans_only_its_new_stack(workflow_dir):
 
 def test_adding_a_batch_size_and_a_seed_trains_only_the_new_runs(workflow_dir):
     """A new batch size is a new stack; a new seed joins the old stacks, whose finished runs are kept. One
-    rerun asks both (the dry run above planned the batch size alone)."""
+    rerun asks both (the dry run above planned the batch size alone), for the two tables it reads: the
+    analyses, figures and report that follow have had their reruns planned by that dry run, and drawn
+    in the tests before."""
     config = copy.deepcopy(TINY_CONFIG)
     config["studies"]["tiny"].update(batch_sizes=[16, 32, 64], seeds=[0, 1])
     old = {p: p.stat().st_mtime_ns for p in (workflow_dir / "results/runs").rglob("*") if p.is_file()}
-    result = snakemake(workflow_dir, config)
+    result = snakemake(workflow_dir, config, "results/tables/runs.parquet", "results/tables/interpolation.parquet")
     assert result.returncode == 0, result.stderr[-3000:]
     assert job_counts(result.stdout + result.stderr)["train_stack"] == 3  # bs32's new stack; the old two gain a seed
     assert {p: p.stat().st_mtime_ns for p in old} == old  # the finished runs were kept, file for file
