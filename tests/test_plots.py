@@ -985,12 +985,12 @@ def mixed_domains(study):
 @pytest.mark.slow
 def test_a_one_rule_study_beside_a_three_rule_study_draws_no_empty_panels(study):
     tables = combined(study, another_study(study, "keskar", "mlp", ["constant"], []))
-    for name in FIGURES:
-        fig = build(name, tables)
+    figs = {name: build(name, tables) for name in FIGURES}
+    for name, fig in figs.items():
         assert all(shows_something(ax) for ax in visible(fig)), name
     runs = tables["runs"]
     for name in ("training_curves", "accuracy_vs_base_lr"):
-        fig = build(name, tables)
+        fig = figs[name]
         assert len(visible(fig)) == len(runs.groupby(["study", "model", "lr_rule"])) == 2 * 3 + 1, name
         titles = {ax.get_title() for ax in visible(fig)}
         assert "keskar / mlp · constant rule" in titles and "keskar / mlp · linear rule" not in titles, name
@@ -999,25 +999,25 @@ def test_a_one_rule_study_beside_a_three_rule_study_draws_no_empty_panels(study)
 @pytest.mark.slow
 def test_every_figure_draws_three_domains_in_one_config_without_an_empty_panel(study):
     tables = mixed_domains(study)
-    for name in FIGURES:
-        fig = build(name, tables)
+    figs = {name: build(name, tables) for name in FIGURES}
+    for name, fig in figs.items():
         assert visible(fig) and all(shows_something(ax) for ax in visible(fig)), name
     runs, speedup = tables["runs"], tables["speedup"]
-    curves = build("training_curves", tables)
+    curves = figs["training_curves"]
     assert len(visible(curves)) == len(runs.groupby(["study", "model", "lr_rule"])) == 2 * 3 + 1 + 2
-    steps = build("steps_to_target", tables)
+    steps = figs["steps_to_target"]
     assert len(visible(steps)) == len(speedup.groupby(["study", "model", "target_metric", "target_value"])) == 10 + 2 + 2
     titles = {ax.get_title() for ax in visible(steps)}
     assert titles >= {"text / lstm_lm · train loss ≤ 1", "shapes / drn · test loss ≤ 1.2"}
-    acc = build("accuracy_vs_batch", tables)
+    acc = figs["accuracy_vs_batch"]
     lm, seg = axes_titled(acc, "text / lstm_lm"), axes_titled(acc, "shapes / drn")
     assert (lm.get_ylabel(), lm.get_yscale()) == ("final test perplexity", "log")
     assert (seg.get_ylabel(), axes_titled(acc, "demo / cnn").get_ylabel()) == ("final test mean IoU", "final test accuracy")
-    by_lr = build("accuracy_vs_base_lr", tables)
+    by_lr = figs["accuracy_vs_base_lr"]
     assert axes_titled(by_lr, "text / lstm_lm · constant rule").get_yscale() == "log"
     assert axes_titled(by_lr, "shapes / drn · constant rule").get_ylabel() == "final test mean IoU"
     # the language model was never analysed: no sharpness panel, not even one of its perplexity
-    sharp = build("sharpness_vs_batch", tables)
+    sharp = figs["sharpness_vs_batch"]
     assert not [ax for ax in visible(sharp) if ax.get_title().startswith("text")]
     axes_titled(sharp, "shapes / drn · test mean IoU")
 
