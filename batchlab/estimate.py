@@ -65,7 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
 # The columns benchmarks/throughput.py writes; the estimate needs REQUIRED_COLUMNS of them (a table
 # from before the others existed reads as training rows of an unrecorded optimizer and shape).
-THROUGHPUT_COLUMNS = ["device", "torch", "model", "dataset", "shape", "optimizer", "augment", "batch_size", "k",
+THROUGHPUT_COLUMNS = ["device", "torch", "model", "model_options", "dataset", "shape", "optimizer", "augment", "batch_size", "k",
                       "steps", "step_ms", "run_steps_per_s", "examples_per_s", "eval_examples_per_s", "checkpoint_ms",
                       "measure", "method", "work", "seconds", "settings", "measured_at"]
 REQUIRED_COLUMNS = ("device", "model", "batch_size", "k", "examples_per_s", "eval_examples_per_s")
@@ -234,15 +234,21 @@ def _text_columns(rows: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
     return rows
 
 
+def options_text(options: dict | None) -> str:
+    """A study's `model_options` of one model as a throughput row records them: `key=value` pairs sorted by key and
+    joined by `;`, blank without any (as in a row from before the column existed)."""
+    return ";".join(f"{key}={value}" for key, value in sorted((options or {}).items()))
+
+
 class Throughput:
     """The rows of one device, and the time a stacked step, an evaluation, a checkpoint or an analysis takes."""
 
-    CASE = ["model", "dataset", "shape", "optimizer"]
+    CASE = ["model", "model_options", "dataset", "shape", "optimizer"]
 
     def __init__(self, table: pd.DataFrame, device: str):
         self.device = device
         rows = _text_columns(table[table["device"].astype(str) == device].copy(),
-                             ("dataset", "shape", "optimizer", "method", "settings"))
+                             ("model_options", "dataset", "shape", "optimizer", "method", "settings"))
         rows["measure"] = rows["measure"].fillna(TRAIN) if "measure" in rows else TRAIN
         for column in ("checkpoint_ms", "work", "seconds"):
             if column not in rows:
@@ -259,10 +265,12 @@ class Throughput:
     def has(self, model: str) -> bool:
         return bool((self.rows["model"] == model).any())
 
-    def training_rows(self, model: str, dataset: str, shape: str, optimizer: str) -> tuple[pd.DataFrame, list]:
-        """The model's rows nearest the study's case (its optimizer, then data set, then shape) and what they miss."""
-        return _closest(self.rows[self.rows["model"] == model], {"optimizer": optimizer, "dataset": dataset,
-                                                                 "shape": shape})
+    def training_rows(self, model: str, dataset: str, shape: str, optimizer: str,
+                      model_options: str = "") -> tuple[pd.DataFrame, list]:
+        """The model's rows nearest the study's case (its model options (`options_text`), then optimizer, data set and
+        shape) and what they miss."""
+        return _closest(self.rows[self.rows["model"] == model], {"model_options": model_options, "optimizer": optimizer,
+                                                                 "dataset": dataset, "shape": shape})
 
     def step_seconds(self, model: str, batch_size: int, k: int, flags: set,
                      rows: pd.DataFrame | None = None) -> float | None:
@@ -293,13 +301,13 @@ class Throughput:
         return _at_k({int(m): m / rate for m, rate in per_k.items()}, k, model, flags)
 
     def stack_costs(self, model: str, dataset: str, shape: str, optimizer: str, batch_size: int,
-                    k: int) -> tuple | None:
+                    k: int, model_options: str = "") -> tuple | None:
         """(what the rows miss of the case, seconds per stacked step, per example evaluated by all K members or None,
         per member checkpoint save or None, the extrapolations made) of a stack of K at `batch_size`; None if the
         model was never measured. Computed once per case: a preset has hundreds of stacks and a few cases."""
-        key = (model, dataset, shape, optimizer, batch_size, k)
+        key = (model, model_options, dataset, shape, optimizer, batch_size, k)
         if key not in self._costs:
-            rows, missed = self.training_rows(model, dataset, shape, optimizer)
+            rows, missed = self.training_rows(model, dataset, shape, optimizer, model_options)
             flags: set = set()
             self._costs[key] = None if rows.empty else (
                 missed, self.step_seconds(model, batch_size, k, flags, rows), self.eval_seconds(model, k, flags, rows),
@@ -313,7 +321,7 @@ class Throughput:
         return float(saves.median()) / 1000 if len(saves) else None
 
     def analysis_seconds(self, model: str, dataset: str, shape: str, measure: str, method: str, work: float,
-                         flags: set) -> float | None:
+                         flags: set, model_options: str = "") -> float | None:
         """Seconds of one checkpoint's `measure` (one pair's interpolation) by `method` at `work`: from the row of
         the nearest work, in proportion to the work (flagged when scaled); None if the model's measure by that
         method was never timed."""
@@ -321,7 +329,7 @@ class Throughput:
         rows = a[(a["model"] == model) & (a["measure"] == measure) & (a["method"] == method) & (a["work"] > 0)]
         if rows.empty:
             return None
-        rows, missed = _closest(rows, {"dataset": dataset, "shape": shape})
+        rows, missed = _closest(rows, {"model_options": model_options, "dataset": dataset, "shape": shape})
         for column, wanted, have in missed:
             flags.add(("analysis_" + column, model, wanted, have))
         best = rows.iloc[int(np.argmin(np.abs(np.log(rows["work"].to_numpy() / work))))]
@@ -371,9 +379,11 @@ class _Tally:
             model = next(f[1] for f in self.flags if f[0] == "scaled")
             what = ", ".join(f"{m} x{r:.3g}" for m, r in ratios)
             out.append(f"{model}: analyses timed at other settings, scaled in proportion to their work ({what})")
-        for kind in ("analysis_dataset", "analysis_shape"):
+        for kind in ("analysis_model_options", "analysis_dataset", "analysis_shape"):
+            what = kind.removeprefix("analysis_").replace("_", " ")
             for _, model, wanted, have in sorted(f for f in self.flags if f[0] == kind):
-                out.append(f"{model}: analyses timed at {kind.removeprefix('analysis_')} {have}, not {wanted}")
+                have = "its defaults" if have == "unrecorded" and kind == "analysis_model_options" else have
+                out.append(f"{model}: analyses timed at {what} {have}, not {wanted or 'its defaults'}")
         return out
 
 
@@ -405,7 +415,8 @@ class Estimate:
 def _stack_seconds(tp: Throughput, spec, k: int, plan, evaluated: int, shape: str, t: _Tally) -> float | None:
     """Seconds of one training stack: its steps, its evaluations and its checkpoint saves; None if the model has
     no training rows (noted)."""
-    costs = tp.stack_costs(spec.model, spec.dataset, shape, spec.optimizer.get("name", ""), spec.batch_size, k)
+    costs = tp.stack_costs(spec.model, spec.dataset, shape, spec.optimizer.get("name", ""), spec.batch_size, k,
+                           options_text(spec.model_options))
     if costs is None:
         t.notes.append(f"no throughput measured for {spec.model} on {tp.device}: run benchmarks/throughput.py "
                        f"--models {spec.model}")
@@ -413,7 +424,12 @@ def _stack_seconds(tp: Throughput, spec, k: int, plan, evaluated: int, shape: st
     missed, step_s, eval_s, save_s, flags = costs
     t.flags |= flags
     for column, wanted, have in missed:
-        if column == "dataset":
+        if column == "model_options":
+            measured = "at its default options" if have == "unrecorded" else f"with the model options {have}"
+            t.notes.append(f"{spec.model} was measured {measured}; {spec.study} sets {wanted or 'its defaults'} (which "
+                           f"may change its size): timed as measured; benchmarks/throughput.py --config measures a "
+                           f"config's own")
+        elif column == "dataset":
             t.notes.append(f"{spec.model} was measured on {have} data; {spec.study} trains it on {wanted}")
         elif column == "optimizer":
             t.notes.append(f"{spec.model} was measured with the optimizer {have}; {spec.study} trains it with {wanted} "
@@ -443,7 +459,7 @@ def _checkpoint_seconds(tp: Throughput, spec, info, work: dict[str, float], meth
     total = 0.0
     for measure, units in work.items():
         seconds = tp.analysis_seconds(spec.model, spec.dataset, data_shape(info), measure, methods[measure], units,
-                                      t.flags)
+                                      t.flags, options_text(spec.model_options))
         if seconds is None:
             method = f" ({methods[measure]})" if methods[measure] else ""
             t.notes.append(f"no {measure}{method} timing for {spec.model} on {tp.device}: its analyses are not timed; "

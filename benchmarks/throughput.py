@@ -67,7 +67,7 @@ from batchlab.config import analysed_runs, build_grid, build_pairs, build_stacks
 from batchlab.data import Dataset
 from batchlab.data.catalog import NAMES as DATASET_NAMES, dataset_info
 from batchlab.devices import resolve_device
-from batchlab.estimate import (THROUGHPUT_COLUMNS, TRAIN, analysis_methods, analysis_work, data_shape,
+from batchlab.estimate import (THROUGHPUT_COLUMNS, TRAIN, analysis_methods, analysis_work, data_shape, options_text,
                                interpolation_work, train_size)
 from batchlab.io import atomic_path
 from batchlab.models import MODEL_INPUTS, MODEL_NAMES, build_model
@@ -87,7 +87,7 @@ OPTIMIZERS = {
 }
 EVAL_BATCH_SIZE = 4096  # the schema's default eval.batch_size
 LR = 1e-3  # small, so that random labels do not send the weights to inf or NaN within the timed steps
-KEY = ["device", "model", "dataset", "shape", "optimizer", "measure", "method", "batch_size", "k", "work"]
+KEY = ["device", "model", "model_options", "dataset", "shape", "optimizer", "measure", "method", "batch_size", "k", "work"]
 
 
 def device_label(dev: torch.device) -> str:
@@ -246,15 +246,15 @@ def time_eval(model_name: str, data: Dataset, k: int, dev: torch.device, model_o
 
 # --- the cases of a config ---------------------------------------------------------------------
 
-def config_cases(config: dict) -> dict[tuple[str, str, str], dict]:
-    """(model, data set, optimizer name) -> {"options": the data set's config options, "optimizer": the study's
+def config_cases(config: dict) -> dict[tuple[str, str, str, str], dict]:
+    """(model, its model options (`options_text`), data set, optimizer name) -> {"options": the data set's config options, "optimizer": the study's
     optimizer, "model_options": the study's options of the model, "sizes": the (batch size, K) of its stacks},
     for every stack of a checked config."""
     grid = build_grid(config)
-    cases: dict[tuple[str, str, str], dict] = {}
+    cases: dict[tuple[str, str, str, str], dict] = {}
     for stack in build_stacks(config, grid).values():
         spec = grid[stack.runs[0]]
-        case = cases.setdefault((spec.model, spec.dataset, spec.optimizer["name"]), {
+        case = cases.setdefault((spec.model, options_text(spec.model_options), spec.dataset, spec.optimizer["name"]), {
             "options": config["datasets"].get(spec.dataset) or {}, "optimizer": spec.optimizer,
             "model_options": spec.model_options, "sizes": set()})
         case["sizes"].add((spec.batch_size, len(stack.runs)))
@@ -289,7 +289,8 @@ def time_analyses(spec, config: dict, dev: torch.device, repeats: int, settings:
         return build_model(spec.model, info.input_shape, info.num_classes, spec.bn_batch_size, **spec.model_options)
 
     state = fresh(spec.seed).state_dict()
-    base = {"model": spec.model, "dataset": spec.dataset, "shape": data_shape(info), "optimizer": "",
+    base = {"model": spec.model, "model_options": options_text(spec.model_options), "dataset": spec.dataset,
+            "shape": data_shape(info), "optimizer": "",
             "settings": settings}
     rows = []
     if analysis["enabled"]:
@@ -365,7 +366,8 @@ def training_rows(model: str, name: str, options: dict, optimizer: dict, sizes: 
                                          model_options=model_options)
             run_steps = k * args.steps / seconds
             rows.append({
-                "device": device, "torch": torch.__version__, "model": model, "dataset": name,
+                "device": device, "torch": torch.__version__, "model": model,
+                "model_options": options_text(model_options), "dataset": name,
                 "shape": data_shape(info), "optimizer": optimizer["name"], "augment": augment,
                 "batch_size": batch_size, "k": k, "steps": args.steps, "step_ms": 1000 * seconds / args.steps, "run_steps_per_s": run_steps,
                 "examples_per_s": run_steps * batch_size, "eval_examples_per_s": eval_rate,
@@ -433,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
 def measure(args, config: dict | None, dev: torch.device, device: str, rows: list[dict]) -> None:
     """Append to `rows` the training rows the arguments ask for, then, with a config, its analyses' rows."""
     if config is not None:
-        for (model, name, _), case in config_cases(config).items():
+        for (model, _, name, _), case in config_cases(config).items():
             if args.models and model not in args.models:
                 continue
             sizes = sorted(case["sizes"]) if args.batch_sizes is None and args.k is None else \
