@@ -65,9 +65,9 @@ REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
 # The columns benchmarks/throughput.py writes; the estimate needs REQUIRED_COLUMNS of them (a table
 # from before the others existed reads as training rows of an unrecorded optimizer and shape).
-THROUGHPUT_COLUMNS = ["device", "torch", "model", "model_options", "dataset", "shape", "optimizer", "augment", "batch_size", "k",
-                      "steps", "step_ms", "run_steps_per_s", "examples_per_s", "eval_examples_per_s", "checkpoint_ms",
-                      "measure", "method", "work", "seconds", "settings", "measured_at"]
+THROUGHPUT_COLUMNS = ["device", "torch", "model", "model_options", "dataset", "shape", "optimizer", "augment",
+                      "batch_size", "k", "steps", "step_ms", "run_steps_per_s", "examples_per_s", "eval_examples_per_s",
+                      "checkpoint_ms", "measure", "method", "work", "seconds", "settings", "measured_at"]
 REQUIRED_COLUMNS = ("device", "model", "batch_size", "k", "examples_per_s", "eval_examples_per_s")
 TRAIN = "train"  # the `measure` of a training row; the others are ANALYSIS_MEASURES
 # What an analysis row times: per checkpoint, Keskar's short sharpness searches, the converged

@@ -87,7 +87,8 @@ OPTIMIZERS = {
 }
 EVAL_BATCH_SIZE = 4096  # the schema's default eval.batch_size
 LR = 1e-3  # small, so that random labels do not send the weights to inf or NaN within the timed steps
-KEY = ["device", "model", "model_options", "dataset", "shape", "optimizer", "measure", "method", "batch_size", "k", "work"]
+KEY = ["device", "model", "model_options", "dataset", "shape", "optimizer", "measure", "method", "batch_size", "k",
+       "work"]
 
 
 def device_label(dev: torch.device) -> str:
@@ -247,14 +248,15 @@ def time_eval(model_name: str, data: Dataset, k: int, dev: torch.device, model_o
 # --- the cases of a config ---------------------------------------------------------------------
 
 def config_cases(config: dict) -> dict[tuple[str, str, str, str], dict]:
-    """(model, its model options (`options_text`), data set, optimizer name) -> {"options": the data set's config options, "optimizer": the study's
-    optimizer, "model_options": the study's options of the model, "sizes": the (batch size, K) of its stacks},
-    for every stack of a checked config."""
+    """(model, its model options (`options_text`), data set, optimizer name) -> {"options": the data set's config
+    options, "optimizer": the study's optimizer, "model_options": the study's options of the model, "sizes": the
+    (batch size, K) of its stacks}, for every stack of a checked config."""
     grid = build_grid(config)
     cases: dict[tuple[str, str, str, str], dict] = {}
     for stack in build_stacks(config, grid).values():
         spec = grid[stack.runs[0]]
-        case = cases.setdefault((spec.model, options_text(spec.model_options), spec.dataset, spec.optimizer["name"]), {
+        key = (spec.model, options_text(spec.model_options), spec.dataset, spec.optimizer["name"])
+        case = cases.setdefault(key, {
             "options": config["datasets"].get(spec.dataset) or {}, "optimizer": spec.optimizer,
             "model_options": spec.model_options, "sizes": set()})
         case["sizes"].add((spec.batch_size, len(stack.runs)))
